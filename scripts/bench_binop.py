@@ -1,0 +1,129 @@
+"""What BinOp costs per training step, measured side by side in one process.
+
+For each model, a plain full-precision training step and the same step with BinOp
+attached (same architecture, same batch, same optimizer) run alternately, many times;
+the script prints the median step times, the median of the paired ratios
+BinOp / plain, and BinOp's own time: binarizing every target weight, the backward
+rule on a random gradient, and the projection, timed in isolation.
+
+    python scripts/bench_binop.py            # LeNet-5 batch 128, NIN batch 32
+    python scripts/bench_binop.py --quick    # fewer repetitions
+    python scripts/bench_binop.py --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from xnortrain import BinOp
+from xnortrain.zoo import lenet5, nin
+
+CASES = {
+    "lenet5": (lenet5, (128, 1, 28, 28)),
+    "nin": (nin, (32, 3, 32, 32)),
+}
+
+
+def make_trainer(build, binop: bool):
+    torch.manual_seed(0)
+    model = build()
+    controller = BinOp(model) if binop else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    if controller is not None:
+        controller.project_after(optimizer)
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step, controller
+
+
+def time_once(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def binop_own_seconds(controller: BinOp, repeats: int) -> float:
+    """Median time of BinOp's own work on all targets: binarize + backward rule + projection."""
+    weights = list(controller.weights.values())
+    parametrizations = [layer.parametrizations.weight[0] for layer in controller.targets.values()]
+    grads = [torch.randn_like(w) for w in weights]
+
+    def own_work():
+        outputs = [p(w) for p, w in zip(parametrizations, weights)]
+        torch.autograd.backward(outputs, grads)
+        controller.project_()
+
+    for _ in range(5):
+        own_work()
+    times = [time_once(own_work) for _ in range(repeats)]
+    for w in weights:
+        w.grad = None
+    return statistics.median(times)
+
+
+def bench_model(name: str, repeats: int, warmup: int) -> dict:
+    build, shape = CASES[name]
+    x = torch.randn(shape)
+    y = torch.randint(0, 10, (shape[0],))
+    plain_step, _ = make_trainer(build, binop=False)
+    binop_step, controller = make_trainer(build, binop=True)
+    for _ in range(warmup):
+        plain_step(x, y)
+        binop_step(x, y)
+    plain, binop, ratios = [], [], []
+    for i in range(repeats):
+        # alternate which goes first, so neither always runs on a warm cache
+        if i % 2:
+            b, p = time_once(binop_step, x, y), time_once(plain_step, x, y)
+        else:
+            p, b = time_once(plain_step, x, y), time_once(binop_step, x, y)
+        plain.append(p)
+        binop.append(b)
+        ratios.append(b / p)
+    return {
+        "model": name,
+        "batch": shape[0],
+        "binarized_weights": sum(w.numel() for w in controller.weights.values()),
+        "plain_step_ms": statistics.median(plain) * 1e3,
+        "binop_step_ms": statistics.median(binop) * 1e3,
+        "median_ratio": statistics.median(ratios),
+        "binop_own_ms": binop_own_seconds(controller, repeats) * 1e3,
+        "repeats": repeats,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (about a minute)")
+    parser.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    repeats, warmup = (30, 5) if args.quick else (200, 20)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print("| model | batch | binarized weights | plain step ms | BinOp step ms | BinOp / plain (median) | BinOp own ms |")
+    print("|---|---|---|---|---|---|---|")
+    results = []
+    for name in args.models:
+        r = bench_model(name, repeats, warmup)
+        results.append(r)
+        print(f"| {r['model']} | {r['batch']} | {r['binarized_weights']:,} | {r['plain_step_ms']:.2f} | "
+              f"{r['binop_step_ms']:.2f} | {r['median_ratio']:.3f} | {r['binop_own_ms']:.3f} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

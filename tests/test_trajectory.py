@@ -1,0 +1,101 @@
+"""BinOp against the swap-style reference (tests/reference.py), over whole trajectories."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+from reference import SwapBinOp
+from xnortrain import BinOp
+
+
+class MixedNet(nn.Module):
+    """Every kind of target the procedure distinguishes, in one model."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)  # first layer, one input channel
+        self.bn1 = nn.BatchNorm2d(8)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)  # C_in = 1 per filter
+        self.grouped = nn.Conv2d(8, 12, 3, padding=1, groups=2)  # C_in = 4
+        self.bn2 = nn.BatchNorm2d(12)
+        self.conv = nn.Conv2d(12, 16, 3, stride=2)  # C_in = 12
+        self.conv1d = nn.Conv1d(16, 6, 2)  # applied over the flattened width
+        self.fc = nn.Linear(6 * 2, 24)  # Linear with bias
+        self.head = nn.Linear(24, 5)  # last layer
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.stem(x)))
+        x = torch.relu(self.bn2(self.grouped(self.depthwise(x))))
+        x = torch.relu(self.conv(x))  # (B, 16, 3, 3)
+        x = self.conv1d(x.flatten(2))  # (B, 6, 8)
+        x = torch.relu(self.fc(x[..., :2].flatten(1)))
+        return self.head(x)
+
+
+def make_optimizer(name: str, params):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-3)
+    return torch.optim.Adam(params, lr=0.01, weight_decay=1e-5)
+
+
+def batches(steps: int):
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(6, 1, 8, 8, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 5, (6,), generator=gen)
+        yield x, y
+
+
+@pytest.mark.parametrize("skip_first_last", [True, False])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("grad", ["xnor", "exact", "ste"])
+def test_training_trajectory_equals_reference(grad, optimizer, skip_first_last):
+    torch.manual_seed(0)
+    ours = MixedNet().double()
+    theirs = copy.deepcopy(ours)
+
+    binop = BinOp(ours, grad=grad, skip_first_last=skip_first_last)
+    ours_opt = make_optimizer(optimizer, ours.parameters())
+    binop.project_after(ours_opt)
+    names = list(binop.targets)
+    expected = ["depthwise", "grouped", "conv", "conv1d", "fc"]
+    assert names == (expected if skip_first_last else ["stem", *expected, "head"])
+
+    reference = SwapBinOp(theirs, names, grad)
+    theirs_opt = make_optimizer(optimizer, theirs.parameters())
+
+    for step, (x, y) in enumerate(batches(25)):
+        # the real weights BinOp holds are what the reference's steps 1-2 make of its weights
+        for name, want in zip(names, reference.projected_weights()):
+            assert_close(binop.weights[name], want, msg=lambda m: f"step {step} {name}: {m}")
+
+        reference.binarize()
+        loss_theirs = nn.functional.cross_entropy(theirs(x), y)
+        theirs_opt.zero_grad()
+        loss_theirs.backward()
+        reference.restore()
+        reference.update_binary_grad_weight()
+
+        ours_opt.zero_grad()
+        loss_ours = nn.functional.cross_entropy(ours(x), y)
+        loss_ours.backward()
+
+        assert_close(loss_ours, loss_theirs)
+        ours_state, theirs_params = dict(ours.named_parameters()), dict(theirs.named_parameters())
+        for name, p in theirs_params.items():
+            ours_name = name.replace(".weight", ".parametrizations.weight.original") if name.split(".")[0] in names else name
+            assert_close(ours_state[ours_name].grad, p.grad, msg=lambda m: f"step {step} grad {name}: {m}")
+
+        theirs_opt.step()
+        ours_opt.step()
+
+    # untouched parameters and BatchNorm statistics followed the same path too
+    ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
+    for key in theirs_sd:
+        if key.rsplit(".", 1)[0] not in names:
+            assert_close(ours_sd[key], theirs_sd[key])

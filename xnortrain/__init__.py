@@ -1,0 +1,12 @@
+"""xnortrain: train binary-weight and XNOR networks with the XNOR-Net BinOp procedure.
+
+`import xnortrain` needs torch alone; torchvision is imported only by the parts that
+load datasets or torchvision models.
+"""
+
+from .activations import BinActive, bin_active
+from .quantizers import binarize, binarize_weight
+from .binop import BinOp
+
+__all__ = ["BinActive", "BinOp", "bin_active", "binarize", "binarize_weight"]
+__version__ = "0.1.0"

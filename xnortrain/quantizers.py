@@ -1,0 +1,112 @@
+"""Weight binarization and its gradient rules: steps 4 and 7 of the XNOR-Net BinOp.
+
+Rastegari et al., "XNOR-Net: ImageNet Classification Using Binary Convolutional
+Neural Networks" (ECCV 2016), section 3.1. A target weight W has shape
+(C_out, C_in, *kernel) (Linear: (C_out, C_in)); filter o is W[o], with
+n = C_in * prod(kernel) entries. Every function here works on the filter-major
+view W.flatten(1), shape (C_out, n).
+
+Forward (step 4), with sign(0) = +1 so that W~ takes exactly two values per filter::
+
+    alpha_o = ||W[o]||_1 / n
+    W~[o]   = alpha_o * sign(W[o])
+
+Backward (step 7), G = dL/dW~, inside_i = 1{|W_i| <= 1}::
+
+    exact: g_i = alpha_o * inside_i * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j
+    xnor:  g_i = n * (1 - 1/C_in) * exact_i      (factor n when C_in == 1: no centring)
+    ste:   g_i = inside_i * G_i
+
+`exact` is the true derivative of alpha(W) * sign(W) with a clipped straight-through
+sign; `xnor` is the scaling of the widely used PyTorch port of XNOR-Net.
+"""
+
+from __future__ import annotations
+
+import torch
+
+GRAD_MODES = ("xnor", "exact", "ste")
+
+
+def check_grad_mode(grad: str) -> str:
+    if grad not in GRAD_MODES:
+        raise ValueError(f"unknown grad mode {grad!r}: choose one of {', '.join(GRAD_MODES)}")
+    return grad
+
+
+def grad_scale(grad: str, weight_shape: torch.Size) -> float:
+    """The constant in front of the gradient bracket: n * (1 - 1/C_in) for `xnor`, else 1."""
+    if grad != "xnor":
+        return 1.0
+    c_in = weight_shape[1]
+    n = weight_shape[1:].numel()
+    return float(n) if c_in == 1 else n * (1.0 - 1.0 / c_in)
+
+
+def filter_alpha(w2: torch.Tensor) -> torch.Tensor:
+    """alpha_o = ||W[o]||_1 / n for the filter-major view `w2` (C_out, n)."""
+    return w2.abs().sum(1, keepdim=True).div_(w2.shape[1])  # (C_out, 1)
+
+
+def sign_times(magnitude: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """magnitude * sign(w) with sign(0) = +1, also for w = -0.0 (hence the `+ 0.0`)."""
+    return torch.copysign(magnitude, torch.add(w, 0.0, out=out), out=out)
+
+
+def binarize(w: torch.Tensor) -> torch.Tensor:
+    """W~ = alpha * sign(W) per output filter, sign(0) = +1 (no autograd rule attached)."""
+    w2 = w.flatten(1)  # (C_out, n)
+    return sign_times(filter_alpha(w2), w2).view_as(w)
+
+
+class BinarizeWeight(torch.autograd.Function):
+    """W -> W~ = alpha * sign(W) with the gradient rule `grad` (see the module docstring).
+
+    Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
+    output W~, which the conv/linear layer keeps for its backward pass anyway, so BinOp
+    holds no copy of the weights beyond W~. The backward pass reads sign(W) back as
+    copysign(1, W~): W~ is +-alpha, and +0.0 for an all-zero filter, whose sign is +1.
+
+    Speed: a pass over the weights costs about as much as allocating its output, so
+    passes work in place where they can, no bool tensor is used (on CPU, bool masks are
+    several times slower than float arithmetic), and the clip indicator is skipped on CPU
+    when every |W_i| <= 1 (always so after the projection).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, grad: str, scale: float) -> torch.Tensor:
+        w2 = w.flatten(1)  # (C_out, n)
+        magnitude = w2.abs()  # (C_out, n), becomes W~ below
+        alpha = magnitude.sum(1, keepdim=True).div_(w2.shape[1])  # (C_out, 1)
+        ctx.clipped = may_be_true(magnitude.amax() > 1)  # some |W_i| > 1: the indicator matters
+        w_bin = sign_times(alpha, w2, out=magnitude)  # (C_out, n)
+        ctx.grad, ctx.scale = grad, scale
+        ctx.save_for_backward(w, alpha, w_bin)
+        return w_bin.view_as(w)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        w, alpha, w_bin = ctx.saved_tensors
+        g2 = grad_out.reshape(w_bin.shape)  # (C_out, n)
+        inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
+        if ctx.grad == "ste":
+            return inside_g.view_as(w).clone() if inside_g is g2 else inside_g.view_as(w), None, None
+        sign = torch.copysign(torch.ones((), dtype=w_bin.dtype, device=w_bin.device), w_bin)  # (C_out, n)
+        mean_sign_g = torch.linalg.vecdot(sign, g2).unsqueeze(1).mul_(ctx.scale / w_bin.shape[1])  # (C_out, 1)
+        grad_w = sign.mul_(mean_sign_g)  # scale * sign_i * mean_j(sign_j * G_j)
+        grad_w.addcmul_(inside_g, alpha * ctx.scale)  # + scale * alpha * 1{|W_i| <= 1} * G_i
+        return grad_w.view_as(w), None, None
+
+
+def may_be_true(flag: torch.Tensor) -> bool:
+    """False only if `flag` is known to be False without cost: read on CPU (no device
+    sync, no graph break), assumed True on accelerators and under torch.compile."""
+    if flag.device.type != "cpu" or torch.compiler.is_compiling():
+        return True
+    return bool(flag)
+
+
+def binarize_weight(w: torch.Tensor, grad: str = "xnor") -> torch.Tensor:
+    """Functional form: alpha * sign(w) whose gradient follows `grad` (xnor | exact | ste)."""
+    check_grad_mode(grad)
+    return BinarizeWeight.apply(w, grad, grad_scale(grad, w.shape))

@@ -1,0 +1,91 @@
+"""Which layers BinOp binarizes: selection by fully qualified name.
+
+Candidates are every nn.Conv1d/2d/3d and nn.Linear in registration order
+(`model.named_modules()`). By default all of them except the first and the last,
+which stay full precision as in the XNOR-Net paper. `include` / `exclude` take glob
+patterns (`fnmatch`) over the fully qualified names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+
+from torch import nn
+
+TARGET_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def candidate_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every conv/linear layer of `model`, by fully qualified name, in registration order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, TARGET_TYPES)}
+
+
+def select_targets(
+    model: nn.Module,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    skip_first_last: bool = True,
+) -> dict[str, nn.Module]:
+    """The layers to binarize, in registration order.
+
+    Raises ValueError, listing the candidate names, when a pattern matches no conv/linear
+    layer or when the selection comes out empty.
+    """
+    candidates = candidate_layers(model)
+    if not candidates:
+        raise ValueError(
+            f"{type(model).__name__} has no Conv1d/Conv2d/Conv3d/Linear layer for BinOp to binarize"
+        )
+    include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    for kind, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns or ():
+            _check_pattern_matches(model, candidates, kind, pattern)
+
+    names = list(candidates)
+    if include is not None:
+        names = [n for n in names if _matches_any(n, include)]
+    if skip_first_last:
+        ends = {next(iter(candidates)), next(reversed(candidates))}
+        names = [n for n in names if n not in ends]
+    if exclude:
+        names = [n for n in names if not _matches_any(n, exclude)]
+    if not names:
+        hint = " (skip_first_last=True keeps the first and last layers in full precision)" if skip_first_last else ""
+        raise ValueError(
+            f"BinOp selection include={include} exclude={exclude} selects no layer{hint}; "
+            f"candidates: {_listing(candidates)}"
+        )
+    return {n: candidates[n] for n in names}
+
+
+def _patterns(kind: str, patterns: Iterable[str] | None) -> list[str] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return [patterns]
+    patterns = list(patterns)
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"BinOp {kind} patterns must be strings, got {p!r}")
+    return patterns
+
+
+def _matches_any(name: str, patterns: list[str]) -> bool:
+    return any(fnmatchcase(name, p) for p in patterns)
+
+
+def _check_pattern_matches(model: nn.Module, candidates: dict, kind: str, pattern: str) -> None:
+    if any(fnmatchcase(n, pattern) for n in candidates):
+        return
+    others = [
+        f"{n} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if n and fnmatchcase(n, pattern)
+    ]
+    what = f"matches only layers that are not conv/linear: {', '.join(others)}" if others else "matches no layer"
+    raise ValueError(f"BinOp {kind} pattern {pattern!r} {what}; candidates: {_listing(candidates)}")
+
+
+def _listing(candidates: dict[str, nn.Module]) -> str:
+    return ", ".join(f"{n} ({type(m).__name__})" for n, m in candidates.items())

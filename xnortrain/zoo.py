@@ -1,0 +1,133 @@
+"""The model zoo: the classic XNOR-Net architectures, written from the papers.
+
+- `lenet5`: LeNet-5 for MNIST-sized input (LeCun et al. 1998, in the layer sizes XNOR-Net
+  experiments use: conv 20@5x5, conv 50@5x5, fc 500, fc num_classes).
+- `nin`: Network in Network for CIFAR-10 (Lin et al. 2014), as trained in XNOR-Net.
+- `alexnet`: AlexNet for ImageNet (Krizhevsky et al. 2012), the XNOR-Net paper's
+  main model, 224 or 227 input.
+
+Binary blocks follow XNOR-Net section 3.3: BatchNorm -> BinActive -> (Dropout) ->
+Conv/Linear -> ReLU. The first and the last layer stay full precision (BinOp skips them
+by default). `binary_activations=False` swaps BinActive for the identity, giving a
+binary-weight network (BWN) once BinOp is attached, or a full-precision one without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .activations import BinActive
+
+# BatchNorm without affine parameters, as in the XNOR-Net reference models.
+_BN_EPS, _BN_MOMENTUM = 1e-4, 0.1
+
+
+def _bn(channels: int, dims: int = 2) -> nn.Module:
+    norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+    return norm(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM, affine=False)
+
+
+def binary_conv(c_in: int, c_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
+                dropout: float = 0.0, binary_activations: bool = True) -> nn.Sequential:
+    """BatchNorm -> BinActive -> (Dropout) -> Conv2d -> ReLU."""
+    return nn.Sequential(
+        _bn(c_in),
+        BinActive() if binary_activations else nn.Identity(),
+        *([nn.Dropout(dropout)] if dropout else []),
+        nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding),
+        nn.ReLU(inplace=True),
+    )
+
+
+def binary_linear(f_in: int, f_out: int, *, dropout: float = 0.0,
+                  binary_activations: bool = True) -> nn.Sequential:
+    """BatchNorm -> BinActive -> (Dropout) -> Linear -> ReLU."""
+    return nn.Sequential(
+        _bn(f_in, dims=1),
+        BinActive() if binary_activations else nn.Identity(),
+        *([nn.Dropout(dropout)] if dropout else []),
+        nn.Linear(f_in, f_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def lenet5(num_classes: int = 10, in_channels: int = 1, binary_activations: bool = True) -> nn.Module:
+    """LeNet-5 for 28x28 input: conv 20@5x5, conv 50@5x5, fc 500, fc num_classes."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 20, 5),  # full precision
+        _bn(20),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),  # (20, 12, 12)
+        binary_conv(20, 50, 5, binary_activations=binary_activations),
+        nn.MaxPool2d(2),  # (50, 4, 4)
+        nn.Flatten(),
+        binary_linear(50 * 4 * 4, 500, binary_activations=binary_activations),
+        nn.Linear(500, num_classes),  # full precision
+    )
+
+
+def nin(num_classes: int = 10, in_channels: int = 3, binary_activations: bool = True) -> nn.Module:
+    """Network in Network for 32x32 input, with XNOR-Net's binary blocks."""
+    def block(c_in, c_out, k, padding=0, dropout=0.0):
+        return binary_conv(c_in, c_out, k, padding=padding, dropout=dropout,
+                           binary_activations=binary_activations)
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 192, 5, padding=2),  # full precision
+        _bn(192),
+        nn.ReLU(inplace=True),
+        block(192, 160, 1),
+        block(160, 96, 1),
+        nn.MaxPool2d(3, stride=2, padding=1),  # (96, 16, 16)
+        block(96, 192, 5, padding=2, dropout=0.5),
+        block(192, 192, 1),
+        block(192, 192, 1),
+        nn.AvgPool2d(3, stride=2, padding=1),  # (192, 8, 8)
+        block(192, 192, 3, padding=1, dropout=0.5),
+        block(192, 192, 1),
+        _bn(192),
+        nn.Conv2d(192, num_classes, 1),  # full precision
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )
+
+
+def alexnet(num_classes: int = 1000, in_channels: int = 3, binary_activations: bool = True) -> nn.Module:
+    """AlexNet as binarized in XNOR-Net, for 224x224 or 227x227 input."""
+    def conv(c_in, c_out, k, padding=0):
+        return binary_conv(c_in, c_out, k, padding=padding, binary_activations=binary_activations)
+
+    def fc(f_in, f_out):
+        return binary_linear(f_in, f_out, dropout=0.5, binary_activations=binary_activations)
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, 96, 11, stride=4),  # full precision
+        _bn(96),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2),
+        conv(96, 256, 5, padding=2),
+        nn.MaxPool2d(3, stride=2),
+        conv(256, 384, 3, padding=1),
+        conv(384, 384, 3, padding=1),
+        conv(384, 256, 3, padding=1),
+        nn.MaxPool2d(3, stride=2),
+        nn.AdaptiveAvgPool2d(6),  # (256, 6, 6) for 224 and 227 input alike
+        nn.Flatten(),
+        fc(256 * 6 * 6, 4096),
+        fc(4096, 4096),
+        _bn(4096, dims=1),
+        nn.Linear(4096, num_classes),  # full precision
+    )
+
+
+ZOO: dict[str, Callable[..., nn.Module]] = {"lenet5": lenet5, "nin": nin, "alexnet": alexnet}
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build a zoo model by name; the error lists the valid names."""
+    if name not in ZOO:
+        raise ValueError(f"unknown zoo model {name!r}: choose one of {', '.join(sorted(ZOO))}")
+    return ZOO[name](**kwargs)
