@@ -128,7 +128,8 @@ class BinOp:
         width = max((len(n) for n in self.targets), default=0)
         for name, layer in self.targets.items():
             shape = tuple(layer.parametrizations.weight.original.shape)
-            lines.append(f"  {name:<{width}}  {type(layer).__name__:<6}  {str(shape):<18} {prod(shape):>12,}")
+            kind = parametrize.type_before_parametrizations(layer).__name__
+            lines.append(f"  {name:<{width}}  {kind:<6}  {str(shape):<18} {prod(shape):>12,}")
         return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ binary-weight network (BWN) once BinOp is attached, or a full-precision one with
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from torch import nn
@@ -31,41 +32,39 @@ def _bn(channels: int, dims: int = 2) -> nn.Module:
 
 def binary_conv(c_in: int, c_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
                 dropout: float = 0.0, binary_activations: bool = True) -> nn.Sequential:
-    """BatchNorm -> BinActive -> (Dropout) -> Conv2d -> ReLU."""
-    return nn.Sequential(
-        _bn(c_in),
-        BinActive() if binary_activations else nn.Identity(),
-        *([nn.Dropout(dropout)] if dropout else []),
-        nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding),
-        nn.ReLU(inplace=True),
-    )
+    """BatchNorm -> BinActive -> (Dropout) -> Conv2d -> ReLU, the conv named `conv`."""
+    return _binary_block(_bn(c_in), nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding),
+                         "conv", dropout, binary_activations)
 
 
 def binary_linear(f_in: int, f_out: int, *, dropout: float = 0.0,
                   binary_activations: bool = True) -> nn.Sequential:
-    """BatchNorm -> BinActive -> (Dropout) -> Linear -> ReLU."""
-    return nn.Sequential(
-        _bn(f_in, dims=1),
-        BinActive() if binary_activations else nn.Identity(),
-        *([nn.Dropout(dropout)] if dropout else []),
-        nn.Linear(f_in, f_out),
-        nn.ReLU(inplace=True),
-    )
+    """BatchNorm -> BinActive -> (Dropout) -> Linear -> ReLU, the linear layer named `linear`."""
+    return _binary_block(_bn(f_in, dims=1), nn.Linear(f_in, f_out), "linear", dropout, binary_activations)
+
+
+def _binary_block(norm: nn.Module, layer: nn.Module, layer_name: str, dropout: float,
+                  binary_activations: bool) -> nn.Sequential:
+    parts = [("norm", norm), ("act", BinActive() if binary_activations else nn.Identity())]
+    if dropout:
+        parts.append(("dropout", nn.Dropout(dropout)))
+    parts += [(layer_name, layer), ("relu", nn.ReLU(inplace=True))]
+    return nn.Sequential(OrderedDict(parts))
 
 
 def lenet5(num_classes: int = 10, in_channels: int = 1, binary_activations: bool = True) -> nn.Module:
     """LeNet-5 for 28x28 input: conv 20@5x5, conv 50@5x5, fc 500, fc num_classes."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 20, 5),  # full precision
-        _bn(20),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(2),  # (20, 12, 12)
-        binary_conv(20, 50, 5, binary_activations=binary_activations),
-        nn.MaxPool2d(2),  # (50, 4, 4)
-        nn.Flatten(),
-        binary_linear(50 * 4 * 4, 500, binary_activations=binary_activations),
-        nn.Linear(500, num_classes),  # full precision
-    )
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 20, 5)),  # full precision
+        ("bn1", _bn(20)),
+        ("relu1", nn.ReLU(inplace=True)),
+        ("pool1", nn.MaxPool2d(2)),  # (20, 12, 12)
+        ("block2", binary_conv(20, 50, 5, binary_activations=binary_activations)),
+        ("pool2", nn.MaxPool2d(2)),  # (50, 4, 4)
+        ("flatten", nn.Flatten()),
+        ("block3", binary_linear(50 * 4 * 4, 500, binary_activations=binary_activations)),
+        ("fc4", nn.Linear(500, num_classes)),  # full precision
+    ]))
 
 
 def nin(num_classes: int = 10, in_channels: int = 3, binary_activations: bool = True) -> nn.Module:
@@ -74,25 +73,25 @@ def nin(num_classes: int = 10, in_channels: int = 3, binary_activations: bool = 
         return binary_conv(c_in, c_out, k, padding=padding, dropout=dropout,
                            binary_activations=binary_activations)
 
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 192, 5, padding=2),  # full precision
-        _bn(192),
-        nn.ReLU(inplace=True),
-        block(192, 160, 1),
-        block(160, 96, 1),
-        nn.MaxPool2d(3, stride=2, padding=1),  # (96, 16, 16)
-        block(96, 192, 5, padding=2, dropout=0.5),
-        block(192, 192, 1),
-        block(192, 192, 1),
-        nn.AvgPool2d(3, stride=2, padding=1),  # (192, 8, 8)
-        block(192, 192, 3, padding=1, dropout=0.5),
-        block(192, 192, 1),
-        _bn(192),
-        nn.Conv2d(192, num_classes, 1),  # full precision
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 192, 5, padding=2)),  # full precision
+        ("bn1", _bn(192)),
+        ("relu1", nn.ReLU(inplace=True)),
+        ("block2", block(192, 160, 1)),
+        ("block3", block(160, 96, 1)),
+        ("pool3", nn.MaxPool2d(3, stride=2, padding=1)),  # (96, 16, 16)
+        ("block4", block(96, 192, 5, padding=2, dropout=0.5)),
+        ("block5", block(192, 192, 1)),
+        ("block6", block(192, 192, 1)),
+        ("pool6", nn.AvgPool2d(3, stride=2, padding=1)),  # (192, 8, 8)
+        ("block7", block(192, 192, 3, padding=1, dropout=0.5)),
+        ("block8", block(192, 192, 1)),
+        ("bn9", _bn(192)),
+        ("conv9", nn.Conv2d(192, num_classes, 1)),  # full precision
+        ("relu9", nn.ReLU(inplace=True)),
+        ("pool9", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+    ]))
 
 
 def alexnet(num_classes: int = 1000, in_channels: int = 3, binary_activations: bool = True) -> nn.Module:
@@ -103,24 +102,24 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3, binary_activations: b
     def fc(f_in, f_out):
         return binary_linear(f_in, f_out, dropout=0.5, binary_activations=binary_activations)
 
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 96, 11, stride=4),  # full precision
-        _bn(96),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, stride=2),
-        conv(96, 256, 5, padding=2),
-        nn.MaxPool2d(3, stride=2),
-        conv(256, 384, 3, padding=1),
-        conv(384, 384, 3, padding=1),
-        conv(384, 256, 3, padding=1),
-        nn.MaxPool2d(3, stride=2),
-        nn.AdaptiveAvgPool2d(6),  # (256, 6, 6) for 224 and 227 input alike
-        nn.Flatten(),
-        fc(256 * 6 * 6, 4096),
-        fc(4096, 4096),
-        _bn(4096, dims=1),
-        nn.Linear(4096, num_classes),  # full precision
-    )
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(in_channels, 96, 11, stride=4)),  # full precision
+        ("bn1", _bn(96)),
+        ("relu1", nn.ReLU(inplace=True)),
+        ("pool1", nn.MaxPool2d(3, stride=2)),
+        ("block2", conv(96, 256, 5, padding=2)),
+        ("pool2", nn.MaxPool2d(3, stride=2)),
+        ("block3", conv(256, 384, 3, padding=1)),
+        ("block4", conv(384, 384, 3, padding=1)),
+        ("block5", conv(384, 256, 3, padding=1)),
+        ("pool5", nn.MaxPool2d(3, stride=2)),
+        ("pool6", nn.AdaptiveAvgPool2d(6)),  # (256, 6, 6) for 224 and 227 input alike
+        ("flatten", nn.Flatten()),
+        ("block6", fc(256 * 6 * 6, 4096)),
+        ("block7", fc(4096, 4096)),
+        ("bn8", _bn(4096, dims=1)),
+        ("fc8", nn.Linear(4096, num_classes)),  # full precision
+    ]))
 
 
 ZOO: dict[str, Callable[..., nn.Module]] = {"lenet5": lenet5, "nin": nin, "alexnet": alexnet}
