@@ -1,0 +1,60 @@
+"""The command line: `python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]`.
+
+User errors (config, data, checkpoint) print one line on stderr and exit 2; SIGINT/SIGTERM
+finish the step, write last.pt and exit 128 + the signal number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="xnortrain", description="Train binary networks with XNOR-Net's BinOp.")
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key by its dotted path, value parsed as YAML (repeatable)")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                        help="resume from PATH, or from <out_dir>/last.pt when no path is given")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate a checkpoint (--resume PATH, else <out_dir>/best.pt) and print its metrics")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import evaluate_checkpoint, fit
+
+    config = load_config(args.config, args.overrides)
+    out_dir = Path(config.train.out_dir)
+    if args.eval_only:
+        path = args.resume or out_dir / "best.pt"
+        print(json.dumps(evaluate_checkpoint(config, path)))
+        return 0
+    resume = (args.resume or out_dir / "last.pt") if args.resume is not None else None
+    fit(config, resume=resume, quiet=args.quiet)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from .train import Interrupted
+
+    try:
+        return run(args)
+    except Interrupted as stop:
+        print(f"xnortrain: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except UserError as err:
+        print(f"xnortrain: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

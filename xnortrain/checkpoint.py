@@ -1,0 +1,117 @@
+"""Checkpoints: plain dicts of state_dicts plus a format version, written atomically.
+
+A checkpoint holds the model's real weights (BinOp keeps the plain model's keys and
+never exposes W~), the optimizer, scheduler and grad-scaler states, where the run stands
+(epoch, batches done in it, global step, the running sums of the epoch's training
+metrics), the RNG states, the best metric and the resolved config. Loading uses
+`torch.load(weights_only=True)`, which refuses pickles that would run code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("version", "model", "optimizer", "scheduler", "epoch", "step", "global_step", "rng", "config")
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call `write(file_object)` on a temporary file beside `path`, fsync, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(path, lambda f: torch.save({"version": FORMAT_VERSION, **state}, f))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and sanity-check a checkpoint; every failure is one CheckpointError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} was refused by the safe loader (it holds objects "
+                              f"that could run code on load): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint "
+                              f"({type(err).__name__})") from None
+    if not isinstance(state, dict) or "version" not in state:
+        raise CheckpointError(f"{path} is not an xnortrain checkpoint (no format version)")
+    if state["version"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {state['version']}, "
+                              f"this xnortrain reads version {FORMAT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a complete xnortrain checkpoint")
+    return state
+
+
+def check_fits_model(path: str | Path, weights: dict, model: nn.Module) -> None:
+    """Refuse, naming the first differences, a state_dict written for another architecture."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                  if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)) if items
+        )
+        raise CheckpointError(f"checkpoint {path} was written for a different model ({details})")
+
+
+def rng_state() -> dict:
+    """Python, NumPy (when installed), torch and CUDA RNG states, in weights_only-safe types."""
+    version, mt_state, gauss = random.getstate()
+    state = {"python": [version, list(mt_state), gauss], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+    except ImportError:
+        return state
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state["numpy"] = [kind, torch.from_numpy(keys.astype("int64")), pos, has_gauss, cached]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, keys.numpy().astype("uint32"), pos, has_gauss, cached))

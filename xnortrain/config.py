@@ -1,0 +1,236 @@
+"""The run configuration: typed, frozen, strict.
+
+A YAML file with the sections `model`, `data`, `binop`, `optim`, `schedule`, `train`,
+plus `--set section.key=value` overrides (the value parsed as YAML), becomes a frozen
+`Config`. Every key is checked against the dataclass field's type and, where the field
+has a fixed set of choices, against those; an unknown key or a bad value raises a
+`ConfigError` whose one line names the key path and what would be valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lenet5"  # zoo name | torchvision:<name> | package.module:Class
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion_mnist"
+    root: str = "data"
+    download: bool = False
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    workers: int = 0
+    augment: bool = True
+    train_subset: int | None = None
+    synthetic_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    synthetic_classes: int = 10
+    synthetic_train_size: int = 512
+    synthetic_eval_size: int = 256
+
+
+@dataclass(frozen=True)
+class BinOpConfig:
+    enabled: bool = True
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    skip_first_last: bool = True
+    grad: str = "xnor"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 0.01
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "multistep"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    step_size: int = 30
+    warmup_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    amp: str = "none"
+    grad_clip: float | None = None
+    label_smoothing: float = 0.0
+    eval_every: int = 1
+    checkpoint_every_steps: int | None = None
+    out_dir: str | None = None  # default: runs/<config file stem>
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    binop: BinOpConfig = field(default_factory=BinOpConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet", "synthetic"),
+    "binop.grad": ("xnor", "exact", "ste"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "schedule.name": ("multistep", "step", "cosine", "none"),
+    "train.device": ("auto", "cpu", "cuda", "mps"),
+    "train.amp": ("none", "bf16", "fp16"),
+}
+
+POSITIVE = {"data.batch_size", "data.eval_batch_size", "data.train_subset", "data.synthetic_classes",
+            "data.synthetic_train_size", "data.synthetic_eval_size", "optim.lr", "schedule.step_size",
+            "train.epochs", "train.eval_every", "train.checkpoint_every_steps", "train.grad_clip"}
+NON_NEGATIVE = {"data.workers", "optim.weight_decay", "optim.momentum", "schedule.gamma",
+                "schedule.warmup_epochs", "train.label_smoothing"}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or start from the defaults), apply `key.path=value` overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for override in overrides:
+        _apply_override(raw, override)
+    config = build_config(raw)
+    if config.train.out_dir is None:
+        stem = Path(path).stem if path is not None else "default"
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, out_dir=f"runs/{stem}"))
+    return config
+
+
+def build_config(raw: dict) -> Config:
+    """A validated Config from nested dicts (unknown keys and bad values raise ConfigError)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    _reject_unknown(raw, sections, "")
+    built = {}
+    for name, section_cls in typing.get_type_hints(Config).items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {name!r} must be a mapping of keys, got {values!r}")
+        built[name] = _build_section(section_cls, values, name)
+    return Config(**built)
+
+
+def dump_config(config: Config, path: Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}: {getattr(err, 'problem', err)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (model, data, ...)")
+    return raw
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r} must look like section.key=value, e.g. train.epochs=1")
+    parts = key.strip().split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"--set key {key!r} must be section.key, e.g. optim.lr")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
+    section = raw.setdefault(parts[0], {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"config section {parts[0]!r} must be a mapping of keys")
+    section[parts[1]] = value
+
+
+def _reject_unknown(values: dict, valid: dict, prefix: str) -> None:
+    for key in values:
+        if key not in valid:
+            what = f"key in {prefix[:-1]}" if prefix else "section"
+            raise ConfigError(f"unknown config {what}: {prefix}{key} (valid: {', '.join(valid)})")
+
+
+def _build_section(cls, values: dict, section: str):
+    hints = typing.get_type_hints(cls)
+    _reject_unknown(values, hints, section + ".")
+    checked = {key: _check_value(f"{section}.{key}", hints[key], value) for key, value in values.items()}
+    return cls(**checked)
+
+
+def _check_value(path: str, hint, value: Any) -> Any:
+    value = _coerce(path, hint, value)
+    if path in CHOICES and value not in CHOICES[path]:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(CHOICES[path])}")
+    if value is not None and path in POSITIVE and value <= 0:
+        raise ConfigError(f"{path}: must be > 0, got {value!r}")
+    if value is not None and path in NON_NEGATIVE and value < 0:
+        raise ConfigError(f"{path}: must be >= 0, got {value!r}")
+    return value
+
+
+def _coerce(path: str, hint, value: Any) -> Any:
+    """`value` checked against the type `hint` (int accepted for float; bool never for numbers)."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(path, hint, value)
+    origin = typing.get_origin(hint) or hint
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return [_coerce(f"{path}[{i}]", args[0], v) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
+    if origin is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, origin) or (origin is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {_type_name(origin)}, got {value!r}")
+    return value
+
+
+def _type_name(t) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, getattr(t, "__name__", str(t)))

@@ -1,0 +1,363 @@
+"""The training run: config -> model + BinOp -> optimizer, schedule, data -> epochs.
+
+DESIGN.md section 2. `fit` reads like the algorithm:
+
+    build model, attach BinOp (before the optimizer), optimizer, LR schedule, data
+    [resume: real weights, optimizer, scheduler, scaler, position, RNG, best]
+    for each epoch: train_one_epoch -> evaluate -> metrics line -> last.pt (and best.pt)
+
+Exact resume: the batches of an epoch are a pure function of (seed, epoch) (see
+`data.py`), every RNG state goes into the checkpoint, and a checkpoint written mid-epoch
+records how many batches are done and the running sums of the epoch's metrics; so, on
+CPU with `train.deterministic`, a resumed run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .binop import BinOp
+from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
+from .config import Config, OptimConfig, ScheduleConfig, dump_config
+from .data import DataSpec, build_data
+from .errors import ConfigError, UserError
+from .models import build_model
+
+
+class Interrupted(UserError):
+    """SIGINT/SIGTERM: the step finished, last.pt was written; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@dataclasses.dataclass
+class Position:
+    """Where a run stands: the epoch in progress (0-based) and the batches done in it."""
+
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    best_acc1: float = -math.inf
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything one training run holds."""
+
+    config: Config
+    model: nn.Module
+    binop: BinOp | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    data: object
+    device: torch.device
+    out_dir: Path
+    position: Position = dataclasses.field(default_factory=Position)
+    running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far
+
+
+# --- building ---------------------------------------------------------------------
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if not available[name]:
+        raise ConfigError(f"train.device: {name!r} is not available on this machine (use auto or cpu)")
+    return torch.device(name)
+
+
+def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
+    if config.name == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+    if len(config.betas) != 2:
+        raise ConfigError(f"optim.betas: expected two numbers, got {config.betas}")
+    optimizer = torch.optim.AdamW if config.name == "adamw" else torch.optim.Adam
+    return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+
+
+def lr_factor(config: ScheduleConfig, epochs: int, epoch: int) -> float:
+    """The learning-rate multiplier for `epoch` (0-based): linear warm-up, then the schedule."""
+    if epoch < config.warmup_epochs:
+        return (epoch + 1) / config.warmup_epochs
+    if config.name == "multistep":
+        return config.gamma ** sum(epoch >= m for m in config.milestones)
+    if config.name == "step":
+        return config.gamma ** (epoch // config.step_size)
+    if config.name == "cosine":
+        span = max(1, epochs - config.warmup_epochs)
+        return 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
+    return 1.0
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    with contextlib.suppress(ImportError):
+        import numpy as np
+
+        np.random.seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_run(config: Config) -> Run:
+    seed_everything(config.train.seed, config.train.deterministic)
+    device = select_device(config.train.device)
+    if config.train.amp == "fp16" and device.type != "cuda":
+        raise ConfigError(f"train.amp: fp16 needs a CUDA device (this run uses {device.type}); use bf16 or none")
+    d = config.data
+    data = build_data(DataSpec(
+        name=d.name, root=d.root, download=d.download, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+        workers=d.workers, augment=d.augment, train_subset=d.train_subset,
+        synthetic_shape=tuple(d.synthetic_shape), synthetic_classes=d.synthetic_classes,
+        synthetic_train_size=d.synthetic_train_size, synthetic_eval_size=d.synthetic_eval_size,
+    ), seed=config.train.seed)
+    model = build_model(config.model, data.num_classes, data.input_shape[0]).to(device)
+    binop = attach_binop(config, model) if config.binop.enabled else None
+    optimizer = make_optimizer(config.optim, model.parameters())
+    if binop is not None:
+        binop.project_after(optimizer)
+    epochs = config.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config.schedule, epochs, e))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
+    return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir))
+
+
+def attach_binop(config: Config, model: nn.Module) -> BinOp:
+    b = config.binop
+    try:
+        return BinOp(model, include=b.include, exclude=b.exclude, skip_first_last=b.skip_first_last, grad=b.grad)
+    except ValueError as err:  # a selection that matches nothing names the candidates
+        raise ConfigError(f"binop ({config.model.name}): {err}") from None
+
+
+# --- checkpoints --------------------------------------------------------------------------
+
+
+def checkpoint_state(run: Run) -> dict:
+    return {
+        "model": run.model.state_dict(),  # real weights, plain keys
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": run.position.epoch,
+        "step": run.position.step,
+        "global_step": run.position.global_step,
+        "best_acc1": run.position.best_acc1,
+        "running": dict(run.running),
+        "rng": rng_state(),
+        "config": run.config.to_dict(),
+    }
+
+
+def save(run: Run, name: str) -> None:
+    save_checkpoint(run.out_dir / name, checkpoint_state(run))
+
+
+def load_weights(run: Run, path: Path) -> dict:
+    """Load a checkpoint's real weights into the run's model (refusing a foreign one)."""
+    state = load_checkpoint(path)
+    check_fits_model(path, state["model"], run.model)
+    run.model.load_state_dict(state["model"])
+    return state
+
+
+def restore(run: Run, path: Path) -> None:
+    state = load_weights(run, path)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.position = Position(state["epoch"], state["step"], state["global_step"], state["best_acc1"])
+    run.running = dict(state["running"])
+    set_rng_state(state["rng"])
+
+
+# --- the loop ----------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a flag that the loop reads after each step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def autocast(run: Run):
+    if run.config.train.amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if run.config.train.amp == "bf16" else torch.float16
+    return torch.autocast(run.device.type, dtype=dtype)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns the loss and the number of correct top-1 predictions."""
+    run.optimizer.zero_grad(set_to_none=True)
+    with autocast(run):
+        logits = run.model(x)
+        loss = criterion(logits, y)
+    run.scaler.scale(loss).backward()
+    if run.config.train.grad_clip is not None:
+        run.scaler.unscale_(run.optimizer)
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.config.train.grad_clip)
+    run.scaler.step(run.optimizer)  # BinOp's post-hook projects the real weights
+    run.scaler.update()
+    return loss.detach(), (logits.argmax(1) == y).sum()
+
+
+def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
+    from tqdm import tqdm
+
+    run.model.train()
+    epoch, train = run.position.epoch, run.data.train
+    criterion = nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing)
+    sums = {k: torch.tensor(run.running.get(k, 0.0), dtype=torch.float64) for k in ("loss", "correct", "count")}
+    every = run.config.train.checkpoint_every_steps
+    bar = tqdm(total=len(train), initial=run.position.step, desc=f"epoch {epoch + 1}",
+               disable=not show_progress, leave=False, dynamic_ncols=True)
+    for x, y in train.batches(epoch, start=run.position.step, device=run.device):
+        loss, correct = train_step(run, x, y, criterion)
+        sums["loss"] += loss.double().cpu() * len(y)
+        sums["correct"] += correct.cpu()
+        sums["count"] += len(y)
+        run.position.step += 1
+        run.position.global_step += 1
+        run.running = {k: v.item() for k, v in sums.items()}
+        bar.update(1)
+        if show_progress and run.position.step % 10 == 0:
+            bar.set_postfix(loss=f"{run.running['loss'] / run.running['count']:.4f}",
+                            acc=f"{run.running['correct'] / run.running['count']:.2%}", refresh=False)
+        if stop.signum is not None:
+            bar.close()
+            save(run, "last.pt")
+            raise Interrupted(
+                f"stopped by {signal.Signals(stop.signum).name} at epoch {epoch + 1}, step {run.position.step}; "
+                f"{run.out_dir / 'last.pt'} written; resume with --resume", stop.signum)
+        if every is not None and run.position.global_step % every == 0:
+            save(run, "last.pt")
+    bar.close()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int, amp_context=None) -> dict:
+    """Loss and top-1 (top-5 where there are >= 5 classes) on the eval set; real weights untouched."""
+    model.eval()
+    loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
+    for x, y in batches.batches(0, device=device):
+        with amp_context or contextlib.nullcontext():
+            logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        top = logits.topk(min(5, num_classes), dim=1).indices
+        correct1 += (top[:, 0] == y).sum().item()
+        correct5 += (top == y[:, None]).any(1).sum().item()
+        count += len(y)
+    metrics = {"val_loss": loss_sum / count, "val_acc1": correct1 / count}
+    if num_classes >= 5:
+        metrics["val_acc5"] = correct5 / count
+    return metrics
+
+
+def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
+    """Evaluate (when due), log the epoch's metrics, advance the position, write checkpoints."""
+    cfg, epoch = run.config.train, run.position.epoch
+    due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    sums = run.running
+    metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr,
+               "train_loss": sums["loss"] / sums["count"], "train_acc1": sums["correct"] / sums["count"]}
+    if due:
+        metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run)))
+    metrics["epoch_time_s"] = epoch_time
+    run.scheduler.step()
+    run.position.epoch, run.position.step, run.running = epoch + 1, 0, {}
+    improved = due and metrics["val_acc1"] > run.position.best_acc1
+    if improved:
+        run.position.best_acc1 = metrics["val_acc1"]
+    save(run, "last.pt")
+    if improved:
+        save(run, "best.pt")
+    return metrics
+
+
+def summary_line(m: dict, epochs: int) -> str:
+    val = f", val loss {m['val_loss']:.4f}, val acc {m['val_acc1']:.2%}" if "val_acc1" in m else ""
+    return (f"epoch {m['epoch']}/{epochs}: lr {m['lr']:.3g}, train loss {m['train_loss']:.4f}, "
+            f"train acc {m['train_acc1']:.2%}{val}, {m['epoch_time_s']:.1f} s")
+
+
+def append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def keep_metrics_up_to(path: Path, epochs_done: int) -> None:
+    """On resume, drop metric lines of epochs that the resumed checkpoint had not reached."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+        atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False) -> list[dict]:
+    """Train as configured (resuming from `resume` if given); returns the metrics of the epochs run."""
+    run = build_run(config)
+    if resume is not None:
+        restore(run, Path(resume))
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(config, run.out_dir / "config.yaml")
+    keep_metrics_up_to(run.out_dir / "metrics.jsonl", run.position.epoch)
+    show_progress = not quiet and sys.stderr.isatty()
+    history = []
+    with StopFlag() as stop:
+        while run.position.epoch < config.train.epochs:
+            start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
+            train_one_epoch(run, stop, show_progress)
+            metrics = finish_epoch(run, time.perf_counter() - start, lr)
+            history.append(metrics)
+            append_line(run.out_dir / "metrics.jsonl", json.dumps(metrics))
+            line = summary_line(metrics, config.train.epochs)
+            append_line(run.out_dir / "train.log", line)
+            if not quiet:
+                print(line, flush=True)
+    return history
+
+
+def evaluate_checkpoint(config: Config, path: str | Path) -> dict:
+    """Evaluate the real weights of a checkpoint, binarized as in training."""
+    run = build_run(config)
+    load_weights(run, Path(path))
+    return evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run))
