@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from .data import DATA_SETS
 from .errors import ConfigError
 
 
@@ -99,7 +100,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet", "synthetic"),
+    "data.name": DATA_SETS,
     "binop.grad": ("xnor", "exact", "ste"),
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("multistep", "step", "cosine", "none"),

@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -303,7 +304,9 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     if due:
         metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run)))
     metrics["epoch_time_s"] = epoch_time
-    run.scheduler.step()
+    with warnings.catch_warnings():  # a resumed run may reach here before its first optimizer.step()
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        run.scheduler.step()
     run.position.epoch, run.position.step, run.running = epoch + 1, 0, {}
     improved = due and metrics["val_acc1"] > run.position.best_acc1
     if improved:

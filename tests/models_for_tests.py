@@ -1,0 +1,20 @@
+"""Small user-style models for the trainer tests (importable as `models_for_tests:Class`)."""
+
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    """Conv, BatchNorm, Dropout (so resume must restore the RNG), Linear: quick on CPU."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.conv = nn.Conv2d(width, width, 3, padding=1)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(width * 4 * 4, 32)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.conv(self.bn(self.stem(x)).relu()).relu(), 4)
+        return self.head(self.drop(self.fc(x.flatten(1)).relu()))

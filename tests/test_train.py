@@ -1,0 +1,212 @@
+"""The trainer end to end: CLI, metrics, checkpoints, exact resume, interrupts, user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import xnortrain.train as train_module
+from xnortrain.__main__ import main
+from xnortrain.config import load_config
+from xnortrain.train import Interrupted, fit
+
+TESTS = Path(__file__).parent
+
+
+def synthetic_args(out_dir: Path, *extra: str) -> list[str]:
+    sets = ["model.name=models_for_tests:TinyNet", "model.kwargs={}", "data.name=synthetic", "data.synthetic_shape=[1,8,8]",
+            "data.synthetic_train_size=96", "data.synthetic_eval_size=64", "data.batch_size=16",
+            "train.epochs=3", "train.deterministic=true", "optim.lr=0.01", "schedule.milestones=[2]",
+            f"train.out_dir={out_dir}", *extra]
+    return [a for s in sets for a in ("--set", s)]
+
+
+def config_for(out_dir: Path, *extra: str):
+    args = synthetic_args(out_dir, *extra)
+    return load_config(None, args[1::2])
+
+
+def weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cli_trains_two_epochs_and_writes_the_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                 *synthetic_args(out, "train.epochs=2", "data.name=synthetic")]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2]
+    for m in lines:
+        assert {"epoch", "step", "lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "epoch_time_s"} <= m.keys()
+    assert lines[1]["step"] == 2 * 6
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file() and (out / "train.log").is_file()
+    resolved = load_config(out / "config.yaml")
+    assert resolved.train.epochs == 2 and resolved.model.name == "models_for_tests:TinyNet"
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("epoch 1/2: lr 0.01, train loss ")
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 0 and state["global_step"] == 12
+    assert len(state["model"]["conv.weight"].unique()) > 2  # real weights, not W~
+
+
+def test_training_reduces_the_loss_on_synthetic_data(tmp_path):
+    history = fit(config_for(tmp_path, "train.epochs=4", "data.synthetic_train_size=512"), quiet=True)
+    assert history[-1]["train_loss"] < 0.8 * history[0]["train_loss"]
+
+
+def interrupt_at(monkeypatch, global_step: int):
+    """Send this process SIGINT right after the given optimizer step."""
+    original = train_module.train_step
+
+    def step_then_signal(run, *args):
+        result = original(run, *args)
+        if run.position.global_step + 1 == global_step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train_module, "train_step", step_then_signal)
+
+
+def strip_times(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "epoch_time_s"} for x in path.read_text().splitlines()]
+
+
+def test_resume_from_an_epoch_boundary_is_bitwise(tmp_path):
+    fit(config_for(tmp_path / "straight"), quiet=True)
+    fit(config_for(tmp_path / "stopped", "train.epochs=1"), quiet=True)  # last.pt after epoch 1
+    fit(config_for(tmp_path / "stopped"), resume=tmp_path / "stopped" / "last.pt", quiet=True)
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt"))
+    assert strip_times(tmp_path / "stopped" / "metrics.jsonl") == strip_times(tmp_path / "straight" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("stop_after, where", [(6, "epoch 1, step 6"), (9, "epoch 2, step 3")],
+                         ids=["last-step-of-epoch", "mid-epoch"])
+def test_resume_after_sigint_is_bitwise(tmp_path, monkeypatch, stop_after, where):
+    fit(config_for(tmp_path / "straight"), quiet=True)
+
+    config = config_for(tmp_path / "stopped")
+    with monkeypatch.context() as m:
+        interrupt_at(m, stop_after)
+        with pytest.raises(Interrupted, match=f"stopped by SIGINT at {where}; .*resume with --resume"):
+            fit(config, quiet=True)
+    assert torch.load(tmp_path / "stopped" / "last.pt", weights_only=True)["global_step"] == stop_after
+    fit(config, resume=tmp_path / "stopped" / "last.pt", quiet=True)
+
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt"))
+    assert strip_times(tmp_path / "stopped" / "metrics.jsonl") == strip_times(tmp_path / "straight" / "metrics.jsonl")
+
+
+def test_sigint_on_the_command_line_writes_last_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "xnortrain", "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+           *synthetic_args(out, "train.epochs=1000", "train.checkpoint_every_steps=1"), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (out / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.strip().count("\n") == 0 and "stopped by SIGINT" in err and "resume with --resume" in err
+    assert torch.load(out / "last.pt", weights_only=True)["global_step"] >= 1
+
+
+def run_cli(capsys, *argv) -> tuple[int, list[str]]:
+    code = main(list(argv))
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "optim.lrr=1"], "unknown config key in optim: optim.lrr"),
+        (["--set", "train.epochs=many"], "train.epochs: expected an integer, got 'many'"),
+        (["--set", "schedule.name=linear"], "schedule.name: 'linear' is not one of multistep, step, cosine, none"),
+        (["--set", "model.name=resnet"], "model.name: 'resnet' is not a zoo model"),
+        (["--set", "model.name=torchvision:resnet99"], "model.name: torchvision has no model 'resnet99'"),
+        (["--set", "model.name=no_such_module:Net"], "model.name: cannot import module 'no_such_module'"),
+        (["--set", "binop.include=[nothing.*]"], "include pattern 'nothing.*' matches no layer; candidates: stem (Conv2d)"),
+        (["--set", "train.amp=fp16", "--set", "train.device=cpu"], "train.amp: fp16 needs a CUDA device"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, extra, message):
+    code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                        *synthetic_args(tmp_path), *extra)
+    assert code == 2
+    assert len(err) == 1 and message in err[0], err
+    assert err[0].startswith("xnortrain: error: ")
+
+
+def test_missing_config_file_is_one_line(tmp_path, capsys):
+    code, err = run_cli(capsys, "--config", str(tmp_path / "absent.yaml"))
+    assert code == 2 and len(err) == 1 and "absent.yaml does not exist" in err[0]
+
+
+def test_missing_dataset_is_one_line(tmp_path, capsys):
+    code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                        "--set", f"data.root={tmp_path / 'nodata'}", "--set", f"train.out_dir={tmp_path}")
+    assert code == 2 and len(err) == 1 and "nodata" in err[0] and "download" in err[0], err
+
+
+def checkpoint_errors(tmp_path: Path) -> list[tuple[Path, str]]:
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(b"PK\x03\x04 this is not a zip archive")
+    evil = tmp_path / "evil.pt"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(evil, "wb") as f:
+        pickle.dump({"version": 1, "x": RunsCode()}, f)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"not": "ours"}, foreign)
+    return [
+        (tmp_path / "absent.pt", "absent.pt does not exist"),
+        (damaged, "damaged.pt is damaged or not a PyTorch checkpoint"),
+        (evil, "was refused by the safe loader"),
+        (foreign, "is not an xnortrain checkpoint"),
+    ]
+
+
+def test_bad_checkpoints_are_refused_with_one_line(tmp_path, capsys):
+    for path, message in checkpoint_errors(tmp_path):
+        for mode in (["--resume", str(path)], ["--eval-only", "--resume", str(path)]):
+            code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                                *synthetic_args(tmp_path / "run"), *mode)
+            assert code == 2 and len(err) == 1 and message in err[0], (mode, err)
+    assert not (tmp_path / "run").exists()  # nothing written for a refused checkpoint
+
+
+def test_checkpoint_of_another_architecture_is_refused_and_run_dir_untouched(tmp_path, capsys):
+    out = tmp_path / "run"
+    fit(config_for(out, "train.epochs=1"), quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                        *synthetic_args(out, "model.kwargs={width: 4}"), "--resume")
+    assert code == 2 and len(err) == 1 and "was written for a different model (shape: stem.weight (8, 1, 3, 3) vs (4, 1, 3, 3)" in err[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    history = fit(config_for(out, "train.epochs=1"), quiet=True)
+    assert main(["--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"), *synthetic_args(out), "--eval-only"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["val_acc1"] == history[0]["val_acc1"] and metrics["val_loss"] == pytest.approx(history[0]["val_loss"])
