@@ -210,3 +210,14 @@ def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
     assert main(["--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"), *synthetic_args(out), "--eval-only"]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["val_acc1"] == history[0]["val_acc1"] and metrics["val_loss"] == pytest.approx(history[0]["val_loss"])
+
+
+@pytest.mark.realdata
+def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_learns(tmp_path):
+    # chance is 10%; this recipe measured 76.75% here (issue 4 asks 80% of a tuned smoke run)
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
+                         ["train.epochs=1", "data.train_subset=10000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
+    (metrics,) = fit(config, quiet=True)
+    assert metrics["val_acc1"] >= 0.70, metrics
