@@ -221,3 +221,23 @@ def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_learns(tmp_path):
                          ["train.epochs=1", "data.train_subset=10000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
     (metrics,) = fit(config, quiet=True)
     assert metrics["val_acc1"] >= 0.70, metrics
+
+
+def test_last_is_written_every_n_steps_and_after_each_epoch(tmp_path, monkeypatch):
+    written = []
+    original = train_module.save
+    monkeypatch.setattr(train_module, "save", lambda run, name: (written.append((name, run.position.global_step)),
+                                                                   original(run, name)))
+    fit(config_for(tmp_path, "train.epochs=2", "train.checkpoint_every_steps=4"), quiet=True)
+    lasts = [step for name, step in written if name == "last.pt"]
+    assert lasts == [4, 6, 8, 12, 12]  # steps 4, 8, 12 and the two epoch ends (6 steps an epoch)
+    assert {name for name, _ in written} == {"last.pt", "best.pt"}
+
+
+@pytest.mark.parametrize("name, kwargs", [("torchvision:resnet18", {}), ("lenet5", {"binary_activations": False})])
+def test_trainer_builds_zoo_and_torchvision_models(tmp_path, name, kwargs):
+    shape = "[3,32,32]" if name.startswith("torchvision") else "[1,28,28]"
+    history = fit(config_for(tmp_path, f"model.name={name}", f"model.kwargs={json.dumps(kwargs)}",
+                             f"data.synthetic_shape={shape}", "train.epochs=1", "data.synthetic_train_size=32"),
+                  quiet=True)
+    assert history[0]["epoch"] == 1 and 0 <= history[0]["val_acc1"] <= 1
