@@ -53,7 +53,7 @@ class DataSpec:
     `train_subset` keeps the first N training samples (all of them if there are fewer).
     """
 
-    name: str
+    name: str = "fashion_mnist"
     root: str = "data"
     download: bool = False
     batch_size: int = 128

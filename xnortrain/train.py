@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 import signal
 import sys
 import time
@@ -32,7 +33,7 @@ from .binop import BinOp
 from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
-from .data import DataSpec, build_data
+from .data import build_data
 from .errors import ConfigError, UserError
 from .models import build_model
 
@@ -130,13 +131,7 @@ def build_run(config: Config) -> Run:
     device = select_device(config.train.device)
     if config.train.amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp: fp16 needs a CUDA device (this run uses {device.type}); use bf16 or none")
-    d = config.data
-    data = build_data(DataSpec(
-        name=d.name, root=d.root, download=d.download, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
-        workers=d.workers, augment=d.augment, train_subset=d.train_subset,
-        synthetic_shape=tuple(d.synthetic_shape), synthetic_classes=d.synthetic_classes,
-        synthetic_train_size=d.synthetic_train_size, synthetic_eval_size=d.synthetic_eval_size,
-    ), seed=config.train.seed)
+    data = build_data(config.data, seed=config.train.seed)
     model = build_model(config.model, data.num_classes, data.input_shape[0]).to(device)
     binop = attach_binop(config, model) if config.binop.enabled else None
     optimizer = make_optimizer(config.optim, model.parameters())
@@ -305,7 +300,7 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
         metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run)))
     metrics["epoch_time_s"] = epoch_time
     with warnings.catch_warnings():  # a resumed run may reach here before its first optimizer.step()
-        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
         run.scheduler.step()
     run.position.epoch, run.position.step, run.running = epoch + 1, 0, {}
     improved = due and metrics["val_acc1"] > run.position.best_acc1
