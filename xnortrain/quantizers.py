@@ -43,9 +43,9 @@ def grad_scale(grad: str, weight_shape: torch.Size) -> float:
     return float(n) if c_in == 1 else n * (1.0 - 1.0 / c_in)
 
 
-def filter_alpha(w2: torch.Tensor) -> torch.Tensor:
-    """alpha_o = ||W[o]||_1 / n for the filter-major view `w2` (C_out, n)."""
-    return w2.abs().sum(1, keepdim=True).div_(w2.shape[1])  # (C_out, 1)
+def filter_alpha(magnitude: torch.Tensor) -> torch.Tensor:
+    """alpha_o = ||W[o]||_1 / n from |W| in the filter-major view (C_out, n)."""
+    return magnitude.sum(1, keepdim=True).div_(magnitude.shape[1])  # (C_out, 1)
 
 
 def sign_times(magnitude: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -56,7 +56,7 @@ def sign_times(magnitude: torch.Tensor, w: torch.Tensor, out: torch.Tensor | Non
 def binarize(w: torch.Tensor) -> torch.Tensor:
     """W~ = alpha * sign(W) per output filter, sign(0) = +1 (no autograd rule attached)."""
     w2 = w.flatten(1)  # (C_out, n)
-    return sign_times(filter_alpha(w2), w2).view_as(w)
+    return sign_times(filter_alpha(w2.abs()), w2).view_as(w)
 
 
 class BinarizeWeight(torch.autograd.Function):
@@ -77,7 +77,7 @@ class BinarizeWeight(torch.autograd.Function):
     def forward(ctx, w: torch.Tensor, grad: str, scale: float) -> torch.Tensor:
         w2 = w.flatten(1)  # (C_out, n)
         magnitude = w2.abs()  # (C_out, n), becomes W~ below
-        alpha = magnitude.sum(1, keepdim=True).div_(w2.shape[1])  # (C_out, 1)
+        alpha = filter_alpha(magnitude)  # (C_out, 1)
         ctx.clipped = may_be_true(magnitude.amax() > 1)  # some |W_i| > 1: the indicator matters
         w_bin = sign_times(alpha, w2, out=magnitude)  # (C_out, n)
         ctx.grad, ctx.scale = grad, scale
@@ -90,7 +90,7 @@ class BinarizeWeight(torch.autograd.Function):
         g2 = grad_out.reshape(w_bin.shape)  # (C_out, n)
         inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
         if ctx.grad == "ste":
-            return inside_g.view_as(w).clone() if inside_g is g2 else inside_g.view_as(w), None, None
+            return inside_g.view_as(w), None, None
         sign = torch.copysign(torch.ones((), dtype=w_bin.dtype, device=w_bin.device), w_bin)  # (C_out, n)
         mean_sign_g = torch.linalg.vecdot(sign, g2).unsqueeze(1).mul_(ctx.scale / w_bin.shape[1])  # (C_out, 1)
         grad_w = sign.mul_(mean_sign_g)  # scale * sign_i * mean_j(sign_j * G_j)
