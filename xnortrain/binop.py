@@ -126,15 +126,10 @@ class BinOp:
         total = sum(w.numel() for w in self.weights.values())
         lines = [f"BinOp(grad={self.grad!r}, {len(self.targets)} layers, {total:,} binarized weights)"]
         width = max((len(n) for n in self.targets), default=0)
-        for name, layer in self.targets.items():
-            shape = tuple(layer.parametrizations.weight.original.shape)
+        for (name, layer), w in zip(self.targets.items(), self.weights.values()):
             kind = parametrize.type_before_parametrizations(layer).__name__
-            lines.append(f"  {name:<{width}}  {kind:<6}  {str(shape):<18} {prod(shape):>12,}")
+            lines.append(f"  {name:<{width}}  {kind:<6}  {str(tuple(w.shape)):<18} {w.numel():>12,}")
         return "\n".join(lines)
-
-
-def prod(shape: tuple[int, ...]) -> int:
-    return torch.Size(shape).numel()
 
 
 def _plain_weight_key(module, state_dict, prefix, local_metadata) -> None:
