@@ -1,13 +1,15 @@
 """What BinOp costs per training step, measured side by side in one process.
 
-For each model, a plain full-precision training step and the same step with BinOp
-attached (same architecture, same batch, same optimizer) run alternately, many times;
-the script prints the median step times, the median of the paired ratios
-BinOp / plain, and BinOp's own time: binarizing every target weight, the backward
-rule on a random gradient, and the projection, timed in isolation.
+For LeNet-5 (batch 128) and NIN (batch 32), a plain full-precision training step and
+the same step with BinOp attached (same architecture, batch and optimizer) run
+alternately, many times; the script prints the median step times, the median of the
+paired ratios BinOp / plain, and BinOp's own time: binarizing every target weight, the
+backward rule on a random gradient and the projection, timed in isolation. A second
+table gives that own time for the LeNet-5, NIN and AlexNet weight sets against their
+number of binarized weights, so its growth with the weights is visible.
 
-    python scripts/bench_binop.py            # LeNet-5 batch 128, NIN batch 32
-    python scripts/bench_binop.py --quick    # fewer repetitions
+    python scripts/bench_binop.py            # 200 repetitions
+    python scripts/bench_binop.py --quick    # 30 repetitions
     python scripts/bench_binop.py --json out.json
 """
 
@@ -23,8 +25,9 @@ import torch
 from torch import nn
 
 from xnortrain import BinOp
-from xnortrain.zoo import lenet5, nin
+from xnortrain.zoo import alexnet, lenet5, nin
 
+WEIGHT_SETS = {"lenet5": lenet5, "nin": nin, "alexnet": alexnet}
 CASES = {
     "lenet5": (lenet5, (128, 1, 28, 28)),
     "nin": (nin, (32, 3, 32, 32)),
@@ -120,9 +123,20 @@ def main() -> None:
         results.append(r)
         print(f"| {r['model']} | {r['batch']} | {r['binarized_weights']:,} | {r['plain_step_ms']:.2f} | "
               f"{r['binop_step_ms']:.2f} | {r['median_ratio']:.3f} | {r['binop_own_ms']:.3f} |", flush=True)
+    print("\n| weights of | binarized weights | BinOp own ms | ns per weight |")
+    print("|---|---|---|---|")
+    own = []
+    for name, build in WEIGHT_SETS.items():
+        torch.manual_seed(0)
+        controller = BinOp(build())
+        n = sum(w.numel() for w in controller.weights.values())
+        ms = binop_own_seconds(controller, max(5, repeats // 10)) * 1e3
+        own.append({"model": name, "binarized_weights": n, "binop_own_ms": ms})
+        print(f"| {name} | {n:,} | {ms:.3f} | {ms * 1e6 / n:.2f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, f, indent=2)
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": results,
+                       "own": own}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -241,3 +241,14 @@ def test_trainer_builds_zoo_and_torchvision_models(tmp_path, name, kwargs):
                              f"data.synthetic_shape={shape}", "train.epochs=1", "data.synthetic_train_size=32"),
                   quiet=True)
     assert history[0]["epoch"] == 1 and 0 <= history[0]["val_acc1"] <= 1
+
+
+def test_plot_draws_the_curves_of_several_runs(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for name in ("a", "b"):
+        fit(config_for(tmp_path / name, "train.epochs=2"), quiet=True)
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--labels", "A", "B"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    code, err = run_cli(capsys, "plot", str(tmp_path / "missing"), "--out", str(out))
+    assert code == 2 and len(err) == 1 and "missing/metrics.jsonl does not exist" in err[0]

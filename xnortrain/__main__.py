@@ -1,4 +1,7 @@
-"""The command line: `python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]`.
+"""The command line.
+
+    python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]
+    python -m xnortrain plot RUN_DIR [RUN_DIR ...] --out curves.png [--labels A B ...]
 
 User errors (config, data, checkpoint) print one line on stderr and exit 2; SIGINT/SIGTERM
 finish the step, write last.pt and exit 128 + the signal number.
@@ -27,6 +30,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_plot_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="xnortrain plot", description="Loss and top-1 curves of training runs.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)")
+    parser.add_argument("--out", default="curves.png", help="image file to write (default curves.png)")
+    parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
+    return parser.parse_args(argv)
+
+
+def plot(args: argparse.Namespace) -> int:
+    from .plot import plot_runs
+
+    if args.labels is not None and len(args.labels) != len(args.run_dirs):
+        raise UserError(f"--labels: {len(args.labels)} labels for {len(args.run_dirs)} run directories")
+    print(plot_runs(args.run_dirs, args.out, args.labels))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import evaluate_checkpoint, fit
@@ -43,11 +63,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plot"]:
+        args, command = parse_plot_args(argv[1:]), plot
+    else:
+        args, command = parse_args(argv), run
     from .train import Interrupted
 
     try:
-        return run(args)
+        return command(args)
     except Interrupted as stop:
         print(f"xnortrain: {stop}", file=sys.stderr)
         return stop.exit_code

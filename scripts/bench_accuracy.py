@@ -1,0 +1,75 @@
+"""Real-data accuracy: LeNet-5 on Fashion-MNIST as full precision, BWN and XNOR-Net.
+
+Each variant runs through the normal command line (`python -m xnortrain --config
+configs/fashion_mnist_lenet.yaml --set ...`), same seed, same schedule (Adam, weight decay
+1e-5, batch 128, lr x0.1 after epoch 10 of 15); lr 0.01 for the binary nets and 0.001
+for full precision. The table (test top-1, epochs, wall time) goes to stdout and, as
+Markdown and JSON, to --out.
+
+    python scripts/bench_accuracy.py                  # 15 epochs each (about 20 minutes on 2 cores)
+    python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
+VARIANTS = {
+    "full precision": ["binop.enabled=false", "model.kwargs={binary_activations: false}", "optim.lr=0.001"],
+    "BWN": ["binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.01"],
+    "XNOR-Net": ["binop.enabled=true", "model.kwargs={binary_activations: true}", "optim.lr=0.01"],
+}
+
+
+def run_variant(name: str, sets: list[str], epochs: int, subset: int | None, out_dir: Path) -> dict:
+    run_dir = out_dir / name.replace(" ", "_").lower()
+    common = [f"train.epochs={epochs}", f"schedule.milestones=[{max(1, epochs * 2 // 3)}]",
+              "optim.weight_decay=0.00001", "data.batch_size=128", "train.seed=0", f"train.out_dir={run_dir}"]
+    if subset:
+        common.append(f"data.train_subset={subset}")
+    cmd = [sys.executable, "-m", "xnortrain", "--config", str(CONFIG), "--quiet"]
+    for s in [*common, *sets]:
+        cmd += ["--set", s]
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - start
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"variant": name, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
+            "epochs": epochs, "wall_s": wall, "mean_epoch_s": sum(m["epoch_time_s"] for m in metrics) / len(metrics),
+            "run_dir": str(run_dir)}
+
+
+def markdown(rows: list[dict]) -> str:
+    fp = rows[0]["test_top1"]
+    lines = ["| variant | test top-1 | vs full precision | epochs | wall time s | train s/epoch |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['test_top1']:.2%} | {100 * (r['test_top1'] - fp):+.2f} pt | {r['epochs']} "
+                     f"| {r['wall_s']:.0f} | {r['mean_epoch_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 epoch on the first 10,000 training images")
+    parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
+    args = parser.parse_args()
+    epochs, subset = (1, 10_000) if args.quick else (15, None)
+    out_dir = Path(args.out)
+    rows = [run_variant(name, sets, epochs, subset, out_dir) for name, sets in VARIANTS.items()]
+    table = markdown(rows)
+    print(table)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "accuracy.md").write_text(table + "\n")
+    (out_dir / "accuracy.json").write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
