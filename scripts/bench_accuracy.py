@@ -4,7 +4,8 @@ Each variant runs through the normal command line (`python -m xnortrain --config
 configs/fashion_mnist_lenet.yaml --set ...`), same seed, same schedule (Adam, weight decay
 1e-5, batch 128, lr x0.1 after epoch 10 of 15); lr 0.01 for the binary nets and 0.001
 for full precision. The table (test top-1, epochs, wall time) goes to stdout and, as
-Markdown and JSON, to --out.
+Markdown and JSON, to --out, with the loss and top-1 curves of the three runs
+(`accuracy.png`, when matplotlib is installed).
 
     python scripts/bench_accuracy.py                  # 15 epochs each (about 20 minutes on 2 cores)
     python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
@@ -20,6 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+
+from xnortrain.errors import UserError
+from xnortrain.plot import plot_runs
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
 VARIANTS = {
@@ -69,6 +73,10 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "accuracy.md").write_text(table + "\n")
     (out_dir / "accuracy.json").write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+    try:
+        print(plot_runs([r["run_dir"] for r in rows], out_dir / "accuracy.png", [r["variant"] for r in rows]))
+    except UserError as err:  # matplotlib missing: the table stands without the figure
+        print(err)
 
 
 if __name__ == "__main__":
