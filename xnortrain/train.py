@@ -70,7 +70,7 @@ class Run:
     device: torch.device
     out_dir: Path
     position: Position = dataclasses.field(default_factory=Position)
-    running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far
+    running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far (tensors)
 
 
 # --- building ---------------------------------------------------------------------
@@ -243,7 +243,9 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
     run.model.train()
     epoch, train = run.position.epoch, run.data.train
     criterion = nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing)
-    sums = {k: torch.tensor(run.running.get(k, 0.0), dtype=torch.float64) for k in ("loss", "correct", "count")}
+    # float64 sums on the CPU, restored from a mid-epoch checkpoint: a resumed epoch adds up exactly
+    sums = run.running = {k: torch.as_tensor(run.running.get(k, 0.0), dtype=torch.float64)
+                          for k in ("loss", "correct", "count")}
     every = run.config.train.checkpoint_every_steps
     bar = tqdm(total=len(train), initial=run.position.step, desc=f"epoch {epoch + 1}",
                disable=not show_progress, leave=False, dynamic_ncols=True)
@@ -254,11 +256,10 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
         sums["count"] += len(y)
         run.position.step += 1
         run.position.global_step += 1
-        run.running = {k: v.item() for k, v in sums.items()}
         bar.update(1)
         if show_progress and run.position.step % 10 == 0:
-            bar.set_postfix(loss=f"{run.running['loss'] / run.running['count']:.4f}",
-                            acc=f"{run.running['correct'] / run.running['count']:.2%}", refresh=False)
+            bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", acc=f"{sums['correct'] / sums['count']:.2%}",
+                            refresh=False)
         if stop.signum is not None:
             bar.close()
             save(run, "last.pt")
@@ -293,7 +294,7 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     """Evaluate (when due), log the epoch's metrics, advance the position, write checkpoints."""
     cfg, epoch = run.config.train, run.position.epoch
     due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-    sums = run.running
+    sums = {k: v.item() for k, v in run.running.items()}
     metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr,
                "train_loss": sums["loss"] / sums["count"], "train_acc1": sums["correct"] / sums["count"]}
     if due:
