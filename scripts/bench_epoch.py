@@ -61,28 +61,23 @@ def trainer_epoch(subset: int | None):
     return epoch, run
 
 
-def step_fn(run):
+def epoch_over(run, batches):
+    """An epoch of nothing but forward, backward and optimizer step over `batches`."""
     criterion = nn.CrossEntropyLoss()
-
-    def step(x, y):
-        run.optimizer.zero_grad(set_to_none=True)
-        criterion(run.model(x), y).backward()
-        run.optimizer.step()
-
-    return step
-
-
-def floor_epoch(subset: int | None):
-    _, run = trainer_epoch(subset)
-    batches = list(run.data.train.batches(0))  # prepared once, outside the timing
-    step = step_fn(run)
 
     def epoch():
         run.model.train()
         for x, y in batches:
-            step(x, y)
+            run.optimizer.zero_grad(set_to_none=True)
+            criterion(run.model(x), y).backward()
+            run.optimizer.step()
 
     return epoch
+
+
+def floor_epoch(subset: int | None):
+    _, run = trainer_epoch(subset)
+    return epoch_over(run, list(run.data.train.batches(0)))  # prepared once, outside the timing
 
 
 def typical_epoch(subset: int | None, root: Path):
@@ -94,15 +89,8 @@ def typical_epoch(subset: int | None, root: Path):
         str(root), train=True, transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))]))
     if subset:
         dataset = torch.utils.data.Subset(dataset, range(subset))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2, persistent_workers=True)
-    step = step_fn(run)
-
-    def epoch():
-        run.model.train()
-        for x, y in loader:
-            step(x, y)
-
-    return epoch
+    return epoch_over(run, torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2,
+                                                       persistent_workers=True))
 
 
 def main() -> None:
