@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -252,3 +253,10 @@ def test_plot_draws_the_curves_of_several_runs(tmp_path, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     code, err = run_cli(capsys, "plot", str(tmp_path / "missing"), "--out", str(out))
     assert code == 2 and len(err) == 1 and "missing/metrics.jsonl does not exist" in err[0]
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    history = fit(config_for(tmp_path, "train.amp=bf16", "train.epochs=2", "train.grad_clip=1.0"), quiet=True)
+    assert all(math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"]) for m in history)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    assert state["conv.weight"].dtype == torch.float32  # the real weights stay float32
