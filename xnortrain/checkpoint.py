@@ -22,7 +22,8 @@ from torch import nn
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("version", "model", "optimizer", "scheduler", "epoch", "step", "global_step", "rng", "config")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "global_step", "best_acc1", "running",
+                 "rng", "config")
 
 
 def atomic_write(path: str | Path, write) -> None:
