@@ -227,8 +227,8 @@ def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_learns(tmp_path):
 def test_last_is_written_every_n_steps_and_after_each_epoch(tmp_path, monkeypatch):
     written = []
     original = train_module.save
-    monkeypatch.setattr(train_module, "save", lambda run, name: (written.append((name, run.position.global_step)),
-                                                                   original(run, name)))
+    monkeypatch.setattr(train_module, "save", lambda run, *names: (
+        written.extend((name, run.position.global_step) for name in names), original(run, *names)))
     fit(config_for(tmp_path, "train.epochs=2", "train.checkpoint_every_steps=4"), quiet=True)
     lasts = [step for name, step in written if name == "last.pt"]
     assert lasts == [4, 6, 8, 12, 12]  # steps 4, 8, 12 and the two epoch ends (6 steps an epoch)

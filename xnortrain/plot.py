@@ -37,13 +37,12 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, labels: list[str] | N
     for run_dir, label, color in zip(run_dirs, labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10):
         metrics = read_metrics(run_dir)
         epochs = [m["epoch"] for m in metrics]
-        evaluated = [m for m in metrics if "val_acc1" in m]
+        evaluated = [m for m in metrics if "val_acc1" in m]  # epochs with an evaluation
+        eval_epochs = [m["epoch"] for m in evaluated]
         loss_ax.plot(epochs, [m["train_loss"] for m in metrics], "--", color=color, label=f"{label} train")
-        loss_ax.plot([m["epoch"] for m in evaluated], [m["val_loss"] for m in evaluated], "-", color=color,
-                     label=f"{label} test")
+        loss_ax.plot(eval_epochs, [m["val_loss"] for m in evaluated], "-", color=color, label=f"{label} test")
         acc_ax.plot(epochs, [100 * m["train_acc1"] for m in metrics], "--", color=color, label=f"{label} train")
-        acc_ax.plot([m["epoch"] for m in evaluated], [100 * m["val_acc1"] for m in evaluated], "-", color=color,
-                    label=f"{label} test")
+        acc_ax.plot(eval_epochs, [100 * m["val_acc1"] for m in evaluated], "-", color=color, label=f"{label} test")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="top-1 %", title="top-1 accuracy")
     for ax in (loss_ax, acc_ax):

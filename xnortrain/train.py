@@ -170,8 +170,11 @@ def checkpoint_state(run: Run) -> dict:
     }
 
 
-def save(run: Run, name: str) -> None:
-    save_checkpoint(run.out_dir / name, checkpoint_state(run))
+def save(run: Run, *names: str) -> None:
+    """Write the run's state (gathered once) to each of the named checkpoints."""
+    state = checkpoint_state(run)
+    for name in names:
+        save_checkpoint(run.out_dir / name, state)
 
 
 def load_weights(run: Run, path: Path) -> dict:
@@ -307,9 +310,7 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     improved = due and metrics["val_acc1"] > run.position.best_acc1
     if improved:
         run.position.best_acc1 = metrics["val_acc1"]
-    save(run, "last.pt")
-    if improved:
-        save(run, "best.pt")
+    save(run, "last.pt", *(["best.pt"] if improved else []))
     return metrics
 
 
