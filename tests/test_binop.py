@@ -313,16 +313,16 @@ def test_model_without_conv_or_linear_is_refused():
 def test_attaching_twice_is_refused():
     model = small_net()
     BinOp(model)
-    with pytest.raises(ValueError, match="already has a weight parametrization"):
+    with pytest.raises(ValueError, match="already has a parametrization of .weight."):
         BinOp(model)
 
 
 def test_repr_lists_targets_with_shapes():
     text = repr(BinOp(lenet5()))
-    assert text.splitlines()[0] == "BinOp(grad='xnor', 2 layers, 425,000 binarized weights)"
+    assert text.splitlines()[0] == "BinOp(grad='xnor', 2 layers, 0 params, 425,000 binarized weights)"
     rows = [line.split(None, 2) for line in text.splitlines()[1:]]
-    assert rows == [["block2.conv", "Conv2d", "(50, 20, 5, 5)           25,000"],
-                    ["block3.linear", "Linear", "(500, 800)              400,000"]]
+    assert rows == [["block2.conv", "Conv2d", "(50, 20, 5, 5)           25,000  Xnor(scale='filter', grad='xnor')"],
+                    ["block3.linear", "Linear", "(500, 800)              400,000  Xnor(scale='filter', grad='xnor')"]]
 
 
 # --- any model ------------------------------------------------------------------------

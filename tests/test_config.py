@@ -32,6 +32,14 @@ def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
     assert c.data.train_subset is None and c.train.grad_clip == 2.0 and isinstance(c.train.grad_clip, float)
 
 
+def test_quantizer_keys_accept_a_name_a_mapping_and_rules():
+    rules = '[{match: "block2.*", quantizer: sign}, {match: "*", quantizer: codebook, values: [1, -1, 0.5, -0.5]}]'
+    config = load_config(None, ["binop.quantizer=" + rules, "binop.params=[v]"])
+    assert config.binop.quantizer[1] == {"match": "*", "quantizer": "codebook", "values": [1, -1, 0.5, -0.5]}
+    assert config.binop.params == ["v"]
+    assert load_config(None, ["binop.quantizer={name: xnor, scale: layer}"]).binop.quantizer == {"name": "xnor", "scale": "layer"}
+
+
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().train.epochs = 3
@@ -53,6 +61,12 @@ def test_config_is_frozen():
         ({"train": {"amp": "fp8"}}, "train.amp: 'fp8' is not one of none, bf16, fp16"),
         ({"binop": {"enabled": "yes please"}}, "binop.enabled: expected true or false, got 'yes please'"),
         ({"train": 3}, "config section 'train' must be a mapping of keys, got 3"),
+        ({"binop": {"quantizer": 3}}, "binop.quantizer: expected a string or a mapping or a list, got 3"),
+        ({"binop": {"quantizer": "ternary"}}, "binop.quantizer: unknown quantizer 'ternary': choose one of xnor, sign"),
+        ({"binop": {"quantizer": [{"match": "*", "quantizer": "codebook", "value": [1]}]}},
+         "binop.quantizer: quantizer codebook: unknown option(s) value; valid: values, scale"),
+        ({"binop": {"quantizer": [{"quantizer": "sign"}]}}, "binop.quantizer: quantizer rule {'quantizer': 'sign'}: needs `match"),
+        ({"binop": {"params": "v"}}, "binop.params: expected a list of a string, got 'v'"),
     ],
 )
 def test_bad_config_raises_one_line_naming_the_key(raw, message):

@@ -18,7 +18,7 @@ import torch
 import xnortrain.train as train_module
 from xnortrain.__main__ import main
 from xnortrain.config import load_config
-from xnortrain.train import Interrupted, fit
+from xnortrain.train import Interrupted, build_run, fit
 
 TESTS = Path(__file__).parent
 
@@ -222,6 +222,13 @@ def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_learns(tmp_path):
                          ["train.epochs=1", "data.train_subset=10000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
     (metrics,) = fit(config, quiet=True)
     assert metrics["val_acc1"] >= 0.70, metrics
+
+
+def test_trainer_applies_quantizer_rules_from_the_config(tmp_path):
+    run = build_run(config_for(tmp_path, "model.name=lenet5", "data.synthetic_shape=[1,28,28]",
+                               'binop.quantizer=[{match: "block2.*", quantizer: sign}, {match: "*", quantizer: binaryconnect}]'))
+    assert {name: q.name for name, q in run.binop.quantizers.items()} == {"block2.conv": "sign", "block3.linear": "binaryconnect"}
+    assert all(set(w.unique().tolist()) == {-1.0, 1.0} for w in run.binop.binarized().values())
 
 
 def test_last_is_written_every_n_steps_and_after_each_epoch(tmp_path, monkeypatch):

@@ -21,30 +21,29 @@ them before each forward.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .quantizers import BinarizeWeight, binarize, check_grad_mode, grad_scale
-from .projection import project_
+from .quantizers import check_grad_mode
 from .selection import select_targets
+from .weight_quantizers import Quantizer, assign_quantizers
 
-_ORIGINAL = "parametrizations.weight.original"
 
+class Quantized(nn.Module):
+    """The parametrization W -> W~ of one target, by its quantizer (default: XNOR's alpha * sign(W))."""
 
-class Binarized(nn.Module):
-    """The parametrization weight -> alpha * sign(weight) with gradient rule `grad`."""
-
-    def __init__(self, grad: str, scale: float):
+    def __init__(self, quantizer: Quantizer):
         super().__init__()
-        self.grad, self.scale = grad, scale
+        self.quantizer = quantizer
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return BinarizeWeight.apply(w, self.grad, self.scale)
+        return self.quantizer.quantize(w)
 
     def extra_repr(self) -> str:
-        return f"grad={self.grad!r}"
+        return repr(self.quantizer)
 
 
 class BinOp:
@@ -56,7 +55,15 @@ class BinOp:
         include, exclude: glob patterns over fully qualified module names.
         skip_first_last: keep the first and last conv/linear layer (registration order)
             in full precision, as the paper does.
-        grad: gradient rule, ``"xnor"`` (default), ``"exact"`` or ``"ste"``.
+        grad: gradient rule of the ``xnor`` quantizer, ``"xnor"`` (default), ``"exact"``
+            or ``"ste"``.
+        quantizer: ``"xnor"`` (default), another quantizer of `weight_quantizers.QUANTIZERS`
+            by name or as a mapping with its options (``{"name": "codebook", "values": [1, -1]}``),
+            or a list of rules ``{"match": glob, "quantizer": name, **options}`` over the
+            target names, first match wins.
+        params: fully qualified names of further parameters to quantize (a learnable
+            vector, a 0/1 matrix): any shape, with a quantizer that needs no filters.
+            With `params`, an empty layer selection (``include=[]``) is allowed.
         optimizer: if given, :meth:`project_` runs after each of its steps.
 
     The model's ``state_dict()`` keeps the plain model's keys and holds the real
@@ -71,26 +78,32 @@ class BinOp:
         exclude: Iterable[str] | None = None,
         skip_first_last: bool = True,
         grad: str = "xnor",
+        quantizer="xnor",
+        params: Iterable[str] = (),
         optimizer: torch.optim.Optimizer | None = None,
     ):
         self.grad = check_grad_mode(grad)
         self.model = model
-        self.targets: dict[str, nn.Module] = select_targets(model, include, exclude, skip_first_last)
-        for name, layer in self.targets.items():
-            if parametrize.is_parametrized(layer, "weight"):
-                raise ValueError(f"layer {name!r} already has a weight parametrization (is BinOp attached twice?)")
+        self.params: dict[str, nn.Module] = _owners(model, params)
+        self.targets: dict[str, nn.Module] = (
+            {} if self.params and include is not None and not list(include)
+            else select_targets(model, include, exclude, skip_first_last))
+        self._slots = {**{n: (m, "weight") for n, m in self.targets.items()},
+                       **{n: (self.params[n], n.rpartition(".")[2]) for n in self.params}}
+        self.quantizers: dict[str, Quantizer] = assign_quantizers(list(self._slots), quantizer, self.grad)
+        for name, (module, attr) in self._slots.items():
+            _check_attachable(name, module, attr, self.quantizers[name])
         self._handles = []
-        for layer in self.targets.values():
-            self._attach(layer)
+        for name, (module, attr) in self._slots.items():
+            self._attach(module, attr, self.quantizers[name])
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
 
-    def _attach(self, layer: nn.Module) -> None:
-        scale = grad_scale(self.grad, layer.weight.shape)
-        parametrize.register_parametrization(layer, "weight", Binarized(self.grad, scale), unsafe=True)
-        self._handles.append(layer.register_state_dict_post_hook(_plain_weight_key))
-        self._handles.append(layer.register_load_state_dict_pre_hook(_parametrized_weight_key))
+    def _attach(self, module: nn.Module, attr: str, quantizer: Quantizer) -> None:
+        parametrize.register_parametrization(module, attr, Quantized(quantizer), unsafe=True)
+        self._handles.append(module.register_state_dict_post_hook(partial(_plain_key, attr)))
+        self._handles.append(module.register_load_state_dict_pre_hook(partial(_parametrized_key, attr)))
 
     def project_after(self, optimizer: torch.optim.Optimizer) -> BinOp:
         """Run :meth:`project_` after every ``optimizer.step()`` (a step post-hook)."""
@@ -99,45 +112,76 @@ class BinOp:
 
     @property
     def weights(self) -> dict[str, nn.Parameter]:
-        """The real weights of the targets (the parameters the optimizer updates)."""
-        return {name: layer.parametrizations.weight.original for name, layer in self.targets.items()}
+        """The real weights of the targets and params (the parameters the optimizer updates)."""
+        return {name: getattr(module.parametrizations, attr).original for name, (module, attr) in self._slots.items()}
 
+    @torch.no_grad()
     def project_(self) -> None:
-        """Steps 1-2 in place: mean-centre each filter across C_in (where C_in > 1), clamp to [-1, 1]."""
-        for w in self.weights.values():
-            project_(w)
+        """Steps 1-2 in place, each target by its quantizer's projection (xnor: mean-centre each
+        filter across C_in where C_in > 1, clamp to [-1, 1])."""
+        for name, w in self.weights.items():
+            self.quantizers[name].project_(w)
 
+    @torch.no_grad()
     def binarized(self) -> dict[str, torch.Tensor]:
-        """W~ of every target, computed from the current real weights (a copy)."""
-        with torch.no_grad():
-            return {name: binarize(w) for name, w in self.weights.items()}
+        """W~ of every target, computed from the current real weights (a copy; a fresh draw
+        for stochastic quantizers)."""
+        return {name: self.quantizers[name].quantize(w) for name, w in self.weights.items()}
 
     def detach(self, bake: bool = False) -> nn.Module:
         """Take BinOp off: plain layers holding the real weights, or W~ with ``bake=True``."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for layer in self.targets.values():
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=bake)
-        self.targets = {}
+        for module, attr in self._slots.values():
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
+        self.targets, self.params, self._slots = {}, {}, {}
         return self.model
 
     def __repr__(self) -> str:
-        total = sum(w.numel() for w in self.weights.values())
-        lines = [f"BinOp(grad={self.grad!r}, {len(self.targets)} layers, {total:,} binarized weights)"]
-        width = max((len(n) for n in self.targets), default=0)
-        for (name, layer), w in zip(self.targets.items(), self.weights.values()):
-            kind = parametrize.type_before_parametrizations(layer).__name__
-            lines.append(f"  {name:<{width}}  {kind:<6}  {str(tuple(w.shape)):<18} {w.numel():>12,}")
+        weights = self.weights
+        total = sum(w.numel() for w in weights.values())
+        lines = [(f"BinOp(grad={self.grad!r}, {len(self.targets)} layers, {len(self.params)} params, "
+                  f"{total:,} binarized weights)")]
+        width = max((len(n) for n in weights), default=0)
+        for name, w in weights.items():
+            module = self._slots[name][0]
+            kind = parametrize.type_before_parametrizations(module).__name__ if name in self.targets else "param"
+            lines.append(f"  {name:<{width}}  {kind:<6}  {str(tuple(w.shape)):<18} {w.numel():>12,}  "
+                         f"{self.quantizers[name]!r}")
         return "\n".join(lines)
 
 
-def _plain_weight_key(module, state_dict, prefix, local_metadata) -> None:
-    """state_dict hook: store the real weight under the plain model's key `<prefix>weight`."""
-    state_dict[prefix + "weight"] = state_dict.pop(prefix + _ORIGINAL)
+def _owners(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    """The module that owns each named parameter; the error lists the model's parameters."""
+    if isinstance(names, str):
+        names = [names]
+    available = dict(model.named_parameters())
+    owners = {}
+    for name in names:
+        if name not in available:
+            listing = ", ".join(list(available)[:20]) + (", ..." if len(available) > 20 else "")
+            raise ValueError(f"BinOp params: {type(model).__name__} has no parameter {name!r}; parameters: {listing}")
+        owner_name, _, _ = name.rpartition(".")
+        owners[name] = model.get_submodule(owner_name)
+    return owners
 
 
-def _parametrized_weight_key(module, state_dict, prefix, *args) -> None:
-    """load_state_dict pre-hook: route `<prefix>weight` to the real weight of the parametrization."""
-    if prefix + "weight" in state_dict:
-        state_dict[prefix + _ORIGINAL] = state_dict.pop(prefix + "weight")
+def _check_attachable(name: str, module: nn.Module, attr: str, quantizer: Quantizer) -> None:
+    if parametrize.is_parametrized(module, attr):
+        raise ValueError(f"{name!r} already has a parametrization of {attr!r} (is BinOp attached twice, "
+                         f"or is a layer's weight also listed in params?)")
+    if quantizer.needs_filters and getattr(module, attr).dim() < 2:
+        raise ValueError(f"{name!r} has shape {tuple(getattr(module, attr).shape)}: quantizer {quantizer!r} "
+                         f"needs filters (2 or more dims); use scale 'layer' or 'none', or another quantizer")
+
+
+def _plain_key(attr: str, module, state_dict, prefix, local_metadata) -> None:
+    """state_dict hook: store the real weight under the plain model's key `<prefix><attr>`."""
+    state_dict[prefix + attr] = state_dict.pop(f"{prefix}parametrizations.{attr}.original")
+
+
+def _parametrized_key(attr: str, module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: route `<prefix><attr>` to the real weight of the parametrization."""
+    if prefix + attr in state_dict:
+        state_dict[f"{prefix}parametrizations.{attr}.original"] = state_dict.pop(prefix + attr)

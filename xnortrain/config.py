@@ -20,6 +20,7 @@ import yaml
 
 from .data import DATA_SETS, DataSpec
 from .errors import ConfigError
+from .weight_quantizers import assign_quantizers
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class BinOpConfig:
     exclude: list[str] | None = None
     skip_first_last: bool = True
     grad: str = "xnor"
+    quantizer: str | dict | list = "xnor"  # a name, {name: ..., options}, or rules [{match, quantizer, ...}]
+    params: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,11 @@ def _check_value(path: str, hint, value: Any) -> Any:
         raise ConfigError(f"{path}: must be > 0, got {value!r}")
     if value is not None and path in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{path}: must be >= 0, got {value!r}")
+    if path == "binop.quantizer":
+        try:
+            assign_quantizers([], value, "xnor")  # builds every quantizer and rule: bad options fail here
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{path}: {err}") from None
     return value
 
 
@@ -202,8 +210,12 @@ def _coerce(path: str, hint, value: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (hint,) = [a for a in args if a is not type(None)]
-        return _coerce(path, hint, value)
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _coerce(path, options[0], value)
+        if not isinstance(value, tuple(typing.get_origin(a) or a for a in options)):
+            raise ConfigError(f"{path}: expected {' or '.join(_type_name(a) for a in options)}, got {value!r}")
+        return value
     origin = typing.get_origin(hint) or hint
     if origin in (list, tuple):  # YAML has lists only; tuple[int, ...] fields take them too
         if not isinstance(value, (list, tuple)):
@@ -221,4 +233,5 @@ def _coerce(path: str, hint, value: Any) -> Any:
 
 
 def _type_name(t) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(t, getattr(t, "__name__", str(t)))
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping", list: "a list"}
+    return names.get(t, getattr(t, "__name__", str(t)))

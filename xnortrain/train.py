@@ -146,7 +146,8 @@ def build_run(config: Config) -> Run:
 def attach_binop(config: Config, model: nn.Module) -> BinOp:
     b = config.binop
     try:
-        return BinOp(model, include=b.include, exclude=b.exclude, skip_first_last=b.skip_first_last, grad=b.grad)
+        return BinOp(model, include=b.include, exclude=b.exclude, skip_first_last=b.skip_first_last, grad=b.grad,
+                     quantizer=b.quantizer, params=b.params)
     except ValueError as err:  # a selection that matches nothing names the candidates
         raise ConfigError(f"binop ({config.model.name}): {err}") from None
 
