@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -33,3 +35,32 @@ class BinActive(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return bin_active(x)
+
+
+ACTIVATION_SCALES = ("none", "channel_mean", "K")
+
+
+def activation_scale(x: torch.Tensor, mode: str, layer: nn.Module) -> torch.Tensor | None:
+    """The scale of XNOR-Net section 3.2 for the output of `layer` fed with sign(x).
+
+    With A = mean over channels of |x|, shape (N, 1, H, W):
+
+        K:            K = A * k, k a box filter of the layer's kernel size (k_ij = 1 / (h * w)),
+                      with the layer's stride, padding and dilation: one factor per output
+                      position, shape (N, 1, H', W')
+        channel_mean: beta = mean of |x| over channels and positions, one factor per
+                      sample, shape (N, 1, 1, 1): K's cheap form, no convolution
+        none:         None
+
+    For a Linear layer both are the mean of |x| over the features, shape (N, 1).
+    The layer's output is then (sign(x) (*) W~) * K, with alpha inside W~.
+    """
+    if mode == "none":
+        return None
+    if isinstance(layer, nn.Linear):
+        return x.abs().flatten(1).mean(1, keepdim=True)
+    a = x.abs().mean(1, keepdim=True)  # A: (N, 1, H, W)
+    if mode == "channel_mean":
+        return a.mean((2, 3), keepdim=True)
+    box = torch.full((1, 1, *layer.kernel_size), 1.0 / math.prod(layer.kernel_size), dtype=x.dtype, device=x.device)
+    return nn.functional.conv2d(a, box, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)

@@ -10,6 +10,8 @@ Binary blocks follow XNOR-Net section 3.3: BatchNorm -> BinActive -> (Dropout) -
 Conv/Linear -> ReLU. The first and the last layer stay full precision (BinOp skips them
 by default). `binary_activations=False` swaps BinActive for the identity, giving a
 binary-weight network (BWN) once BinOp is attached, or a full-precision one without it.
+`act_scale="K"` (or `"channel_mean"`) scales each binary layer's output by XNOR-Net's
+activation scale K (section 3.2; `activations.activation_scale`).
 """
 
 from __future__ import annotations
@@ -17,61 +19,92 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
-from .activations import BinActive
+from .activations import ACTIVATION_SCALES, BinActive, activation_scale
 
-# BatchNorm without affine parameters, as in the XNOR-Net reference models.
+# BatchNorm as in the XNOR-Net reference models: affine inside the binary blocks (its shift
+# is a learned threshold for BinActive), without affine parameters after the first conv.
 _BN_EPS, _BN_MOMENTUM = 1e-4, 0.1
 
 
-def _bn(channels: int, dims: int = 2) -> nn.Module:
+def _bn(channels: int, dims: int = 2, affine: bool = False) -> nn.Module:
     norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
-    return norm(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM, affine=False)
+    return norm(channels, eps=_BN_EPS, momentum=_BN_MOMENTUM, affine=affine)
 
 
 def binary_conv(c_in: int, c_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
-                dropout: float = 0.0, binary_activations: bool = True) -> nn.Sequential:
-    """BatchNorm -> BinActive -> (Dropout) -> Conv2d -> ReLU, the conv named `conv`."""
-    return _binary_block(_bn(c_in), nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding),
-                         "conv", dropout, binary_activations)
+                dropout: float = 0.0, binary_activations: bool = True, act_scale: str = "none") -> BinaryBlock:
+    """BatchNorm -> BinActive -> (Dropout) -> Conv2d (-> * K) -> ReLU, the conv named `conv`."""
+    conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding)
+    return BinaryBlock(_bn(c_in, affine=True), conv, "conv", dropout, binary_activations, act_scale)
 
 
-def binary_linear(f_in: int, f_out: int, *, dropout: float = 0.0,
-                  binary_activations: bool = True) -> nn.Sequential:
-    """BatchNorm -> BinActive -> (Dropout) -> Linear -> ReLU, the linear layer named `linear`."""
-    return _binary_block(_bn(f_in, dims=1), nn.Linear(f_in, f_out), "linear", dropout, binary_activations)
+def binary_linear(f_in: int, f_out: int, *, dropout: float = 0.0, binary_activations: bool = True,
+                  act_scale: str = "none") -> BinaryBlock:
+    """BatchNorm -> BinActive -> (Dropout) -> Linear (-> * K) -> ReLU, the linear layer named `linear`."""
+    linear = nn.Linear(f_in, f_out)
+    return BinaryBlock(_bn(f_in, dims=1, affine=True), linear, "linear", dropout, binary_activations, act_scale)
 
 
-def _binary_block(norm: nn.Module, layer: nn.Module, layer_name: str, dropout: float,
-                  binary_activations: bool) -> nn.Sequential:
-    parts = [("norm", norm), ("act", BinActive() if binary_activations else nn.Identity())]
-    if dropout:
-        parts.append(("dropout", nn.Dropout(dropout)))
-    parts += [(layer_name, layer), ("relu", nn.ReLU(inplace=True))]
-    return nn.Sequential(OrderedDict(parts))
+class BinaryBlock(nn.Module):
+    """XNOR-Net's binary block: norm -> act -> (dropout) -> conv/linear (-> * K) -> relu.
+
+    `act_scale` ("none", "channel_mean" or "K", see `activations.activation_scale`) scales the
+    layer's output by K computed from the normalized input, as in XNOR-Net section 3.2.
+    """
+
+    def __init__(self, norm: nn.Module, layer: nn.Module, layer_name: str, dropout: float,
+                 binary_activations: bool, act_scale: str = "none"):
+        super().__init__()
+        if act_scale not in ACTIVATION_SCALES:
+            raise ValueError(f"act_scale {act_scale!r} is not one of {', '.join(ACTIVATION_SCALES)}")
+        if act_scale != "none" and not binary_activations:
+            raise ValueError(f"act_scale {act_scale!r} scales binary activations: it needs binary_activations=True")
+        self.act_scale, self.layer_name = act_scale, layer_name
+        self.norm = norm
+        self.act = BinActive() if binary_activations else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout else None
+        self.add_module(layer_name, layer)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        layer = getattr(self, self.layer_name)
+        k = activation_scale(x, self.act_scale, layer)
+        x = self.act(x)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        x = layer(x)
+        return self.relu(x if k is None else x * k)
+
+    def extra_repr(self) -> str:
+        return f"act_scale={self.act_scale!r}" if self.act_scale != "none" else ""
 
 
-def lenet5(num_classes: int = 10, in_channels: int = 1, binary_activations: bool = True) -> nn.Module:
+def lenet5(num_classes: int = 10, in_channels: int = 1, binary_activations: bool = True,
+           act_scale: str = "none") -> nn.Module:
     """LeNet-5 for 28x28 input: conv 20@5x5, conv 50@5x5, fc 500, fc num_classes."""
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(in_channels, 20, 5)),  # full precision
         ("bn1", _bn(20)),
         ("relu1", nn.ReLU(inplace=True)),
         ("pool1", nn.MaxPool2d(2)),  # (20, 12, 12)
-        ("block2", binary_conv(20, 50, 5, binary_activations=binary_activations)),
+        ("block2", binary_conv(20, 50, 5, binary_activations=binary_activations, act_scale=act_scale)),
         ("pool2", nn.MaxPool2d(2)),  # (50, 4, 4)
         ("flatten", nn.Flatten()),
-        ("block3", binary_linear(50 * 4 * 4, 500, binary_activations=binary_activations)),
+        ("block3", binary_linear(50 * 4 * 4, 500, binary_activations=binary_activations, act_scale=act_scale)),
         ("fc4", nn.Linear(500, num_classes)),  # full precision
     ]))
 
 
-def nin(num_classes: int = 10, in_channels: int = 3, binary_activations: bool = True) -> nn.Module:
+def nin(num_classes: int = 10, in_channels: int = 3, binary_activations: bool = True,
+        act_scale: str = "none") -> nn.Module:
     """Network in Network for 32x32 input, with XNOR-Net's binary blocks."""
     def block(c_in, c_out, k, padding=0, dropout=0.0):
         return binary_conv(c_in, c_out, k, padding=padding, dropout=dropout,
-                           binary_activations=binary_activations)
+                           binary_activations=binary_activations, act_scale=act_scale)
 
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(in_channels, 192, 5, padding=2)),  # full precision
@@ -94,13 +127,15 @@ def nin(num_classes: int = 10, in_channels: int = 3, binary_activations: bool = 
     ]))
 
 
-def alexnet(num_classes: int = 1000, in_channels: int = 3, binary_activations: bool = True) -> nn.Module:
+def alexnet(num_classes: int = 1000, in_channels: int = 3, binary_activations: bool = True,
+            act_scale: str = "none") -> nn.Module:
     """AlexNet as binarized in XNOR-Net, for 224x224 or 227x227 input."""
     def conv(c_in, c_out, k, padding=0):
-        return binary_conv(c_in, c_out, k, padding=padding, binary_activations=binary_activations)
+        return binary_conv(c_in, c_out, k, padding=padding, binary_activations=binary_activations,
+                           act_scale=act_scale)
 
     def fc(f_in, f_out):
-        return binary_linear(f_in, f_out, dropout=0.5, binary_activations=binary_activations)
+        return binary_linear(f_in, f_out, dropout=0.5, binary_activations=binary_activations, act_scale=act_scale)
 
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(in_channels, 96, 11, stride=4)),  # full precision
