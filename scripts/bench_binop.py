@@ -6,7 +6,8 @@ alternately, many times; the script prints the median step times, the median of 
 paired ratios BinOp / plain, and BinOp's own time: binarizing every target weight, the
 backward rule on a random gradient and the projection, timed in isolation. A second
 table gives that own time for the LeNet-5, NIN and AlexNet weight sets against their
-number of binarized weights, so its growth with the weights is visible.
+number of binarized weights, so its growth with the weights is visible. A third table
+times XNOR-Net steps with the activation scale K and channel_mean against none.
 
     python scripts/bench_binop.py            # 200 repetitions
     python scripts/bench_binop.py --quick    # 30 repetitions
@@ -20,11 +21,13 @@ import json
 import platform
 import statistics
 import time
+from functools import partial
 
 import torch
 from torch import nn
 
 from xnortrain import BinOp
+from xnortrain.activations import ACTIVATION_SCALES
 from xnortrain.zoo import alexnet, lenet5, nin
 
 WEIGHT_SETS = {"lenet5": lenet5, "nin": nin, "alexnet": alexnet}
@@ -75,35 +78,52 @@ def binop_own_seconds(controller: BinOp, repeats: int) -> float:
     return statistics.median(times)
 
 
+def alternate(steps: dict, x, y, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Step times of each trainer, run round-robin; the starting trainer rotates every round,
+    so none always runs on a warm cache."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step(x, y)
+    names = list(steps)
+    times = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            times[name].append(time_once(steps[name], x, y))
+    return times
+
+
+def median_ratio(times: list[float], baseline: list[float]) -> float:
+    return statistics.median(t / b for t, b in zip(times, baseline))
+
+
 def bench_model(name: str, repeats: int, warmup: int) -> dict:
     build, shape = CASES[name]
     x = torch.randn(shape)
     y = torch.randint(0, 10, (shape[0],))
     plain_step, _ = make_trainer(build, binop=False)
     binop_step, controller = make_trainer(build, binop=True)
-    for _ in range(warmup):
-        plain_step(x, y)
-        binop_step(x, y)
-    plain, binop, ratios = [], [], []
-    for i in range(repeats):
-        # alternate which goes first, so neither always runs on a warm cache
-        if i % 2:
-            b, p = time_once(binop_step, x, y), time_once(plain_step, x, y)
-        else:
-            p, b = time_once(plain_step, x, y), time_once(binop_step, x, y)
-        plain.append(p)
-        binop.append(b)
-        ratios.append(b / p)
+    times = alternate({"plain": plain_step, "binop": binop_step}, x, y, repeats, warmup)
     return {
         "model": name,
         "batch": shape[0],
         "binarized_weights": sum(w.numel() for w in controller.weights.values()),
-        "plain_step_ms": statistics.median(plain) * 1e3,
-        "binop_step_ms": statistics.median(binop) * 1e3,
-        "median_ratio": statistics.median(ratios),
+        "plain_step_ms": statistics.median(times["plain"]) * 1e3,
+        "binop_step_ms": statistics.median(times["binop"]) * 1e3,
+        "median_ratio": median_ratio(times["binop"], times["plain"]),
         "binop_own_ms": binop_own_seconds(controller, repeats) * 1e3,
         "repeats": repeats,
     }
+
+
+def bench_act_scale(name: str, repeats: int, warmup: int) -> dict:
+    """XNOR-Net steps with the activation scale K and channel_mean against none."""
+    build, shape = CASES[name]
+    x = torch.randn(shape)
+    y = torch.randint(0, 10, (shape[0],))
+    steps = {scale: make_trainer(partial(build, act_scale=scale), binop=True)[0] for scale in ACTIVATION_SCALES}
+    times = alternate(steps, x, y, repeats, warmup)
+    return {"model": name, "none_step_ms": statistics.median(times["none"]) * 1e3,
+            **{f"{scale}_over_none": median_ratio(times[scale], times["none"]) for scale in ("channel_mean", "K")}}
 
 
 def main() -> None:
@@ -133,10 +153,18 @@ def main() -> None:
         ms = binop_own_seconds(controller, max(5, repeats // 10)) * 1e3
         own.append({"model": name, "binarized_weights": n, "binop_own_ms": ms})
         print(f"| {name} | {n:,} | {ms:.3f} | {ms * 1e6 / n:.2f} |", flush=True)
+    print("\n| model | step ms, act_scale none | channel_mean / none (median) | K / none (median) |")
+    print("|---|---|---|---|")
+    scales = []
+    for name in args.models:
+        r = bench_act_scale(name, max(10, repeats // 2), warmup)
+        scales.append(r)
+        print(f"| {name} | {r['none_step_ms']:.2f} | {r['channel_mean_over_none']:.3f} | {r['K_over_none']:.3f} |",
+              flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": results,
-                       "own": own}, f, indent=2)
+                       "own": own, "act_scale": scales}, f, indent=2)
 
 
 if __name__ == "__main__":

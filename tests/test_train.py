@@ -144,6 +144,10 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
         (["--set", "model.name=no_such_module:Net"], "model.name: cannot import module 'no_such_module'"),
         (["--set", "binop.include=[nothing.*]"], "include pattern 'nothing.*' matches no layer; candidates: stem (Conv2d)"),
         (["--set", "train.amp=fp16", "--set", "train.device=cpu"], "train.amp: fp16 needs a CUDA device"),
+        (["--set", "model.name=lenet5", "--set", "model.kwargs={act_scale: k}"],
+         "model.kwargs: lenet5: act_scale 'k' is not one of none, channel_mean, K"),
+        (["--set", "binop.quantizer=[{match: stem, quantizer: sign}]"], "quantizer rules match no rule for conv"),
+        (["--set", "binop.params=[nope]"], "has no parameter 'nope'; parameters: stem.weight"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys, extra, message):

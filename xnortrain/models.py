@@ -53,6 +53,8 @@ def _construct(label: str, factory, *args, **kwargs) -> nn.Module:
         model = factory(*args, **kwargs)
     except TypeError as err:
         raise ConfigError(f"model.kwargs: {label} rejects {sorted(kwargs)}: {err}") from None
+    except ValueError as err:  # a kwarg of the right name with a value the model refuses
+        raise ConfigError(f"model.kwargs: {label}: {err}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {label} built a {type(model).__name__}, not an nn.Module")
     return model
