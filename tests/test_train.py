@@ -184,7 +184,7 @@ def checkpoint_errors(tmp_path: Path) -> list[tuple[Path, str]]:
     torch.save({"not": "ours"}, foreign)
     return [
         (tmp_path / "absent.pt", "absent.pt does not exist"),
-        (damaged, "damaged.pt is damaged or not a PyTorch checkpoint"),
+        (damaged, "damaged.pt is damaged or not a PyTorch file"),
         (evil, "was refused by the safe loader"),
         (foreign, "is not an xnortrain checkpoint"),
     ]

@@ -2,6 +2,8 @@
 
     python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]
     python -m xnortrain plot RUN_DIR [RUN_DIR ...] --out curves.png [--labels A B ...]
+    python -m xnortrain export --checkpoint runs/x/best.pt --out model.xnor.pt
+    python -m xnortrain summary --config FILE [--set KEY=VALUE ...]
 
 User errors (config, data, checkpoint) print one line on stderr and exit 2; SIGINT/SIGTERM
 finish the step, write last.pt and exit 128 + the signal number.
@@ -38,6 +40,39 @@ def parse_plot_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_export_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="xnortrain export", description="Write a packed 1-bit model file.")
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/x/best.pt)")
+    parser.add_argument("--out", required=True, help="file to write (e.g. model.xnor.pt)")
+    return parser.parse_args(argv)
+
+
+def parse_summary_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="xnortrain summary", description="Per-layer sizes and operations.")
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key by its dotted path (repeatable)")
+    return parser.parse_args(argv)
+
+
+def export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    sizes = export_checkpoint(args.checkpoint, args.out)
+    ratio = sizes["checkpoint_bytes"] / sizes["exported_bytes"]
+    print(f"{args.out}: {sizes['exported_bytes']:,} bytes; checkpoint {args.checkpoint}: "
+          f"{sizes['checkpoint_bytes']:,} bytes ({ratio:.1f}x smaller)")
+    return 0
+
+
+def summarize(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .summary import summary_of_config
+
+    print(summary_of_config(load_config(args.config, args.overrides)))
+    return 0
+
+
 def plot(args: argparse.Namespace) -> int:
     from .plot import plot_runs
 
@@ -64,8 +99,11 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["plot"]:
-        args, command = parse_plot_args(argv[1:]), plot
+    subcommands = {"plot": (parse_plot_args, plot), "export": (parse_export_args, export),
+                   "summary": (parse_summary_args, summarize)}
+    if argv[:1] and argv[0] in subcommands:
+        parse, command = subcommands[argv[0]]
+        args = parse(argv[1:])
     else:
         args, command = parse_args(argv), run
     from .train import Interrupted

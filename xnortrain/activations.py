@@ -57,8 +57,8 @@ def activation_scale(x: torch.Tensor, mode: str, layer: nn.Module) -> torch.Tens
     """
     if mode == "none":
         return None
-    if isinstance(layer, nn.Linear):
-        return x.abs().flatten(1).mean(1, keepdim=True)
+    if x.dim() == 2:  # the input of a Linear layer
+        return x.abs().mean(1, keepdim=True)
     a = x.abs().mean(1, keepdim=True)  # A: (N, 1, H, W)
     if mode == "channel_mean":
         return a.mean((2, 3), keepdim=True)

@@ -53,17 +53,7 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     """Read and sanity-check a checkpoint; every failure is one CheckpointError line."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} was refused by the safe loader (it holds objects "
-                              f"that could run code on load): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        raise CheckpointError(f"checkpoint {path} is damaged or not a PyTorch checkpoint "
-                              f"({type(err).__name__})") from None
+    state = safe_load(path, "checkpoint")
     if not isinstance(state, dict) or "version" not in state:
         raise CheckpointError(f"{path} is not an xnortrain checkpoint (no format version)")
     if state["version"] != FORMAT_VERSION:
@@ -73,6 +63,21 @@ def load_checkpoint(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: not a complete xnortrain checkpoint")
     return state
+
+
+def safe_load(path: Path, what: str):
+    """torch.load with the weights_only loader; a missing, damaged or code-running file is one
+    CheckpointError line naming `what` and `path`."""
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{what} {path} was refused by the safe loader (it holds objects "
+                              f"that could run code on load): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(f"{what} {path} is damaged or not a PyTorch file ({type(err).__name__})") from None
 
 
 def check_fits_model(path: str | Path, weights: dict, model: nn.Module) -> None:

@@ -168,6 +168,7 @@ def checkpoint_state(run: Run) -> dict:
         "running": dict(run.running),
         "rng": rng_state(),
         "config": run.config.to_dict(),
+        "data_shape": {"num_classes": run.data.num_classes, "input_shape": list(run.data.input_shape)},
     }
 
 

@@ -1,0 +1,169 @@
+"""Packed 1-bit export, loading, XNOR-popcount kernels and the size-and-operations summary."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from test_train import config_for
+from xnortrain import BinOp
+from xnortrain.__main__ import main
+from xnortrain.bits import XnorConv2d, XnorLinear, pack_bits, popcount64
+from xnortrain.config import load_config
+from xnortrain.errors import CheckpointError, UserError
+from xnortrain.export import export_checkpoint, load_exported
+from xnortrain.summary import summary
+from xnortrain.train import build_run, fit, load_weights
+from xnortrain.zoo import lenet5
+
+TESTS = Path(__file__).parent
+CASES = {
+    "lenet5": ["model.name=lenet5", "data.synthetic_shape=[1,28,28]"],
+    "nin": ["model.name=nin", "data.synthetic_shape=[3,32,32]", "data.synthetic_train_size=32"],
+    "custom": [],  # models_for_tests:TinyNet
+}
+
+
+def trained(tmp_path: Path, *sets: str):
+    """A config trained for one epoch, and its best.pt."""
+    config = config_for(tmp_path, "train.epochs=1", *sets)
+    fit(config, quiet=True)
+    return config, tmp_path / "best.pt"
+
+
+def reference_logits(config, checkpoint: Path, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the trained model evaluated with BinOp attached, as training evaluates it."""
+    run = build_run(config)
+    load_weights(run, checkpoint)
+    with torch.no_grad():
+        return run.model.eval()(x)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_round_trip_gives_the_same_logits_and_predictions(tmp_path, case):
+    config, checkpoint = trained(tmp_path, *CASES[case])
+    out = tmp_path / "model.xnor.pt"
+    sizes = export_checkpoint(checkpoint, out)
+    assert sizes["exported_bytes"] < sizes["checkpoint_bytes"]
+    shape = config.data.synthetic_shape
+    x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(1))
+    expected = reference_logits(config, checkpoint, x)
+    model = load_exported(out)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())  # plain layers holding W~
+    with torch.no_grad():
+        got = model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    if case != "custom":  # the zoo's binary blocks run as XNOR-popcount kernels
+        fast = load_exported(out, binary_kernels=True)
+        assert any(isinstance(m, (XnorConv2d, XnorLinear)) for m in fast.modules())
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_packed_file_holds_one_bit_per_binarized_weight(tmp_path):
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    out = tmp_path / "lenet.xnor.pt"
+    export_checkpoint(checkpoint, out)
+    payload = torch.load(out, weights_only=True)
+    assert set(payload["packed"]) == {"block2.conv.weight", "block3.linear.weight"}
+    for key, shape in {"block2.conv.weight": (50, 20, 5, 5), "block3.linear.weight": (500, 800)}.items():
+        p = payload["packed"][key]
+        assert p["bits"].dtype == torch.uint8 and p["bits"].numel() == math.ceil(math.prod(shape) / 8)
+        assert p["alpha"].shape == (shape[0],)
+        assert key not in payload["tensors"]
+    float_bytes = sum(t.numel() * t.element_size() for t in payload["tensors"].values() if t.is_floating_point())
+    packed_bytes = sum(p["bits"].numel() + 4 * p["alpha"].numel() for p in payload["packed"].values())
+    assert packed_bytes == 25_000 // 8 + 50 * 4 + 400_000 // 8 + 500 * 4
+    assert out.stat().st_size < float_bytes + packed_bytes + 64 * 1024  # plus the pickle's own framing
+
+
+@pytest.mark.realdata
+def test_exported_lenet5_matches_the_trained_model_on_real_fashion_mnist(tmp_path):
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
+                         ["train.epochs=1", "data.train_subset=2000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
+    fit(config, quiet=True)
+    export_checkpoint(tmp_path / "best.pt", tmp_path / "m.xnor.pt")
+    run = build_run(config)
+    load_weights(run, tmp_path / "best.pt")
+    x, _ = next(iter(run.data.eval.batches(0)))
+    with torch.no_grad():
+        expected = run.model.eval()(x)
+        for binary_kernels in (False, True):
+            got = load_exported(tmp_path / "m.xnor.pt", binary_kernels=binary_kernels)(x)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+            assert torch.equal(got.argmax(1), expected.argmax(1))
+
+
+def test_popcount_matches_python():
+    x = torch.randint(-2**62, 2**62, (500,), dtype=torch.int64)
+    assert popcount64(x).tolist() == [bin(v & (2**64 - 1)).count("1") for v in x.tolist()]
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (1, 2), (3, 1)])
+def test_xnor_popcount_conv_equals_the_float_conv_on_binary_input(stride, padding):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(7, 5, 3, stride=stride, padding=padding).double()
+    signs = torch.where(conv.weight >= 0, 1.0, -1.0).double().detach()
+    alpha = conv.weight.detach().abs().flatten(1).mean(1)
+    x = torch.where(torch.randn(3, 7, 11, 10) >= 0, 1.0, -1.0).double()
+    kernel = XnorConv2d(conv, pack_bits(signs.flatten(1) > 0), alpha, conv.bias.detach())
+    expected = nn.functional.conv2d(x, alpha.view(-1, 1, 1, 1) * signs, conv.bias.detach(), stride, padding)
+    torch.testing.assert_close(kernel(x), expected)
+
+
+def test_xnor_popcount_linear_equals_the_float_linear_on_binary_input():
+    torch.manual_seed(0)
+    w = torch.randn(6, 131, dtype=torch.float64)  # 131: not a whole number of bytes or words
+    alpha, bias = w.abs().mean(1), torch.randn(6, dtype=torch.float64)
+    x = torch.where(torch.randn(4, 131) >= 0, 1.0, -1.0).double()
+    kernel = XnorLinear(pack_bits(w >= 0), alpha, bias, 131)
+    torch.testing.assert_close(kernel(x), x @ (alpha[:, None] * torch.where(w >= 0, 1.0, -1.0)).t() + bias)
+
+
+def test_summary_of_lenet5_matches_a_hand_count():
+    model = lenet5()
+    BinOp(model)
+    s = summary(model, torch.randn(2, 1, 28, 28))
+    rows = {r.name: r for r in s.rows}
+    # conv1: 24*24*20 outputs x 25; block2.conv: 8*8*50 x 500 (binary); block3.linear: 500 x 800 (binary); fc4: 10 x 500
+    assert (rows["conv1"].float_macs, rows["block2.conv"].binary_macs) == (288_000, 1_600_000)
+    assert (rows["block3.linear"].binary_macs, rows["fc4"].float_macs) == (400_000, 5_000)
+    assert (s.binary_macs, s.float_macs) == (2_000_000, 293_000)
+    assert s.params == 520 + 40 + 25_050 + 1_600 + 400_500 + 5_010
+    assert (rows["block2.conv"].weight_bits, rows["block2.conv"].input_bits) == (1, 1)
+    assert (rows["conv1"].weight_bits, rows["conv1"].input_bits) == (32, 32)
+    assert s.float_bytes == 4 * s.params
+    assert s.packed_bytes == 4 * (s.params - 425_000) + 25_000 // 8 + 50 * 4 + 400_000 // 8 + 500 * 4
+    assert "compression (float32 / packed): 20.08x; binary MACs: 87.2% of 2,293,000" in str(s)
+
+
+def test_cli_export_and_summary(tmp_path, capsys):
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    out = tmp_path / "m.xnor.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{out}: ") and "x smaller" in line
+    assert main(["summary", "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                 "--set", "data.name=synthetic", "--set", "data.synthetic_shape=[1,28,28]"]) == 0
+    assert "binary MACs: 87.2% of 2,293,000" in capsys.readouterr().out
+
+
+def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):
+    _, checkpoint = trained(tmp_path / "a", "binop.enabled=false")
+    with pytest.raises(UserError, match="trained without BinOp"):
+        export_checkpoint(checkpoint, tmp_path / "x.pt")
+    _, checkpoint = trained(tmp_path / "b", "binop.quantizer={name: codebook, values: [1, -1, 0.5, -0.5]}")
+    with pytest.raises(UserError, match="export packs 1-bit"):
+        export_checkpoint(checkpoint, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError, match="is not an xnortrain exported model"):
+        load_exported(checkpoint)
+    assert main(["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert "checkpoint" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
