@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import config_for
 from torch import nn
 from torch.nn.utils import parametrize
 
-from test_train import config_for
 from xnortrain import BinOp
 from xnortrain.__main__ import main
 from xnortrain.bits import XnorConv2d, XnorLinear, pack_bits, popcount64

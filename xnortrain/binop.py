@@ -147,7 +147,7 @@ class BinOp:
         for name, w in weights.items():
             module = self._slots[name][0]
             kind = parametrize.type_before_parametrizations(module).__name__ if name in self.targets else "param"
-            lines.append(f"  {name:<{width}}  {kind:<6}  {str(tuple(w.shape)):<18} {w.numel():>12,}  "
+            lines.append(f"  {name:<{width}}  {kind:<6}  {tuple(w.shape)!s:<18} {w.numel():>12,}  "
                          f"{self.quantizers[name]!r}")
         return "\n".join(lines)
 
