@@ -113,6 +113,12 @@ def test_bad_quantizer_specs_are_clear_errors():
         make_quantizer({"name": "xnor", "scale": "layer", "grad": "xnor"})
     with pytest.raises(ValueError, match="scale 'row' is not one of filter, layer, none"):
         make_quantizer({"name": "xnor", "scale": "row"})
+    with pytest.raises(ValueError, match="binary01: threshold must be a number, got 'half'"):
+        make_quantizer({"name": "binary01", "threshold": "half"})
+    with pytest.raises(ValueError, match="binaryconnect: stochastic must be true or false, got 'yes'"):
+        make_quantizer({"name": "binaryconnect", "stochastic": "yes"})
+    with pytest.raises(ValueError, match="codebook: values must be a number, got 'a'"):
+        make_quantizer({"name": "codebook", "values": [1, "a"]})
 
 
 def test_rules_pick_a_quantizer_per_layer_first_match_wins():

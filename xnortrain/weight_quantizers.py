@@ -125,6 +125,9 @@ class Binary01:
     name = "binary01"
     needs_filters = False
 
+    def __post_init__(self):
+        _check_type("binary01", "threshold", self.threshold, (int, float))
+
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return straight_through(w, self.binarize, (0.0, 1.0))
 
@@ -144,6 +147,9 @@ class BinaryConnect:
 
     name = "binaryconnect"
     needs_filters = False
+
+    def __post_init__(self):
+        _check_type("binaryconnect", "stochastic", self.stochastic, (bool,))
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return straight_through(w, self.sample if self.stochastic else sign_pm1, None)
@@ -172,6 +178,8 @@ class Codebook:
 
     def __post_init__(self):
         _check_choice("codebook", "scale", self.scale, ("none", "filter"))
+        for v in self.values:
+            _check_type("codebook", "values", v, (int, float))
         values = tuple(sorted({float(v) for v in self.values}))
         if not values:
             raise ValueError("quantizer codebook: `values` is empty; give a list such as [1, -1, 0.5, -0.5]")
@@ -215,6 +223,9 @@ def make_quantizer(spec, grad: str = "xnor") -> Quantizer:
             raise ValueError(f"quantizer {name}: unknown option(s) {', '.join(unknown)}; "
                              f"valid: {', '.join(valid) or 'none'}")
         if "values" in options:
+            if not isinstance(options["values"], (list, tuple)):
+                raise ValueError(f"quantizer {name}: values must be a list such as [1, -1, 0.5, -0.5], "
+                                 f"got {options['values']!r}")
             options["values"] = tuple(options["values"])
         spec = cls(**options)
     if not isinstance(spec, (Xnor, Sign, Binary01, BinaryConnect, Codebook)):
@@ -252,6 +263,13 @@ def _rule_spec(rule: Mapping) -> dict:
     if "quantizer" not in rule:
         raise ValueError(f"quantizer rule {dict(rule)!r}: needs `quantizer: <name>`")
     return {"name": rule["quantizer"], **options}
+
+
+def _check_type(quantizer: str, option: str, value, types: tuple[type, ...]) -> None:
+    wrong_bool = isinstance(value, bool) and bool not in types
+    if wrong_bool or not isinstance(value, types):
+        expected = "true or false" if types == (bool,) else "a number"
+        raise ValueError(f"quantizer {quantizer}: {option} must be {expected}, got {value!r}")
 
 
 def _check_choice(quantizer: str, option: str, value, choices: tuple[str, ...]) -> None:
