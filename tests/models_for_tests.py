@@ -18,3 +18,19 @@ class TinyNet(nn.Module):
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.conv(self.bn(self.stem(x)).relu()).relu(), 4)
         return self.head(self.drop(self.fc(x.flatten(1)).relu()))
+
+
+class NanAt(TinyNet):
+    """TinyNet whose `nan_at`-th training forward pass (1-based) returns NaN logits."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, nan_at: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.nan_at, self.calls = nan_at, 0
+
+    def forward(self, x):
+        logits = super().forward(x)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_at:
+                return logits * float("nan")
+        return logits

@@ -18,6 +18,7 @@ import torch
 import xnortrain.train as train_module
 from xnortrain.__main__ import main
 from xnortrain.config import load_config
+from xnortrain.errors import CheckpointError
 from xnortrain.train import Interrupted, build_run, fit
 
 TESTS = Path(__file__).parent
@@ -233,6 +234,43 @@ def test_trainer_applies_quantizer_rules_from_the_config(tmp_path):
                                'binop.quantizer=[{match: "block2.*", quantizer: sign}, {match: "*", quantizer: binaryconnect}]'))
     assert {name: q.name for name, q in run.binop.quantizers.items()} == {"block2.conv": "sign", "block3.linear": "binaryconnect"}
     assert all(set(w.unique().tolist()) == {-1.0, 1.0} for w in run.binop.binarized().values())
+
+
+def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    # 96 images, batch 16: 6 steps an epoch; the 9th forward pass is epoch 2, step 3
+    sets = ["model.name=models_for_tests:NanAt", "model.kwargs={nan_at: 9}"]
+    code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                        *synthetic_args(tmp_path, *sets))
+    assert code == 2 and len(err) == 1, err
+    assert "loss is nan at epoch 2, step 3" in err[0] and "train.nonfinite: skip" in err[0]
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["global_step"] == 6 and all(torch.isfinite(v).all() for v in last["model"].values()
+                                            if v.is_floating_point())
+
+
+def test_nonfinite_loss_is_skipped_when_asked(tmp_path):
+    history = fit(config_for(tmp_path, "model.name=models_for_tests:NanAt", "model.kwargs={nan_at: 2}",
+                             "train.nonfinite=skip", "train.epochs=1"), quiet=True)
+    assert history[0]["skipped_steps"] == 1 and math.isfinite(history[0]["train_loss"])
+
+
+def test_failed_checkpoint_write_is_one_error_and_leaves_the_previous_intact(tmp_path, monkeypatch):
+    import xnortrain.checkpoint as checkpoint_module
+
+    fit(config_for(tmp_path, "train.epochs=1"), quiet=True)
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(CheckpointError, match="cannot write .*last.pt \\(No space left on device\\); the previous last.pt is intact"):
+        fit(config_for(tmp_path, "train.epochs=2"), resume=tmp_path / "last.pt", quiet=True)
+    monkeypatch.undo()
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 1
 
 
 def test_last_is_written_every_n_steps_and_after_each_epoch(tmp_path, monkeypatch):

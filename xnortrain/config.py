@@ -74,6 +74,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     eval_every: int = 1
     checkpoint_every_steps: int | None = None
+    nonfinite: str = "stop"  # a NaN/inf loss: stop with an error, or skip that step
     out_dir: str | None = None  # default: runs/<config file stem>
 
 
@@ -97,6 +98,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule.name": ("multistep", "step", "cosine", "none"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.amp": ("none", "bf16", "fp16"),
+    "train.nonfinite": ("stop", "skip"),
 }
 
 POSITIVE = {"optim.lr", "schedule.step_size", "train.epochs", "train.eval_every", "train.checkpoint_every_steps",

@@ -19,3 +19,7 @@ class DataError(UserError, FileNotFoundError):
 
 class CheckpointError(UserError, ValueError):
     """A checkpoint that is damaged, foreign, or does not fit the model."""
+
+
+class TrainingError(UserError):
+    """The run cannot go on (a non-finite loss); the checkpoints on disk are the last good state."""

@@ -34,7 +34,7 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data
-from .errors import ConfigError, UserError
+from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .models import build_model
 
 
@@ -173,10 +173,17 @@ def checkpoint_state(run: Run) -> dict:
 
 
 def save(run: Run, *names: str) -> None:
-    """Write the run's state (gathered once) to each of the named checkpoints."""
+    """Write the run's state (gathered once) to each of the named checkpoints. A write that
+    fails (disk full, no permission) is one CheckpointError line; the file it would have
+    replaced stays as it was (the write goes to a temporary file first)."""
     state = checkpoint_state(run)
     for name in names:
-        save_checkpoint(run.out_dir / name, state)
+        try:
+            save_checkpoint(run.out_dir / name, state)
+        except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            raise CheckpointError(f"cannot write {run.out_dir / name} ({reason}); the previous "
+                                  f"{name} is intact; free space or fix permissions, then resume with --resume") from None
 
 
 def load_weights(run: Run, path: Path) -> dict:
@@ -227,12 +234,20 @@ def autocast(run: Run):
     return torch.autocast(run.device.type, dtype=dtype)
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the loss and the number of correct top-1 predictions."""
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One optimizer step; returns the loss and the number of correct top-1 predictions, or
+    None when the loss is not finite and `train.nonfinite` is skip (no update made)."""
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run):
         logits = run.model(x)
         loss = criterion(logits, y)
+    if not bool(torch.isfinite(loss)):  # before backward: the weights are still the last good ones
+        if run.config.train.nonfinite == "skip":
+            return None
+        raise TrainingError(
+            f"loss is {loss.item()} at epoch {run.position.epoch + 1}, step {run.position.step + 1}; stopped without "
+            f"updating the weights, the checkpoints in {run.out_dir} hold the last good state; lower optim.lr, "
+            f"set train.grad_clip, or set train.nonfinite: skip")
     run.scaler.scale(loss).backward()
     if run.config.train.grad_clip is not None:
         run.scaler.unscale_(run.optimizer)
@@ -250,15 +265,19 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
     criterion = nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing)
     # float64 sums on the CPU, restored from a mid-epoch checkpoint: a resumed epoch adds up exactly
     sums = run.running = {k: torch.as_tensor(run.running.get(k, 0.0), dtype=torch.float64)
-                          for k in ("loss", "correct", "count")}
+                          for k in ("loss", "correct", "count", "skipped")}
     every = run.config.train.checkpoint_every_steps
     bar = tqdm(total=len(train), initial=run.position.step, desc=f"epoch {epoch + 1}",
                disable=not show_progress, leave=False, dynamic_ncols=True)
     for x, y in train.batches(epoch, start=run.position.step, device=run.device):
-        loss, correct = train_step(run, x, y, criterion)
-        sums["loss"] += loss.double().cpu() * len(y)
-        sums["correct"] += correct.cpu()
-        sums["count"] += len(y)
+        result = train_step(run, x, y, criterion)
+        if result is None:
+            sums["skipped"] += 1
+        else:
+            loss, correct = result
+            sums["loss"] += loss.double().cpu() * len(y)
+            sums["correct"] += correct.cpu()
+            sums["count"] += len(y)
         run.position.step += 1
         run.position.global_step += 1
         bar.update(1)
@@ -300,8 +319,11 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     cfg, epoch = run.config.train, run.position.epoch
     due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
     sums = {k: v.item() for k, v in run.running.items()}
+    count = sums["count"] or math.nan  # every step skipped: no train metrics
     metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr,
-               "train_loss": sums["loss"] / sums["count"], "train_acc1": sums["correct"] / sums["count"]}
+               "train_loss": sums["loss"] / count, "train_acc1": sums["correct"] / count}
+    if sums.get("skipped"):
+        metrics["skipped_steps"] = int(sums["skipped"])
     if due:
         metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run)))
     metrics["epoch_time_s"] = epoch_time
