@@ -309,3 +309,57 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert all(math.isfinite(m["train_loss"]) and math.isfinite(m["val_loss"]) for m in history)
     state = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
     assert state["conv.weight"].dtype == torch.float32  # the real weights stay float32
+
+
+@pytest.mark.parametrize("quantizer", ["xnor", "sign", {"name": "binaryconnect", "stochastic": True},
+                                       {"name": "codebook", "values": [1, -1, 0.5, -0.5]}])
+def test_binop_causes_no_graph_break_under_torch_compile(quantizer):
+    from xnortrain import BinOp
+    from xnortrain.zoo import lenet5
+
+    model = lenet5()
+    BinOp(model, quantizer=quantizer)
+
+    def training_loss(x, y):
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    explanation = torch._dynamo.explain(training_loss)(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_binop_step_matches_eager_and_the_trainer_runs_compiled(tmp_path):
+    from xnortrain import BinOp
+    from xnortrain.zoo import lenet5
+
+    torch.manual_seed(0)
+    # binary weights, real activations: BinActive would make ties of BatchNorm's rounding
+    # (a feature constant over the batch normalizes to +-1e-16 or to 0) into different signs
+    model = lenet5(binary_activations=False).double()
+    binop = BinOp(model)
+    x, y = torch.randn(16, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (16,))
+    grads = []
+    for forward in (model, torch.compile(model)):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(forward(x), y)
+        loss.backward()
+        grads.append((loss.detach(), {n: w.grad.clone() for n, w in binop.weights.items()}))
+    (eager_loss, eager), (compiled_loss, compiled) = grads
+    torch.testing.assert_close(compiled_loss, eager_loss)
+    for name in eager:  # the BinOp gradient rule holds in the compiled graph
+        torch.testing.assert_close(compiled[name], eager[name])
+    history = fit(config_for(tmp_path, "train.epochs=1", "model.name=lenet5", "data.synthetic_shape=[1,28,28]",
+                             "train.compile=true"), quiet=True)
+    assert math.isfinite(history[0]["train_loss"])
+    assert "block2.conv.weight" in torch.load(tmp_path / "last.pt", weights_only=True)["model"]  # plain keys
+
+
+def test_sign_of_negative_zero_is_plus_one_under_torch_compile():
+    from xnortrain import bin_active, binarize
+
+    x = torch.tensor([[-0.0, 0.0, -1.0, 2.0]])
+    for fn in (bin_active, torch.compile(bin_active)):
+        assert fn(x).tolist() == [[1.0, 1.0, -1.0, 1.0]]
+    for fn in (binarize, torch.compile(binarize)):
+        assert fn(x).tolist() == [[0.75, 0.75, -0.75, 0.75]]

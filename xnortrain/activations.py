@@ -11,13 +11,14 @@ import math
 import torch
 from torch import nn
 
+from .quantizers import sign_pm1
+
 
 class _BinActive(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        # copysign keeps to float arithmetic (bool masks are slow on CPU); + 0.0 maps -0.0 to +0.0
-        return torch.copysign(torch.ones((), dtype=x.dtype, device=x.device), x + 0.0)
+        return sign_pm1(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:

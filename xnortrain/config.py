@@ -75,6 +75,7 @@ class TrainConfig:
     eval_every: int = 1
     checkpoint_every_steps: int | None = None
     nonfinite: str = "stop"  # a NaN/inf loss: stop with an error, or skip that step
+    compile: bool = False  # torch.compile the training forward (BinOp attached first)
     out_dir: str | None = None  # default: runs/<config file stem>
 
 

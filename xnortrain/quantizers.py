@@ -49,8 +49,18 @@ def filter_alpha(magnitude: torch.Tensor) -> torch.Tensor:
 
 
 def sign_times(magnitude: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """magnitude * sign(w) with sign(0) = +1, also for w = -0.0 (hence the `+ 0.0`)."""
-    return torch.copysign(magnitude, torch.add(w, 0.0, out=out), out=out)
+    """magnitude * sign(w) with sign(0) = +1, also for w = -0.0: 2 * magnitude * 1{w >= 0} - magnitude.
+
+    The comparison is written straight into a float buffer (no bool tensor, which is slow
+    on CPU), and no `w + 0.0` is needed, which a compiler may simplify away (Inductor does,
+    turning sign(-0.0) into -1)."""
+    ge = torch.ge(w, 0, out=torch.empty_like(w) if out is None else out)  # 1.0 or 0.0
+    return ge.mul_(2 * magnitude).sub_(magnitude)
+
+
+def sign_pm1(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) in {-1, +1} with sign(0) = sign(-0.0) = +1."""
+    return sign_times(torch.ones((), dtype=x.dtype, device=x.device), x)
 
 
 def binarize(w: torch.Tensor) -> torch.Tensor:
@@ -65,7 +75,7 @@ class BinarizeWeight(torch.autograd.Function):
     Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
     output W~, which the conv/linear layer keeps for its backward pass anyway, so BinOp
     holds no copy of the weights beyond W~. The backward pass reads sign(W) back as
-    copysign(1, W~): W~ is +-alpha, and +0.0 for an all-zero filter, whose sign is +1.
+    sign(W~): W~ is +-alpha, and +0.0 for an all-zero filter, whose sign is +1.
 
     Speed: a pass over the weights costs about as much as allocating its output, so
     passes work in place where they can, no bool tensor is used (on CPU, bool masks are
@@ -91,7 +101,7 @@ class BinarizeWeight(torch.autograd.Function):
         inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
         if ctx.grad == "ste":
             return inside_g.view_as(w), None, None
-        sign = torch.copysign(torch.ones((), dtype=w_bin.dtype, device=w_bin.device), w_bin)  # (C_out, n)
+        sign = sign_pm1(w_bin)  # (C_out, n)
         mean_sign_g = torch.linalg.vecdot(sign, g2).unsqueeze(1).mul_(ctx.scale / w_bin.shape[1])  # (C_out, 1)
         grad_w = sign.mul_(mean_sign_g)  # scale * sign_i * mean_j(sign_j * G_j)
         grad_w.addcmul_(inside_g, alpha * ctx.scale)  # + scale * alpha * 1{|W_i| <= 1} * G_i

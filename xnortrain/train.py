@@ -24,6 +24,7 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -71,6 +72,11 @@ class Run:
     out_dir: Path
     position: Position = dataclasses.field(default_factory=Position)
     running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far (tensors)
+    forward: Callable | None = None  # the training forward: torch.compile(model) with train.compile, else model
+
+    def __post_init__(self):
+        if self.forward is None:
+            self.forward = self.model
 
 
 # --- building ---------------------------------------------------------------------
@@ -140,7 +146,10 @@ def build_run(config: Config) -> Run:
     epochs = config.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config.schedule, epochs, e))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
-    return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir))
+    # compiled after BinOp is attached; checkpoints and evaluation use the module itself (plain keys)
+    forward = torch.compile(model) if config.train.compile else model
+    return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir),
+               forward=forward)
 
 
 def attach_binop(config: Config, model: nn.Module) -> BinOp:
@@ -239,7 +248,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[t
     None when the loss is not finite and `train.nonfinite` is skip (no update made)."""
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run):
-        logits = run.model(x)
+        logits = run.forward(x)
         loss = criterion(logits, y)
     if not bool(torch.isfinite(loss)):  # before backward: the weights are still the last good ones
         if run.config.train.nonfinite == "skip":

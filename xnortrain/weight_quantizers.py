@@ -33,7 +33,7 @@ from fnmatch import fnmatchcase
 import torch
 
 from .projection import project_ as centre_and_clamp_
-from .quantizers import BinarizeWeight, check_grad_mode, grad_scale
+from .quantizers import BinarizeWeight, check_grad_mode, grad_scale, sign_pm1
 
 
 class StraightThrough(torch.autograd.Function):
@@ -59,11 +59,6 @@ class StraightThrough(torch.autograd.Function):
 def straight_through(w: torch.Tensor, value: Callable[[torch.Tensor], torch.Tensor],
                      clip: tuple[float, float] | None) -> torch.Tensor:
     return StraightThrough.apply(w, value, clip)
-
-
-def sign_pm1(w: torch.Tensor) -> torch.Tensor:
-    """sign(W) in {-1, +1} with sign(0) = +1 (also for -0.0)."""
-    return torch.copysign(torch.ones_like(w), w + 0.0)
 
 
 @dataclass(frozen=True)
