@@ -220,13 +220,16 @@ def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
 
 @pytest.mark.realdata
 def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_learns(tmp_path):
-    # chance is 10%; this recipe measured 76.75% here (issue 4 asks 80% of a tuned smoke run)
+    # Chance is 10%. The short-run recipe below (lr 0.002, batch 64: 157 steps, K's cheap
+    # form channel_mean) measured 80.2%, 79.0% and 80.7% for seeds 0, 1 and 2 on 2 threads;
+    # 80% (issue 4's goal) is within the seed noise, so the bound leaves that noise room.
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist")
     config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
-                         ["train.epochs=1", "data.train_subset=10000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
+                         ["train.epochs=1", "data.train_subset=10000", "optim.lr=0.002", "data.batch_size=64",
+                          "model.kwargs={act_scale: channel_mean}", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
     (metrics,) = fit(config, quiet=True)
-    assert metrics["val_acc1"] >= 0.70, metrics
+    assert metrics["val_acc1"] >= 0.78, metrics
 
 
 def test_trainer_applies_quantizer_rules_from_the_config(tmp_path):

@@ -343,6 +343,10 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     improved = due and metrics["val_acc1"] > run.position.best_acc1
     if improved:
         run.position.best_acc1 = metrics["val_acc1"]
+    # the epoch's lines first, then the checkpoint: a kill in between only makes resume redo
+    # the epoch (and drop its line); the other order could lose the line for good
+    append_line(run.out_dir / "metrics.jsonl", json.dumps(metrics))
+    append_line(run.out_dir / "train.log", summary_line(metrics, cfg.epochs))
     save(run, "last.pt", *(["best.pt"] if improved else []))
     return metrics
 
@@ -359,10 +363,18 @@ def append_line(path: Path, line: str) -> None:
 
 
 def keep_metrics_up_to(path: Path, epochs_done: int) -> None:
-    """On resume, drop metric lines of epochs that the resumed checkpoint had not reached."""
+    """On resume, drop metric lines of epochs that the resumed checkpoint had not reached,
+    and a last line torn by a kill mid-write."""
     if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= epochs_done]
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and _epoch_of(ln) <= epochs_done]
         atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+def _epoch_of(line: str) -> float:
+    try:
+        return json.loads(line)["epoch"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf  # not a whole metrics line: dropped
 
 
 def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False) -> list[dict]:
@@ -381,11 +393,8 @@ def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False
             train_one_epoch(run, stop, show_progress)
             metrics = finish_epoch(run, time.perf_counter() - start, lr)
             history.append(metrics)
-            append_line(run.out_dir / "metrics.jsonl", json.dumps(metrics))
-            line = summary_line(metrics, config.train.epochs)
-            append_line(run.out_dir / "train.log", line)
             if not quiet:
-                print(line, flush=True)
+                print(summary_line(metrics, config.train.epochs), flush=True)
     return history
 
 

@@ -1,0 +1,69 @@
+"""A real training process killed with SIGKILL at random moments: every checkpoint it leaves
+loads, and resuming reaches the same final weights as a run never interrupted."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train import assert_same_weights, synthetic_args, weights
+from xnortrain.checkpoint import load_checkpoint
+
+TESTS = Path(__file__).parent
+CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")
+
+def start(out: Path, resume: bool, epochs: int) -> subprocess.Popen:
+    """The CLI on 96 synthetic images, batch 16 (6 steps an epoch), a checkpoint after each step."""
+    sets = (f"train.epochs={epochs}", "train.checkpoint_every_steps=1", "train.deterministic=true")
+    cmd = [sys.executable, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *sets), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.Popen(cmd + (["--resume"] if resume else []), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_a_new_checkpoint(proc: subprocess.Popen, last: Path, deadline: float) -> None:
+    """Until the process writes last.pt afresh (it is training), ends, or the deadline passes."""
+    before = last.stat().st_mtime_ns if last.exists() else None
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists() and last.stat().st_mtime_ns != before:
+            return
+        time.sleep(0.01)
+
+
+def check_every_checkpoint(out: Path) -> None:
+    for path in sorted(out.glob("*.pt")):
+        state = load_checkpoint(path)  # raises CheckpointError on a damaged file
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()), path
+
+
+@pytest.mark.parametrize("kills", [3, pytest.param(10, marks=pytest.mark.slow)])
+def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exact(tmp_path, kills):
+    epochs = 10 * kills  # long enough for every kill to land in training
+    straight = start(tmp_path / "straight", resume=False, epochs=epochs)
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    out, rng, killed = tmp_path / "killed", random.Random(kills), 0
+    while killed < kills:
+        proc = start(out, resume=(out / "last.pt").exists(), epochs=epochs)
+        wait_for_a_new_checkpoint(proc, out / "last.pt", time.monotonic() + 120)
+        time.sleep(rng.uniform(0.0, 0.3))  # a random moment in training: mid-step or mid-write
+        if proc.poll() is not None:
+            break  # finished before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        killed += 1
+        check_every_checkpoint(out)
+    assert killed == kills, f"only {killed} of {kills} kills landed before the run finished"
+
+    final = start(out, resume=True, epochs=epochs)
+    assert final.wait(timeout=300) == 0, final.stderr.read()
+    check_every_checkpoint(out)
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(out / "last.pt"))
