@@ -34,3 +34,16 @@ class NanAt(TinyNet):
             if self.calls == self.nan_at:
                 return logits * float("nan")
         return logits
+
+
+class PlainMLP(nn.Module):
+    """Linear layers and ReLU only: no BatchNorm or Dropout, whose per-process statistics
+    and random draws would make data-parallel runs differ from one process on the union."""
+
+    def __init__(self, num_classes: int = 10, in_features: int = 64, width: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(),
+                                  nn.Linear(width, width), nn.ReLU(), nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.body(x)

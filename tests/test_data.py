@@ -368,3 +368,16 @@ def test_imagenet_batches_do_not_depend_on_the_number_of_workers(tmp_path):
     in_process = epoch(build_data(spec, seed=0).train, 0)
     with_workers = epoch(build_data(DataSpec("imagenet", root=str(tmp_path), batch_size=4, workers=2), seed=0).train, 0)
     assert_same_batches(with_workers, in_process)
+
+
+def test_shards_split_each_epoch_like_distributed_sampler():
+    labels = torch.arange(10)  # the label is the sample index
+    whole = data._TensorBatches(torch.zeros(10, 1, 2, 2), labels, batch_size=6, prepare=lambda x, g: x, seed=3)
+    shards = [whole.shard(rank, 3) for rank in range(3)]
+    assert [len(s) for s in shards] == [1, 1, 1]  # ceil(10 / 3) = 4 samples each, batch 6
+    seen = [y for s in shards for _, y in s.batches(epoch=1)]
+    order = torch.randperm(10, generator=data._generator("order", 3, 1))
+    padded = torch.cat([order, order[:2]])  # 12 = 3 x 4, wrapping around like DistributedSampler
+    assert [t.tolist() for t in seen] == [padded[r::3].tolist() for r in range(3)]
+    assert set(torch.cat(seen).tolist()) == set(range(10))
+    assert len(whole) == 2 and whole.rank == 0  # sharding copies: the whole split is untouched

@@ -314,6 +314,34 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     assert state["conv.weight"].dtype == torch.float32  # the real weights stay float32
 
 
+def test_grad_scaler_leaves_the_binop_update_unchanged_with_clipping(tmp_path):
+    # fp16 training scales the loss by S before backward; BinOp's rule is linear in G, so the
+    # real weights' gradients come out times S and unscale_ (before clipping) undoes it once
+    runs = {}
+    for scaled in (False, True):
+        run = build_run(config_for(tmp_path / str(scaled), "model.name=lenet5", "data.synthetic_shape=[1,28,28]",
+                                   "train.grad_clip=0.5"))
+        run.model.double()
+        if scaled:
+            run.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+        criterion = torch.nn.CrossEntropyLoss()
+        for x, y in list(run.data.train.batches(0))[:3]:
+            train_module.train_step(run, x.double(), y, criterion)
+        runs[scaled] = {n: w.detach().clone() for n, w in run.binop.weights.items()}
+        assert not scaled or run.scaler.get_scale() == 2.0**12  # no step was skipped as inf/nan
+    for name in runs[False]:
+        torch.testing.assert_close(runs[True][name], runs[False][name])
+
+
+def test_bf16_autocast_trajectory_stays_close_to_float32(tmp_path):
+    sets = ["model.name=models_for_tests:PlainMLP", "train.epochs=3"]  # BinOp on the middle layer
+    fp32 = fit(config_for(tmp_path / "fp32", *sets), quiet=True)
+    bf16 = fit(config_for(tmp_path / "bf16", *sets, "train.amp=bf16"), quiet=True)
+    for a, b in zip(fp32, bf16):  # bf16 keeps 8 bits of mantissa: about 1% per op
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=0.03), (a, b)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.03), (a, b)
+
+
 @pytest.mark.parametrize("quantizer", ["xnor", "sign", {"name": "binaryconnect", "stochastic": True},
                                        {"name": "codebook", "values": [1, -1, 0.5, -0.5]}])
 def test_binop_causes_no_graph_break_under_torch_compile(quantizer):

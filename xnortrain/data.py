@@ -21,6 +21,7 @@ needs torch alone.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Callable, Iterator
@@ -119,9 +120,19 @@ class EpochBatches:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
+        self.rank, self.world = 0, 1
+
+    def shard(self, rank: int, world: int) -> EpochBatches:
+        """This split as process `rank` of `world` sees it: like DistributedSampler, the
+        epoch's order padded (wrapping around) to a multiple of `world`, then every
+        world-th sample from `rank` on. Batch i of the shards together is batch i of the
+        whole with `world` times the batch size."""
+        shard = copy.copy(self)
+        shard.rank, shard.world = rank, world
+        return shard
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return math.ceil(math.ceil(self.num_samples / self.world) / self.batch_size)
 
     def batches(self, epoch: int, start: int = 0, device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
         """(x float32 (B, C, H, W), y int64 (B,)) on `device` for batches start, start + 1, ... of `epoch`."""
@@ -132,8 +143,17 @@ class EpochBatches:
         if not 0 <= start <= len(self):
             raise ValueError(f"start batch {start} is outside 0..{len(self)} (batches per epoch)")
         if self.seed is None:
-            return torch.arange(self.num_samples)
-        return torch.randperm(self.num_samples, generator=_generator("order", self.seed, epoch))
+            order = torch.arange(self.num_samples)
+        else:
+            order = torch.randperm(self.num_samples, generator=_generator("order", self.seed, epoch))
+        if self.world == 1:
+            return order
+        padded = torch.cat([order, order[:(-self.num_samples) % self.world]])
+        return padded[self.rank::self.world]
+
+    def _shard_key(self) -> tuple[int, ...]:
+        """Extra key of this shard's augmentation streams (none for a single process)."""
+        return () if self.world == 1 else (self.rank,)
 
 
 class _TensorBatches(EpochBatches):
@@ -150,7 +170,7 @@ class _TensorBatches(EpochBatches):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
             # batch i's augmentation depends on (seed, epoch, i) alone, so starting at
             # `start` needs none of the earlier batches' draws
-            generator = None if self.seed is None else _generator("augment", self.seed, epoch, i)
+            generator = None if self.seed is None else _generator("augment", self.seed, epoch, i, *self._shard_key())
             yield self.prepare(self.inputs[index].to(device), generator), self.labels[index].to(device)
 
 

@@ -35,6 +35,7 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data
+from .distributed import Process, join_from_env, sum_over_processes
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .models import build_model
 
@@ -72,7 +73,8 @@ class Run:
     out_dir: Path
     position: Position = dataclasses.field(default_factory=Position)
     running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far (tensors)
-    forward: Callable | None = None  # the training forward: torch.compile(model) with train.compile, else model
+    forward: Callable | None = None  # the training forward: model, DDP-wrapped and/or compiled
+    process: Process = dataclasses.field(default_factory=Process)  # rank and world under torchrun
 
     def __post_init__(self):
         if self.forward is None:
@@ -133,11 +135,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_run(config: Config) -> Run:
+    process = join_from_env()
     seed_everything(config.train.seed, config.train.deterministic)
     device = select_device(config.train.device)
+    if device.type == "cuda" and process.world > 1:
+        device = torch.device("cuda", process.local_rank)
     if config.train.amp == "fp16" and device.type != "cuda":
         raise ConfigError(f"train.amp: fp16 needs a CUDA device (this run uses {device.type}); use bf16 or none")
     data = build_data(config.data, seed=config.train.seed)
+    if process.world > 1:  # data.batch_size stays the per-process batch
+        data = dataclasses.replace(data, train=data.train.shard(process.rank, process.world))
     model = build_model(config.model, data.num_classes, data.input_shape[0]).to(device)
     binop = attach_binop(config, model) if config.binop.enabled else None
     optimizer = make_optimizer(config.optim, model.parameters())
@@ -146,10 +153,15 @@ def build_run(config: Config) -> Run:
     epochs = config.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config.schedule, epochs, e))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
-    # compiled after BinOp is attached; checkpoints and evaluation use the module itself (plain keys)
-    forward = torch.compile(model) if config.train.compile else model
+    # wrapped and compiled after BinOp is attached; checkpoints and evaluation use the module
+    # itself (plain keys)
+    forward = model
+    if process.world > 1:
+        forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.train.compile:
+        forward = torch.compile(forward)
     return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir),
-               forward=forward)
+               forward=forward, process=process)
 
 
 def attach_binop(config: Config, model: nn.Module) -> BinOp:
@@ -185,6 +197,8 @@ def save(run: Run, *names: str) -> None:
     """Write the run's state (gathered once) to each of the named checkpoints. A write that
     fails (disk full, no permission) is one CheckpointError line; the file it would have
     replaced stays as it was (the write goes to a temporary file first)."""
+    if not run.process.is_main:  # rank 0 writes; the others hold the same state
+        return
     state = checkpoint_state(run)
     for name in names:
         try:
@@ -327,7 +341,7 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     """Evaluate (when due), log the epoch's metrics, advance the position, write checkpoints."""
     cfg, epoch = run.config.train, run.position.epoch
     due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-    sums = {k: v.item() for k, v in run.running.items()}
+    sums = {k: v.item() for k, v in sum_over_processes(run.running, run.process, run.device).items()}
     count = sums["count"] or math.nan  # every step skipped: no train metrics
     metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr,
                "train_loss": sums["loss"] / count, "train_acc1": sums["correct"] / count}
@@ -345,8 +359,9 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
         run.position.best_acc1 = metrics["val_acc1"]
     # the epoch's lines first, then the checkpoint: a kill in between only makes resume redo
     # the epoch (and drop its line); the other order could lose the line for good
-    append_line(run.out_dir / "metrics.jsonl", json.dumps(metrics))
-    append_line(run.out_dir / "train.log", summary_line(metrics, cfg.epochs))
+    if run.process.is_main:
+        append_line(run.out_dir / "metrics.jsonl", json.dumps(metrics))
+        append_line(run.out_dir / "train.log", summary_line(metrics, cfg.epochs))
     save(run, "last.pt", *(["best.pt"] if improved else []))
     return metrics
 
@@ -382,10 +397,12 @@ def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False
     run = build_run(config)
     if resume is not None:
         restore(run, Path(resume))
-    run.out_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run.out_dir / "config.yaml")
-    keep_metrics_up_to(run.out_dir / "metrics.jsonl", run.position.epoch)
-    show_progress = not quiet and sys.stderr.isatty()
+    main = run.process.is_main  # only rank 0 writes files and prints
+    if main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run.out_dir / "config.yaml")
+        keep_metrics_up_to(run.out_dir / "metrics.jsonl", run.position.epoch)
+    show_progress = main and not quiet and sys.stderr.isatty()
     history = []
     with StopFlag() as stop:
         while run.position.epoch < config.train.epochs:
@@ -393,7 +410,7 @@ def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False
             train_one_epoch(run, stop, show_progress)
             metrics = finish_epoch(run, time.perf_counter() - start, lr)
             history.append(metrics)
-            if not quiet:
+            if main and not quiet:
                 print(summary_line(metrics, config.train.epochs), flush=True)
     return history
 

@@ -1,0 +1,52 @@
+"""Data parallel through torchrun: 2 CPU processes (gloo) against one process, and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from test_train import assert_same_weights, synthetic_args, weights
+
+TESTS = Path(__file__).parent
+CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")
+MLP = ("model.name=models_for_tests:PlainMLP", "train.deterministic=true")
+
+
+def run(out: Path, nproc: int, *sets: str, resume: bool = False) -> None:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    cmd = [*launcher, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *MLP, *sets), "--quiet"]
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
+    run(tmp_path / "one", 1, "data.batch_size=16", "train.epochs=2")
+    run(tmp_path / "two", 2, "data.batch_size=8", "train.epochs=2")
+    one, two = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    for a, b in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):  # sums over both processes
+        assert b["step"] == a["step"] and abs(b["train_loss"] - a["train_loss"]) < 1e-4
+        assert b["train_acc1"] == a["train_acc1"] and b["val_acc1"] == a["val_acc1"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
+        "best.pt", "config.yaml", "last.pt", "metrics.jsonl", "train.log"]  # rank 0 alone wrote
+
+
+def test_data_parallel_resume_is_exact(tmp_path):
+    run(tmp_path / "straight", 2, "data.batch_size=8", "train.epochs=2")
+    run(tmp_path / "resumed", 2, "data.batch_size=8", "train.epochs=1")
+    run(tmp_path / "resumed", 2, "data.batch_size=8", "train.epochs=2", resume=True)
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt"))

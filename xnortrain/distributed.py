@@ -1,0 +1,50 @@
+"""Distributed data parallel under PyTorch's launcher (`torchrun`), with no config change.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE > 1 the trainer joins the
+process group (`nccl` on CUDA, `gloo` on CPU), gives each process its shard of every
+epoch's sample order, wraps the model (BinOp attached first) in DistributedDataParallel,
+sums the epoch's metric sums over the processes, and lets only rank 0 write files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def join_from_env() -> Process:
+    """This process's place in a torchrun launch (joining the group once), or the single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Process()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Process(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def sum_over_processes(sums: dict[str, torch.Tensor], process: Process, device: torch.device) -> dict:
+    """The metric sums of all processes (float64 CPU tensors in and out)."""
+    if process.world == 1:
+        return sums
+    names = sorted(sums)
+    stacked = torch.stack([sums[n].double() for n in names])
+    stacked = stacked.to(device) if dist.get_backend() == "nccl" else stacked
+    dist.all_reduce(stacked)
+    return dict(zip(names, stacked.cpu()))
