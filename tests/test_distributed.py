@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from test_train import assert_same_weights, synthetic_args, weights
 
 TESTS = Path(__file__).parent

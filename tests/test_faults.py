@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_train import assert_same_weights, synthetic_args, weights
+
 from xnortrain.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).parent
