@@ -48,3 +48,13 @@ def sum_over_processes(sums: dict[str, torch.Tensor], process: Process, device: 
     stacked = stacked.to(device) if dist.get_backend() == "nccl" else stacked
     dist.all_reduce(stacked)
     return dict(zip(names, stacked.cpu()))
+
+
+def all_true(flag: bool, process: Process, device: torch.device) -> bool:
+    """`flag` and-ed over the processes, so that they all take the same branch (one that
+    skipped a step alone would leave the others waiting in DDP's gradient all-reduce)."""
+    if process.world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item() == 1.0)

@@ -35,7 +35,7 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data
-from .distributed import Process, join_from_env, sum_over_processes
+from .distributed import Process, all_true, join_from_env, sum_over_processes
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .models import build_model
 
@@ -264,7 +264,7 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[t
     with autocast(run):
         logits = run.forward(x)
         loss = criterion(logits, y)
-    if not bool(torch.isfinite(loss)):  # before backward: the weights are still the last good ones
+    if not all_true(bool(torch.isfinite(loss)), run.process, run.device):  # before backward: weights still good
         if run.config.train.nonfinite == "skip":
             return None
         raise TrainingError(
