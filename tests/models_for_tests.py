@@ -1,4 +1,5 @@
-"""Small user-style models for the trainer tests (importable as `models_for_tests:Class`)."""
+"""Small user-style models for the trainer tests (importable as `models_for_tests:Class`),
+and the plain training loop the BinOp tests run them with."""
 
 from torch import nn
 
@@ -47,3 +48,15 @@ class PlainMLP(nn.Module):
 
     def forward(self, x):
         return self.body(x)
+
+
+def train_losses(model: nn.Module, optimizer, loss_of, steps: int) -> list[float]:
+    """`steps` plain optimizer steps on the loss `loss_of(model)`; the loss before each step."""
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = loss_of(model)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.testing import assert_close
 
+from models_for_tests import train_losses
 from reference import alpha_of, rescaled_gradient, sign
 from xnortrain import BinOp, binarize, binarize_weight
 from xnortrain.zoo import lenet5
@@ -362,13 +363,7 @@ def test_binop_trains_a_custom_model_until_its_loss_falls():
     model = Tiny()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     BinOp(model, optimizer=opt)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = train_losses(model, opt, lambda m: nn.functional.cross_entropy(m(x), y), steps=60)
     assert losses[-1] < 0.6 * losses[0]
 
 

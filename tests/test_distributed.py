@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
-from test_train import assert_same_weights, synthetic_args, weights
+from test_train import assert_same_weights, cli_env, synthetic_args, weights
 
 TESTS = Path(__file__).parent
 CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")
@@ -20,9 +19,8 @@ def run(out: Path, nproc: int, *sets: str, resume: bool = False) -> None:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
     cmd = [*launcher, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *MLP, *sets), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd + (["--resume"] if resume else []), env=cli_env(OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

@@ -3,7 +3,6 @@ loads, and resuming reaches the same final weights as a run never interrupted.""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import assert_same_weights, synthetic_args, weights
+from test_train import assert_same_weights, cli_env, synthetic_args, weights
 
 from xnortrain.checkpoint import load_checkpoint
 
@@ -24,8 +23,7 @@ def start(out: Path, resume: bool, epochs: int) -> subprocess.Popen:
     """The CLI on 96 synthetic images, batch 16 (6 steps an epoch), a checkpoint after each step."""
     sets = (f"train.epochs={epochs}", "train.checkpoint_every_steps=1", "train.deterministic=true")
     cmd = [sys.executable, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *sets), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    return subprocess.Popen(cmd + (["--resume"] if resume else []), env=env,
+    return subprocess.Popen(cmd + (["--resume"] if resume else []), env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from models_for_tests import TinyNet
+from models_for_tests import TinyNet, train_losses
 from torch import nn
 
 from xnortrain import BinOp
@@ -160,13 +160,7 @@ def test_params_learnable_sign_vector_and_01_matrix_fit_a_target():
     assert binop.targets == {} and list(binop.params) == ["v", "mask"]
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     binop.project_after(optimizer)
-    losses = []
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(model, optimizer, lambda m: nn.functional.mse_loss(m(x), y), steps=60)
     values = binop.binarized()
     assert set(values["v"].unique().tolist()) <= {-1.0, 1.0}
     assert set(values["mask"].unique().tolist()) <= {0.0, 1.0}
@@ -193,13 +187,7 @@ def test_each_quantizer_trains_a_small_model_on_a_fixed_problem(quantizer):
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     BinOp(model, quantizer=quantizer, optimizer=optimizer)  # the middle layer
-    first = last = None
-    for step in range(60):
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        first = loss.item() if first is None else first
-        last = loss.item()
+    losses = train_losses(model, optimizer, lambda m: nn.functional.cross_entropy(m(x), y), steps=60)
+    first, last = losses[0], losses[-1]
     assert last < 0.7 * first, (first, last)
     assert not math.isnan(last)

@@ -32,6 +32,11 @@ def synthetic_args(out_dir: Path, *extra: str) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
+def cli_env(**extra: str) -> dict:
+    """The environment of a CLI subprocess: tests/ importable (models_for_tests:Class)."""
+    return {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **extra}
+
+
 def config_for(out_dir: Path, *extra: str):
     args = synthetic_args(out_dir, *extra)
     return load_config(None, args[1::2])
@@ -117,8 +122,7 @@ def test_sigint_on_the_command_line_writes_last_and_says_how_to_resume(tmp_path)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "xnortrain", "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
            *synthetic_args(out, "train.epochs=1000", "train.checkpoint_every_steps=1"), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=cli_env())
     deadline = time.monotonic() + 60
     while not (out / "last.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)

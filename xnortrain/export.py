@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .bits import XnorConv2d, XnorLinear, pack_signs, unpack_signs
+from .bits import XnorConv2d, XnorLinear, pack_bits, pack_signs, unpack_signs
 from .checkpoint import atomic_write, check_fits_model, load_checkpoint, safe_load
 from .config import ModelConfig, build_config
 from .errors import CheckpointError, UserError
@@ -122,8 +122,6 @@ def use_binary_kernels(model: nn.Module, packed: dict) -> list[str]:
 
 def pack_rows(p: dict, rows: int) -> torch.Tensor:
     """The sign bits re-packed per output filter (each filter starts on a byte)."""
-    from .bits import pack_bits
-
     signs = unpack_signs(p["bits"], tuple(p["shape"]))
     return pack_bits(signs.reshape(rows, -1) > 0)
 
