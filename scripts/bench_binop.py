@@ -1,10 +1,11 @@
 """What BinOp costs per training step, measured side by side in one process.
 
 For LeNet-5 (batch 128) and NIN (batch 32), a plain full-precision training step and
-the same step with BinOp attached (same architecture, batch and optimizer) run
-alternately, many times; the script prints the median step times, the median of the
-paired ratios BinOp / plain, and BinOp's own time: binarizing every target weight, the
-backward rule on a random gradient and the projection, timed in isolation. A second
+the same step with BinOp attached (same architecture, batch and optimizer), once with
+the fused kernels and once on the eager path, run alternately, many times; the script
+prints the median step times, the median of the paired ratios BinOp / plain, and
+BinOp's own time: binarizing every target weight, the backward rule on a random
+gradient and the projection, timed in isolation. A second
 table gives that own time for the LeNet-5, NIN and AlexNet weight sets against their
 number of binarized weights, so its growth with the weights is visible. A third table
 times XNOR-Net steps with the activation scale K and channel_mean against none.
@@ -22,11 +23,12 @@ import platform
 import statistics
 import time
 from functools import partial
+from unittest import mock
 
 import torch
 from torch import nn
 
-from xnortrain import BinOp
+from xnortrain import BinOp, fused
 from xnortrain.activations import ACTIVATION_SCALES
 from xnortrain.zoo import alexnet, lenet5, nin
 
@@ -37,7 +39,8 @@ CASES = {
 }
 
 
-def make_trainer(build, binop: bool):
+def make_trainer(build, binop: bool, kernels: bool = True):
+    """A training step of `build()`, plain or with BinOp; `kernels=False`: BinOp's eager path."""
     torch.manual_seed(0)
     model = build()
     controller = BinOp(model) if binop else None
@@ -50,7 +53,13 @@ def make_trainer(build, binop: bool):
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    return step, controller
+    return (step if kernels else partial(without_kernels, step)), controller
+
+
+def without_kernels(fn, *args):
+    """fn(*args) on the eager path, as on a machine without a C compiler."""
+    with mock.patch.object(fused, "usable", lambda *tensors: False):
+        return fn(*args)
 
 
 def time_once(fn, *args) -> float:
@@ -102,7 +111,8 @@ def bench_model(name: str, repeats: int, warmup: int) -> dict:
     y = torch.randint(0, 10, (shape[0],))
     plain_step, _ = make_trainer(build, binop=False)
     binop_step, controller = make_trainer(build, binop=True)
-    times = alternate({"plain": plain_step, "binop": binop_step}, x, y, repeats, warmup)
+    eager_step, eager_controller = make_trainer(build, binop=True, kernels=False)
+    times = alternate({"plain": plain_step, "binop": binop_step, "eager": eager_step}, x, y, repeats, warmup)
     return {
         "model": name,
         "batch": shape[0],
@@ -110,7 +120,9 @@ def bench_model(name: str, repeats: int, warmup: int) -> dict:
         "plain_step_ms": statistics.median(times["plain"]) * 1e3,
         "binop_step_ms": statistics.median(times["binop"]) * 1e3,
         "median_ratio": median_ratio(times["binop"], times["plain"]),
+        "eager_median_ratio": median_ratio(times["eager"], times["plain"]),
         "binop_own_ms": binop_own_seconds(controller, repeats) * 1e3,
+        "eager_own_ms": without_kernels(binop_own_seconds, eager_controller, repeats) * 1e3,
         "repeats": repeats,
     }
 
@@ -134,15 +146,18 @@ def main() -> None:
     args = parser.parse_args()
     repeats, warmup = (30, 5) if args.quick else (200, 20)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print("| model | batch | binarized weights | plain step ms | BinOp step ms | BinOp / plain (median) | BinOp own ms |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+          f"fused kernels {'on' if fused.library() is not None else 'unavailable: eager path only'}")
+    print("| model | batch | binarized weights | plain step ms | BinOp step ms | BinOp / plain (median) | BinOp own ms "
+          "| eager BinOp / plain (median) | eager own ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     results = []
     for name in args.models:
         r = bench_model(name, repeats, warmup)
         results.append(r)
         print(f"| {r['model']} | {r['batch']} | {r['binarized_weights']:,} | {r['plain_step_ms']:.2f} | "
-              f"{r['binop_step_ms']:.2f} | {r['median_ratio']:.3f} | {r['binop_own_ms']:.3f} |", flush=True)
+              f"{r['binop_step_ms']:.2f} | {r['median_ratio']:.3f} | {r['binop_own_ms']:.3f} "
+              f"| {r['eager_median_ratio']:.3f} | {r['eager_own_ms']:.3f} |", flush=True)
     print("\n| weights of | binarized weights | BinOp own ms | ns per weight |")
     print("|---|---|---|---|")
     own = []

@@ -10,7 +10,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from reference import SwapBinOp
-from xnortrain import BinOp
+from xnortrain import BinOp, fused
 
 
 class MixedNet(nn.Module):
@@ -51,10 +51,13 @@ def batches(steps: int):
         yield x, y
 
 
+@pytest.mark.parametrize("kernels", ["fused", "eager"])
 @pytest.mark.parametrize("skip_first_last", [True, False])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize("grad", ["xnor", "exact", "ste"])
-def test_training_trajectory_equals_reference(grad, optimizer, skip_first_last):
+def test_training_trajectory_equals_reference(grad, optimizer, skip_first_last, kernels, monkeypatch):
+    if kernels == "eager":
+        monkeypatch.setattr(fused, "usable", lambda *tensors: False)
     torch.manual_seed(0)
     ours = MixedNet().double()
     theirs = copy.deepcopy(ours)

@@ -26,6 +26,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from .quantizers import check_grad_mode
 from .selection import select_targets
@@ -33,14 +34,44 @@ from .weight_quantizers import Quantizer, assign_quantizers
 
 
 class Quantized(nn.Module):
-    """The parametrization W -> W~ of one target, by its quantizer (default: XNOR's alpha * sign(W))."""
+    """The parametrization W -> W~ of one target, by its quantizer (default: XNOR's alpha * sign(W)).
+
+    Where the quantizer can (`project_and_binarize_`: xnor), :meth:`project_` computes W~ right
+    after projecting W, while the optimizer step has just left W in cache, and the
+    forward passes reuse that W~ for as long as W is the same tensor at the same version.
+    Every in-place change (an optimizer step, ``load_state_dict``, ``copy_``) bumps the
+    version, and every optimizer step is counted, so a changed W is binarized afresh.
+    Changes made outside an optimizer through ``W.data`` are invisible to both: call
+    ``binop.project_()`` after them.
+    Under torch.compile the forward always binarizes (and fuses that into its kernels).
+    """
 
     def __init__(self, quantizer: Quantizer):
         super().__init__()
         self.quantizer = quantizer
+        self._ahead = None  # (identity of W, its W~) from the last projection
+        _count_optimizer_steps()
+        self._eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self.quantizer.quantize(w)
+        self._eager = True
+        if self._ahead is not None and self._ahead[0] == _identity(w):
+            return self.quantizer.quantize(w, self._ahead[1])
         return self.quantizer.quantize(w)
+
+    @torch.no_grad()
+    def project_(self, w: torch.Tensor) -> None:
+        """Steps 1-2 in place by the quantizer, then W~ ahead where the quantizer has it."""
+        self._ahead = None  # frees the old W~ before the new one is made
+        project_and_binarize_ = getattr(self.quantizer, "project_and_binarize_", None)
+        if self._eager and project_and_binarize_ is not None:
+            ahead = project_and_binarize_(w)
+            self._ahead = None if ahead is None else (_identity(w), ahead)
+        else:
+            self.quantizer.project_(w)
+        self._eager = False
 
     def extra_repr(self) -> str:
         return repr(self.quantizer)
@@ -119,8 +150,9 @@ class BinOp:
     def project_(self) -> None:
         """Steps 1-2 in place, each target by its quantizer's projection (xnor: mean-centre each
         filter across C_in where C_in > 1, clamp to [-1, 1])."""
-        for name, w in self.weights.items():
-            self.quantizers[name].project_(w)
+        for module, attr in self._slots.values():
+            parametrization = getattr(module.parametrizations, attr)
+            parametrization[0].project_(parametrization.original)
 
     @torch.no_grad()
     def binarized(self) -> dict[str, torch.Tensor]:
@@ -150,6 +182,28 @@ class BinOp:
             lines.append(f"  {name:<{width}}  {kind:<6}  {tuple(w.shape)!s:<18} {w.numel():>12,}  "
                          f"{self.quantizers[name]!r}")
         return "\n".join(lines)
+
+
+def _identity(w: torch.Tensor) -> tuple:
+    """What tells W apart from any other weight or an earlier state of it: its storage, its
+    version counter (bumped by in-place changes) and the optimizer steps taken (fused
+    optimizers, and those writing through ``.data``, change W without bumping its version)."""
+    return w.data_ptr(), w._version, w.dtype, w.device, w.shape, _optimizer_steps
+
+
+_optimizer_steps = 0  # steps taken by every torch.optim optimizer in this process
+_step_counter = None  # the global step pre-hook that counts them, registered by the first BinOp
+
+
+def _count_optimizer_steps() -> None:
+    global _step_counter
+    if _step_counter is None:
+        _step_counter = register_optimizer_step_pre_hook(_count_step)
+
+
+def _count_step(*_) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
 
 
 def _owners(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:

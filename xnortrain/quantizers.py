@@ -23,7 +23,11 @@ sign; `xnor` is the scaling of the widely used PyTorch port of XNOR-Net.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from . import fused
 
 GRAD_MODES = ("xnor", "exact", "ste")
 
@@ -65,34 +69,55 @@ def sign_pm1(x: torch.Tensor) -> torch.Tensor:
 
 def binarize(w: torch.Tensor) -> torch.Tensor:
     """W~ = alpha * sign(W) per output filter, sign(0) = +1 (no autograd rule attached)."""
-    w2 = w.flatten(1)  # (C_out, n)
-    return sign_times(filter_alpha(w2.abs()), w2).view_as(w)
+    return binarize_filters(w.flatten(1)).w_bin.view_as(w)
+
+
+@dataclass(frozen=True)
+class Binarized:
+    """W~ of one weight in the filter-major view, with what the backward rule reads."""
+
+    w_bin: torch.Tensor  # (C_out, n): alpha * sign(W)
+    alpha: torch.Tensor  # (C_out, 1)
+    clipped: bool  # some |W_i| > 1, so the clip indicator 1{|W_i| <= 1} matters
+
+
+@torch.no_grad()
+def binarize_filters(w2: torch.Tensor, clipped: bool | None = None) -> Binarized:
+    """Step 4 on the filter-major view W (C_out, n). `clipped=False` tells that every
+    |W_i| <= 1 (as after the projection), sparing a pass that checks it."""
+    if fused.usable(w2):
+        w_bin, alpha, any_clipped = fused.binarize(w2)
+        return Binarized(w_bin, alpha, any_clipped if clipped is None else clipped)
+    magnitude = w2.abs()  # (C_out, n), becomes W~ below
+    alpha = filter_alpha(magnitude)  # (C_out, 1)
+    if clipped is None:
+        clipped = may_be_true(magnitude.amax() > 1)
+    return Binarized(sign_times(alpha, w2, out=magnitude), alpha, clipped)
 
 
 class BinarizeWeight(torch.autograd.Function):
     """W -> W~ = alpha * sign(W) with the gradient rule `grad` (see the module docstring).
 
+    `ready` is W~ of this very W computed beforehand (BinOp does it right after the
+    projection, while W is still in cache from the optimizer step); None computes it here.
+
     Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
     output W~, which the conv/linear layer keeps for its backward pass anyway, so BinOp
-    holds no copy of the weights beyond W~. The backward pass reads sign(W) back as
-    sign(W~): W~ is +-alpha, and +0.0 for an all-zero filter, whose sign is +1.
+    holds no copy of the weights beyond W~.
 
-    Speed: a pass over the weights costs about as much as allocating its output, so
-    passes work in place where they can, no bool tensor is used (on CPU, bool masks are
-    several times slower than float arithmetic), and the clip indicator is skipped on CPU
-    when every |W_i| <= 1 (always so after the projection).
+    Speed: a pass over the weights costs about as much as allocating its output, so the
+    backward reads sign(W) out of W~ instead of recomputing it, since
+    sign_i * mean_j(sign_j G_j) = W~_i * (W~ . G) / (n alpha^2), and skips the clip
+    indicator when every |W_i| <= 1 (always so after the projection). No bool tensor is
+    used: on CPU bool masks are several times slower than float arithmetic.
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, grad: str, scale: float) -> torch.Tensor:
-        w2 = w.flatten(1)  # (C_out, n)
-        magnitude = w2.abs()  # (C_out, n), becomes W~ below
-        alpha = filter_alpha(magnitude)  # (C_out, 1)
-        ctx.clipped = may_be_true(magnitude.amax() > 1)  # some |W_i| > 1: the indicator matters
-        w_bin = sign_times(alpha, w2, out=magnitude)  # (C_out, n)
-        ctx.grad, ctx.scale = grad, scale
-        ctx.save_for_backward(w, alpha, w_bin)
-        return w_bin.view_as(w)
+    def forward(ctx, w: torch.Tensor, grad: str, scale: float, ready: Binarized | None = None) -> torch.Tensor:
+        binarized = binarize_filters(w.flatten(1)) if ready is None else ready
+        ctx.grad, ctx.scale, ctx.clipped = grad, scale, binarized.clipped
+        ctx.save_for_backward(w, binarized.alpha, binarized.w_bin)
+        return binarized.w_bin.view_as(w)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -100,12 +125,17 @@ class BinarizeWeight(torch.autograd.Function):
         g2 = grad_out.reshape(w_bin.shape)  # (C_out, n)
         inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
         if ctx.grad == "ste":
-            return inside_g.view_as(w), None, None
-        sign = sign_pm1(w_bin)  # (C_out, n)
-        mean_sign_g = torch.linalg.vecdot(sign, g2).unsqueeze(1).mul_(ctx.scale / w_bin.shape[1])  # (C_out, 1)
-        grad_w = sign.mul_(mean_sign_g)  # scale * sign_i * mean_j(sign_j * G_j)
+            return inside_g.view_as(w), None, None, None
+        if not ctx.clipped and fused.usable(w_bin, g2, alpha):
+            return fused.binarized_grad(w_bin, g2, alpha, ctx.scale).view_as(w), None, None, None
+        n = w_bin.shape[1]
+        zero = alpha == 0  # all-zero filters: W~ = 0 there, and sign = +1
+        coef = torch.linalg.vecdot(w_bin, g2).unsqueeze(1).mul_(ctx.scale / n).div_(alpha.masked_fill(zero, 1).square())
+        grad_w = w_bin * coef  # scale * sign_i * mean_j(sign_j * G_j) where alpha > 0
         grad_w.addcmul_(inside_g, alpha * ctx.scale)  # + scale * alpha * 1{|W_i| <= 1} * G_i
-        return grad_w.view_as(w), None, None
+        if may_be_true(zero.any()):
+            grad_w.add_(g2.sum(1, keepdim=True).mul_(ctx.scale / n).masked_fill_(~zero, 0))  # sign = +1
+        return grad_w.view_as(w), None, None, None
 
 
 def may_be_true(flag: torch.Tensor) -> bool:

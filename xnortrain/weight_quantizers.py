@@ -32,8 +32,9 @@ from fnmatch import fnmatchcase
 
 import torch
 
+from . import fused
 from .projection import project_ as centre_and_clamp_
-from .quantizers import BinarizeWeight, check_grad_mode, grad_scale, sign_pm1
+from .quantizers import BinarizeWeight, Binarized, binarize_filters, check_grad_mode, grad_scale, sign_pm1
 
 
 class StraightThrough(torch.autograd.Function):
@@ -83,12 +84,26 @@ class Xnor:
         default = grad if self.scale == "filter" else "exact"
         return self if self.grad is not None else Xnor(self.scale, default)
 
-    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+    def quantize(self, w: torch.Tensor, ahead: Binarized | None = None) -> torch.Tensor:
+        """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`binarize_ahead`."""
         if self.scale == "none":  # d sign(W)/dW with the clipped straight-through estimator
             return straight_through(w, sign_pm1, (-1.0, 1.0))
         if self.scale == "layer":  # one filter holding the whole tensor
-            return BinarizeWeight.apply(w.reshape(1, -1), self.grad, 1.0).view_as(w)
-        return BinarizeWeight.apply(w, self.grad, grad_scale(self.grad, w.shape))
+            return BinarizeWeight.apply(w.reshape(1, -1), self.grad, 1.0, ahead).view_as(w)
+        return BinarizeWeight.apply(w, self.grad, grad_scale(self.grad, w.shape), ahead)
+
+    def project_and_binarize_(self, w: torch.Tensor) -> Binarized | None:
+        """:meth:`project_`, then W~ of the projected W (every |W_i| <= 1) for :meth:`quantize`
+        to reuse; both in one fused pass where the kernels serve W."""
+        if self.scale == "none":
+            self.project_(w)
+            return None
+        if fused.usable(w):
+            rows = w if self.scale == "filter" else w.view(1, -1)
+            centre = self.scale == "filter" and w.shape[1] > 1  # as projection.project_
+            return Binarized(*fused.project_binarize_(rows, centre), clipped=False)
+        self.project_(w)
+        return binarize_filters(w.reshape(1, -1) if self.scale == "layer" else w.flatten(1), clipped=False)
 
     def project_(self, w: torch.Tensor) -> None:
         if self.scale == "filter":
