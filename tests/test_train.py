@@ -223,17 +223,23 @@ def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.realdata
-def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_learns(tmp_path):
-    # Chance is 10%. The short-run recipe below (lr 0.002, batch 64: 157 steps, K's cheap
-    # form channel_mean) measured 80.2%, 79.0% and 80.7% for seeds 0, 1 and 2 on 2 threads;
-    # 80% (issue 4's goal) is within the seed noise, so the bound leaves that noise room.
+def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_reaches_80_percent(tmp_path):
+    # One epoch on the first 10,000 training images, with the short-run recipe lr 0.002,
+    # batch 32 (313 steps) and K's cheap form channel_mean; chance is 10%. Measured on 2
+    # threads: 80.24%, 80.71% and 80.44% for seeds 0, 1 and 2. One run's seed noise is
+    # about the margin, so the 80% goal is held by the mean of the three seeds, and each
+    # run must still clear 78%.
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist")
-    config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
-                         ["train.epochs=1", "data.train_subset=10000", "optim.lr=0.002", "data.batch_size=64",
-                          "model.kwargs={act_scale: channel_mean}", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
-    (metrics,) = fit(config, quiet=True)
-    assert metrics["val_acc1"] >= 0.78, metrics
+    accuracies = []
+    for seed in range(3):
+        config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
+                             ["train.epochs=1", "data.train_subset=10000", "optim.lr=0.002", "data.batch_size=32",
+                              "model.kwargs={act_scale: channel_mean}", f"train.seed={seed}",
+                              f"data.root={tmp_path}", f"train.out_dir={tmp_path / str(seed)}"])
+        (metrics,) = fit(config, quiet=True)
+        accuracies.append(metrics["val_acc1"])
+    assert sum(accuracies) / 3 >= 0.80 and min(accuracies) >= 0.78, accuracies
 
 
 def test_trainer_applies_quantizer_rules_from_the_config(tmp_path):
