@@ -8,10 +8,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import alpha_of, centre_and_clamp_, per_filter, rescaled_gradient, sign
 from torch import nn
 from torch.testing import assert_close
 
-from reference import alpha_of, centre_and_clamp_, per_filter, rescaled_gradient, sign
 from xnortrain import BinOp, binarize, fused
 
 

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from reference import SwapBinOp
 from torch import nn
 from torch.testing import assert_close
 
-from reference import SwapBinOp
 from xnortrain import BinOp, fused
 
 

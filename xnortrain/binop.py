@@ -15,7 +15,9 @@ is step 4 forward and step 7 backward (`quantizers.py`): the parameter always is
 weight and layers see W~ only inside their forward, so no exception, evaluation or
 checkpoint can find binarized weights in the model. Steps 1-2 (`projection.py`) run
 once at attach time and after every optimizer step, which is equivalent to running
-them before each forward.
+them before each forward; step 4 runs right after them (fused into one pass where the
+kernels of `fused.py` serve the weights), and the forward reuses that W~ while W is
+unchanged (see `Quantized`).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class Quantized(nn.Module):
         super().__init__()
         self.quantizer = quantizer
         self._ahead = None  # (identity of W, its W~) from the last projection
-        _count_optimizer_steps()
         self._eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
+        _watch_optimizer_steps()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
@@ -195,7 +197,7 @@ _optimizer_steps = 0  # steps taken by every torch.optim optimizer in this proce
 _step_counter = None  # the global step pre-hook that counts them, registered by the first BinOp
 
 
-def _count_optimizer_steps() -> None:
+def _watch_optimizer_steps() -> None:
     global _step_counter
     if _step_counter is None:
         _step_counter = register_optimizer_step_pre_hook(_count_step)

@@ -34,7 +34,14 @@ import torch
 
 from . import fused
 from .projection import project_ as centre_and_clamp_
-from .quantizers import BinarizeWeight, Binarized, binarize_filters, check_grad_mode, grad_scale, sign_pm1
+from .quantizers import (
+    Binarized,
+    BinarizeWeight,
+    binarize_filters,
+    check_grad_mode,
+    grad_scale,
+    sign_pm1,
+)
 
 
 class StraightThrough(torch.autograd.Function):
@@ -85,7 +92,7 @@ class Xnor:
         return self if self.grad is not None else Xnor(self.scale, default)
 
     def quantize(self, w: torch.Tensor, ahead: Binarized | None = None) -> torch.Tensor:
-        """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`binarize_ahead`."""
+        """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`project_and_binarize_`."""
         if self.scale == "none":  # d sign(W)/dW with the clipped straight-through estimator
             return straight_through(w, sign_pm1, (-1.0, 1.0))
         if self.scale == "layer":  # one filter holding the whole tensor
