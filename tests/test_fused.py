@@ -99,7 +99,7 @@ def assert_layers_see_current_weights(model: nn.Module, binop: BinOp) -> None:
 
 @pytest.mark.parametrize("kernels", ["fused", "eager"])
 @pytest.mark.parametrize("change", ["fused optimizer step", "step writing through .data", "in-place op",
-                                    "load_state_dict", "dtype"])
+                                    "load_state_dict", "dtype", "write into W~"])
 def test_weights_changed_without_a_projection_are_binarized_afresh(kernels, change, request):
     if kernels == "eager":
         request.getfixturevalue("eager")
@@ -129,6 +129,9 @@ def test_weights_changed_without_a_projection_are_binarized_afresh(kernels, chan
             for p in other.parameters():
                 p.mul_(2.0)
         model.load_state_dict(other.state_dict())
+    elif change == "write into W~":  # the layer's weight is W~; writing into it changes no real weight
+        with torch.no_grad():
+            binop.targets["2"].weight.mul_(2.0)
     else:
         model.double()
     assert_layers_see_current_weights(model, binop)

@@ -42,7 +42,8 @@ class Quantized(nn.Module):
     after projecting W, while the optimizer step has just left W in cache, and the
     forward passes reuse that W~ for as long as W is the same tensor at the same version.
     Every in-place change (an optimizer step, ``load_state_dict``, ``copy_``) bumps the
-    version, and every optimizer step is counted, so a changed W is binarized afresh.
+    version, and every optimizer step is counted, so a changed W is binarized afresh; so is
+    W~ itself if something wrote into it (``layer.weight.mul_(2)`` under no_grad).
     Changes made outside an optimizer through ``W.data`` are invisible to both: call
     ``binop.project_()`` after them.
     Under torch.compile the forward always binarizes (and fuses that into its kernels).
@@ -51,7 +52,7 @@ class Quantized(nn.Module):
     def __init__(self, quantizer: Quantizer):
         super().__init__()
         self.quantizer = quantizer
-        self._ahead = None  # (identity of W, its W~) from the last projection
+        self._ahead = None  # (identity of W, its W~, W~'s version) from the last projection
         self._eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
         _watch_optimizer_steps()
 
@@ -59,8 +60,10 @@ class Quantized(nn.Module):
         if torch.compiler.is_compiling():
             return self.quantizer.quantize(w)
         self._eager = True
-        if self._ahead is not None and self._ahead[0] == _identity(w):
-            return self.quantizer.quantize(w, self._ahead[1])
+        if self._ahead is not None:
+            identity, ahead, version = self._ahead
+            if identity == _identity(w) and ahead.w_bin._version == version:  # W and W~ untouched
+                return self.quantizer.quantize(w, ahead)
         return self.quantizer.quantize(w)
 
     @torch.no_grad()
@@ -70,7 +73,7 @@ class Quantized(nn.Module):
         project_and_binarize_ = getattr(self.quantizer, "project_and_binarize_", None)
         if self._eager and project_and_binarize_ is not None:
             ahead = project_and_binarize_(w)
-            self._ahead = None if ahead is None else (_identity(w), ahead)
+            self._ahead = None if ahead is None else (_identity(w), ahead, ahead.w_bin._version)
         else:
             self.quantizer.project_(w)
         self._eager = False
