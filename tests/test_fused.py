@@ -15,12 +15,6 @@ from torch.testing import assert_close
 from xnortrain import BinOp, binarize, fused
 
 
-@pytest.fixture
-def eager(monkeypatch):
-    """Run BinOp without the fused kernels."""
-    monkeypatch.setattr(fused, "usable", lambda *tensors: False)
-
-
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_kernels_build_where_a_c_compiler_is_present():
     # so that the tests below and test_trajectory's "fused" cases do run the kernels

@@ -15,9 +15,14 @@ from __future__ import annotations
 import torch
 
 
+def centres(w: torch.Tensor) -> bool:
+    """Whether the projection mean-centres `w`: where its filters have C_in > 1."""
+    return w.shape[1] > 1
+
+
 @torch.no_grad()
 def project_(w: torch.Tensor) -> torch.Tensor:
     """Mean-centre (where C_in > 1) and clamp `w` in place; returns `w`."""
-    if w.shape[1] > 1:
+    if centres(w):
         w.sub_(w.mean(1, keepdim=True))  # mean over C_in: (C_out, 1, *kernel)
     return w.clamp_(-1.0, 1.0)

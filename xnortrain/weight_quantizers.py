@@ -33,6 +33,7 @@ from fnmatch import fnmatchcase
 import torch
 
 from . import fused
+from .projection import centres
 from .projection import project_ as centre_and_clamp_
 from .quantizers import (
     Binarized,
@@ -95,9 +96,13 @@ class Xnor:
         """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`project_and_binarize_`."""
         if self.scale == "none":  # d sign(W)/dW with the clipped straight-through estimator
             return straight_through(w, sign_pm1, (-1.0, 1.0))
-        if self.scale == "layer":  # one filter holding the whole tensor
-            return BinarizeWeight.apply(w.reshape(1, -1), self.grad, 1.0, ahead).view_as(w)
-        return BinarizeWeight.apply(w, self.grad, grad_scale(self.grad, w.shape), ahead)
+        scale = grad_scale(self.grad, w.shape) if self.scale == "filter" else 1.0
+        return BinarizeWeight.apply(self.filters(w), self.grad, scale, ahead).view_as(w)
+
+    def filters(self, w: torch.Tensor) -> torch.Tensor:
+        """W with one filter per row of its first dimension: W itself, or for scale layer one
+        filter holding the whole tensor."""
+        return w.reshape(1, -1) if self.scale == "layer" else w
 
     def project_and_binarize_(self, w: torch.Tensor) -> Binarized | None:
         """:meth:`project_`, then W~ of the projected W (every |W_i| <= 1) for :meth:`quantize`
@@ -105,12 +110,12 @@ class Xnor:
         if self.scale == "none":
             self.project_(w)
             return None
+        filters = self.filters(w)
         if fused.usable(w):
-            rows = w if self.scale == "filter" else w.view(1, -1)
-            centre = self.scale == "filter" and w.shape[1] > 1  # as projection.project_
-            return Binarized(*fused.project_binarize_(rows, centre), clipped=False)
+            centre = self.scale == "filter" and centres(w)
+            return Binarized(*fused.project_binarize_(filters, centre), clipped=False)
         self.project_(w)
-        return binarize_filters(w.reshape(1, -1) if self.scale == "layer" else w.flatten(1), clipped=False)
+        return binarize_filters(filters.flatten(1), clipped=False)
 
     def project_(self, w: torch.Tensor) -> None:
         if self.scale == "filter":
