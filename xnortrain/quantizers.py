@@ -98,7 +98,7 @@ def binarize_filters(w2: torch.Tensor, clipped: bool | None = None) -> Binarized
 class BinarizeWeight(torch.autograd.Function):
     """W -> W~ = alpha * sign(W) with the gradient rule `grad` (see the module docstring).
 
-    `ready` is W~ of this very W computed beforehand (BinOp does it right after the
+    `ahead` is W~ of this very W computed beforehand (BinOp does it right after the
     projection, while W is still in cache from the optimizer step); None computes it here.
 
     Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
@@ -113,8 +113,8 @@ class BinarizeWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, grad: str, scale: float, ready: Binarized | None = None) -> torch.Tensor:
-        binarized = binarize_filters(w.flatten(1)) if ready is None else ready
+    def forward(ctx, w: torch.Tensor, grad: str, scale: float, ahead: Binarized | None = None) -> torch.Tensor:
+        binarized = binarize_filters(w.flatten(1)) if ahead is None else ahead
         ctx.grad, ctx.scale, ctx.clipped = grad, scale, binarized.clipped
         ctx.save_for_backward(w, binarized.alpha, binarized.w_bin)
         return binarized.w_bin.view_as(w)
