@@ -24,13 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from .quantizers import check_grad_mode
+from .quantizers import Binarized, check_grad_mode
 from .selection import select_targets
 from .weight_quantizers import Quantizer, assign_quantizers
 
@@ -52,34 +53,55 @@ class Quantized(nn.Module):
     def __init__(self, quantizer: Quantizer):
         super().__init__()
         self.quantizer = quantizer
-        self._ahead = None  # (identity of W, its W~, W~'s version) from the last projection
-        self._eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
+        self.state = _AheadState()
         _watch_optimizer_steps()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return self.quantizer.quantize(w)
-        self._eager = True
-        if self._ahead is not None:
-            identity, ahead, version = self._ahead
-            if identity == _identity(w) and ahead.w_bin._version == version:  # W and W~ untouched
-                return self.quantizer.quantize(w, ahead)
+        state = self.state
+        state.eager = True
+        if state.ahead is not None and state.ahead.describes(w):
+            return self.quantizer.quantize(w, state.ahead.binarized)
         return self.quantizer.quantize(w)
 
     @torch.no_grad()
     def project_(self, w: torch.Tensor) -> None:
         """Steps 1-2 in place by the quantizer, then W~ ahead where the quantizer has it."""
-        self._ahead = None  # frees the old W~ before the new one is made
+        state = self.state
+        state.ahead = None  # frees the old W~ before the new one is made
         project_and_binarize_ = getattr(self.quantizer, "project_and_binarize_", None)
-        if self._eager and project_and_binarize_ is not None:
-            ahead = project_and_binarize_(w)
-            self._ahead = None if ahead is None else (_identity(w), ahead, ahead.w_bin._version)
+        if state.eager and project_and_binarize_ is not None:
+            binarized = project_and_binarize_(w)
+            state.ahead = None if binarized is None else _Ahead(binarized, _identity(w), binarized.w_bin._version)
         else:
             self.quantizer.project_(w)
-        self._eager = False
+        state.eager = False
 
     def extra_repr(self) -> str:
         return repr(self.quantizer)
+
+
+class _Ahead(NamedTuple):
+    """W~ made at the projection, with the W it was made from (see `_identity`)."""
+
+    binarized: Binarized
+    identity: tuple
+    version: int  # W~'s own version: a write into W~ makes it stale too
+
+    def describes(self, w: torch.Tensor) -> bool:
+        return self.identity == _identity(w) and self.binarized.w_bin._version == self.version
+
+
+class _AheadState:
+    """Quantized's per-step state, in a plain object: writes to an nn.Module's attributes go
+    through its __setattr__, which is slow for something done every forward."""
+
+    __slots__ = ("ahead", "eager")
+
+    def __init__(self):
+        self.ahead: _Ahead | None = None  # W~ from the last projection
+        self.eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
 
 
 class BinOp:
@@ -132,6 +154,7 @@ class BinOp:
         self._handles = []
         for name, (module, attr) in self._slots.items():
             self._attach(module, attr, self.quantizers[name])
+        self._parametrizations = [(p, p[0]) for p in (getattr(m.parametrizations, a) for m, a in self._slots.values())]
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
@@ -155,9 +178,8 @@ class BinOp:
     def project_(self) -> None:
         """Steps 1-2 in place, each target by its quantizer's projection (xnor: mean-centre each
         filter across C_in where C_in > 1, clamp to [-1, 1])."""
-        for module, attr in self._slots.values():
-            parametrization = getattr(module.parametrizations, attr)
-            parametrization[0].project_(parametrization.original)
+        for parametrization, quantized in self._parametrizations:
+            quantized.project_(parametrization.original)
 
     @torch.no_grad()
     def binarized(self) -> dict[str, torch.Tensor]:
@@ -172,7 +194,7 @@ class BinOp:
         self._handles = []
         for module, attr in self._slots.values():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
-        self.targets, self.params, self._slots = {}, {}, {}
+        self.targets, self.params, self._slots, self._parametrizations = {}, {}, {}, []
         return self.model
 
     def __repr__(self) -> str:
@@ -190,10 +212,11 @@ class BinOp:
 
 
 def _identity(w: torch.Tensor) -> tuple:
-    """What tells W apart from any other weight or an earlier state of it: its storage, its
-    version counter (bumped by in-place changes) and the optimizer steps taken (fused
-    optimizers, and those writing through ``.data``, change W without bumping its version)."""
-    return w.data_ptr(), w._version, w.dtype, w.device, w.shape, _optimizer_steps
+    """What tells W apart from any other weight or an earlier state of it: its storage (a
+    weight moved to another device or dtype gets a new one), shape, its version counter
+    (bumped by in-place changes) and the optimizer steps taken (fused optimizers, and those
+    writing through ``.data``, change W without bumping its version)."""
+    return w.data_ptr(), w._version, w.dtype, w.shape, _optimizer_steps
 
 
 _optimizer_steps = 0  # steps taken by every torch.optim optimizer in this process

@@ -34,15 +34,16 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("fused_kernels.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """True when the kernels are loaded and can take these tensors as they are."""
-    first = tensors[0]
-    return (first.dtype in _SUFFIX and not torch.compiler.is_compiling()
-            and all(t.device.type == "cpu" and t.dtype == first.dtype and t.is_contiguous() for t in tensors)
+def usable(w: torch.Tensor) -> bool:
+    """True when the kernels are loaded and can take W, and the tensors made from it, as they are.
+
+    It runs once per weight per training step (at the projection), so it checks only what can
+    differ between weights; the backward rule then only needs its gradient to be contiguous."""
+    return (w.dtype in _SUFFIX and w.is_cpu and w.is_contiguous() and not torch.compiler.is_compiling()
             and library() is not None)
 
 
@@ -58,22 +59,24 @@ def binarize(w2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
 @torch.no_grad()
 def project_binarize_(w: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1-2 on W (C_out, C_in, *kernel) in place, with mean-centring across C_in if
-    `centre`; returns (W~, alpha) in the filter-major view: (C_out, n) and (C_out, 1)."""
-    c_out, c_in, k = w.shape[0], w.shape[1], w.shape[2:].numel()
-    w_bin, alpha = w.new_empty((c_out, c_in * k)), w.new_empty((c_out, 1))
+    `centre`; returns (W~, alpha): W~ in W's shape, alpha (C_out, 1)."""
+    c_out, c_in = w.shape[0], w.shape[1]
+    w_bin, alpha = torch.empty_like(w), w.new_empty((c_out, 1))
     kernel = getattr(library(), f"project_binarize_{_SUFFIX[w.dtype]}")
-    if kernel(w.data_ptr(), w_bin.data_ptr(), alpha.data_ptr(), c_out, c_in, k, int(centre)) != 0:
+    if kernel(w.data_ptr(), w_bin.data_ptr(), alpha.data_ptr(), c_out, c_in, w.numel() // (c_out * c_in),
+              centre) != 0:
         raise MemoryError("xnortrain fused kernel: out of memory")
     torch.autograd.graph.increment_version(w)  # the kernel changed W behind autograd's back
     return w_bin, alpha
 
 
 def binarized_grad(w_bin: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor, scale: float) -> torch.Tensor:
-    """scale * (alpha * G + sign(W~) * mean_j(sign_j G_j)) per filter; all in (C_out, n) views."""
-    out = torch.empty_like(w_bin)
-    kernel = getattr(library(), f"binarized_grad_{_SUFFIX[w_bin.dtype]}")
-    kernel(w_bin.data_ptr(), g.data_ptr(), alpha.data_ptr(), out.data_ptr(), w_bin.shape[0], w_bin.shape[1],
-           ctypes.c_double(scale))
+    """scale * (alpha * G + sign(W~) * mean_j(sign_j G_j)) per filter, in the shape of G; W~ and G
+    contiguous, of the same shape (any view of C_out filters of n), alpha (C_out, 1)."""
+    out = torch.empty_like(g)
+    kernel = getattr(library(), f"binarized_grad_{_SUFFIX[g.dtype]}")
+    c_out = alpha.shape[0]
+    kernel(w_bin.data_ptr(), g.data_ptr(), alpha.data_ptr(), out.data_ptr(), c_out, g.numel() // c_out, scale)
     return out
 
 
@@ -85,15 +88,13 @@ def library() -> ctypes.CDLL | None:
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         return None
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(),
-                                     _cpu_model().encode()])).hexdigest()[:16]
-    path = _cache_dir() / f"fused-{platform.machine()}-{key}.so"
-    try:
-        if not path.exists():
-            _compile(compiler, path)
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.CalledProcessError):
+    for threading in _threading_flags():
+        try:
+            lib = ctypes.CDLL(str(_build(compiler, [*FLAGS, threading])))
+            break
+        except (OSError, subprocess.CalledProcessError):
+            continue
+    else:
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for suffix in _SUFFIX.values():
@@ -103,13 +104,38 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def _compile(compiler: str, path: Path) -> None:
+def _threading_flags() -> list[str]:
+    """-fopenmp spreads the filters of large weights over torch's own OpenMP threads, where
+    torch runs on libgomp and has loaded it (Linux wheels): the kernels then link to that
+    very runtime and share its thread pool. Elsewhere a second OpenMP runtime would compete
+    with torch's threads, so the kernels stay on one thread (-fopenmp-simd: vectorised only),
+    as they also do when the compiler has no OpenMP."""
+    one_thread = "-fopenmp-simd"
+    try:
+        torch_has_libgomp = "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return [one_thread]
+    uses_openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return ["-fopenmp", one_thread] if torch_has_libgomp and uses_openmp else [one_thread]
+
+
+def _build(compiler: str, flags: list[str]) -> Path:
+    """The library built with `flags`, from the cache if it is there."""
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), compiler.encode(), " ".join(flags).encode(),
+                                     _cpu_model().encode()])).hexdigest()[:16]
+    path = _cache_dir() / f"fused-{platform.machine()}-{key}.so"
+    if not path.exists():
+        _compile(compiler, flags, path)
+    return path
+
+
+def _compile(compiler: str, flags: list[str], path: Path) -> None:
     """Compile into a temporary file and rename it into place, so that processes starting
     together (torchrun) never load a half-written library."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         built = Path(tmp) / path.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
         os.replace(built, path)
 
 

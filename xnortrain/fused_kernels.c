@@ -15,9 +15,15 @@
  *       g[o, i] = scale * (alpha_o * G[o, i] + sign_i * m_o),  sign_i = W~[o, i] >= 0 ? 1 : -1
  *
  * Sums accumulate in double, in the same order in both binarizing kernels, so W~ of a given W
- * is the same bits whichever kernel made it. Built for float and double by the macro below. */
+ * is the same bits whichever kernel made it. Built for float and double by the macro below.
+ *
+ * Weights of PARALLEL size or more spread their filters over OpenMP threads when fused.py
+ * builds with -fopenmp (torch's own libgomp); each filter is still one thread's work, so the
+ * results do not depend on the number of threads. */
 #include <stdint.h>
 #include <stdlib.h>
+
+#define PARALLEL(size) ((size) >= 65536) /* smaller weights cost less than waking a thread */
 
 #define DEFINE_KERNELS(T, SUFFIX)                                                               \
     static inline T clip_##SUFFIX(T v) { return v < (T)-1 ? (T)-1 : (v > (T)1 ? (T)1 : v); }    \
@@ -41,47 +47,63 @@
                                                                                                 \
     int binarize_##SUFFIX(const T *w, T *w_bin, T *alpha, int64_t c_out, int64_t n) {           \
         int clipped = 0;                                                                        \
+        _Pragma("omp parallel for schedule(static) reduction(|:clipped) if(PARALLEL(c_out * n))")     \
         for (int64_t o = 0; o < c_out; ++o)                                                     \
             clipped |= binarize_row_##SUFFIX(w + o * n, w_bin + o * n, alpha + o, n);           \
         return clipped;                                                                         \
     }                                                                                           \
                                                                                                 \
-    int project_binarize_##SUFFIX(T *w, T *w_bin, T *alpha, int64_t c_out, int64_t c_in,       \
-                                  int64_t k, int centre) {                                     \
+    /* steps 1-2 on one filter, viewed as (C_in, k); `mean` has room for k doubles */           \
+    static void project_row_##SUFFIX(T *row, double *mean, int64_t c_in, int64_t k, int centre) { \
         const int64_t n = c_in * k;                                                             \
-        double *mean = calloc((size_t)k, sizeof(double));                                       \
-        if (mean == NULL) return -1;                                                            \
-        for (int64_t o = 0; o < c_out; ++o) {                                                   \
-            T *row = w + o * n;                                                                 \
-            if (centre && k == 1) { /* Linear, 1x1 conv: one mean per filter */                 \
-                double sum = 0.0;                                                               \
-                _Pragma("omp simd reduction(+:sum)")                                            \
-                for (int64_t i = 0; i < n; ++i) sum += row[i];                                  \
-                mean[0] = sum / (double)c_in;                                                   \
-            } else if (centre) {                                                                \
-                for (int64_t j = 0; j < k; ++j) mean[j] = 0.0;                                  \
-                for (int64_t c = 0; c < c_in; ++c)                                              \
-                    for (int64_t j = 0; j < k; ++j) mean[j] += row[c * k + j];                  \
-                for (int64_t j = 0; j < k; ++j) mean[j] /= (double)c_in;                        \
-            }                                                                                   \
-            if (k == 1) {                                                                       \
-                const T m = (T)mean[0];                                                         \
-                _Pragma("omp simd")                                                             \
-                for (int64_t i = 0; i < n; ++i) row[i] = clip_##SUFFIX(row[i] - m);             \
-            } else {                                                                            \
-                for (int64_t c = 0; c < c_in; ++c) {                                            \
-                    T *x = row + c * k;                                                         \
-                    for (int64_t j = 0; j < k; ++j) x[j] = clip_##SUFFIX(x[j] - (T)mean[j]);    \
-                }                                                                               \
-            }                                                                                   \
-            binarize_row_##SUFFIX(row, w_bin + o * n, alpha + o, n);                            \
+        if (centre && k == 1) { /* Linear, 1x1 conv: one mean per filter */                     \
+            double sum = 0.0;                                                                   \
+            _Pragma("omp simd reduction(+:sum)")                                                \
+            for (int64_t i = 0; i < n; ++i) sum += row[i];                                      \
+            mean[0] = sum / (double)c_in;                                                       \
+        } else if (centre) {                                                                    \
+            for (int64_t j = 0; j < k; ++j) mean[j] = 0.0;                                      \
+            for (int64_t c = 0; c < c_in; ++c)                                                  \
+                for (int64_t j = 0; j < k; ++j) mean[j] += row[c * k + j];                      \
+            for (int64_t j = 0; j < k; ++j) mean[j] /= (double)c_in;                            \
+        } else {                                                                                \
+            for (int64_t j = 0; j < k; ++j) mean[j] = 0.0;                                      \
         }                                                                                       \
-        free(mean);                                                                             \
-        return 0;                                                                               \
+        if (k == 1) {                                                                           \
+            const T m = (T)mean[0];                                                             \
+            _Pragma("omp simd")                                                                 \
+            for (int64_t i = 0; i < n; ++i) row[i] = clip_##SUFFIX(row[i] - m);                 \
+        } else {                                                                                \
+            for (int64_t c = 0; c < c_in; ++c) {                                                \
+                T *x = row + c * k;                                                             \
+                for (int64_t j = 0; j < k; ++j) x[j] = clip_##SUFFIX(x[j] - (T)mean[j]);        \
+            }                                                                                   \
+        }                                                                                       \
+    }                                                                                           \
+                                                                                                \
+    /* returns -1 if out of memory, else 0 */                                                   \
+    int project_binarize_##SUFFIX(T *w, T *w_bin, T *alpha, int64_t c_out, int64_t c_in,        \
+                                  int64_t k, int centre) {                                      \
+        const int64_t n = c_in * k;                                                             \
+        int failed = 0;                                                                         \
+        _Pragma("omp parallel if(PARALLEL(c_out * n)) reduction(|:failed)")                     \
+        {                                                                                       \
+            double *mean = malloc((size_t)k * sizeof(double)); /* one per thread */             \
+            failed = mean == NULL;                                                              \
+            _Pragma("omp for schedule(static)")                                                 \
+            for (int64_t o = 0; o < c_out; ++o) {                                               \
+                if (failed) continue; /* every thread must still reach the loop's barrier */    \
+                project_row_##SUFFIX(w + o * n, mean, c_in, k, centre);                         \
+                binarize_row_##SUFFIX(w + o * n, w_bin + o * n, alpha + o, n);                  \
+            }                                                                                   \
+            free(mean);                                                                         \
+        }                                                                                       \
+        return failed ? -1 : 0;                                                                 \
     }                                                                                           \
                                                                                                 \
     void binarized_grad_##SUFFIX(const T *w_bin, const T *g, const T *alpha, T *out,           \
                                  int64_t c_out, int64_t n, double scale) {                     \
+        _Pragma("omp parallel for schedule(static) if(PARALLEL(c_out * n))")                    \
         for (int64_t o = 0; o < c_out; ++o) {                                                   \
             const T *bin = w_bin + o * n, *grad = g + o * n;                                    \
             const double a = alpha[o];                                                          \

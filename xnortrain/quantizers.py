@@ -23,7 +23,8 @@ sign; `xnor` is the scaling of the widely used PyTorch port of XNOR-Net.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -38,6 +39,7 @@ def check_grad_mode(grad: str) -> str:
     return grad
 
 
+@lru_cache
 def grad_scale(grad: str, weight_shape: torch.Size) -> float:
     """The constant in front of the gradient bracket: n * (1 - 1/C_in) for `xnor`, else 1."""
     if grad != "xnor":
@@ -69,30 +71,31 @@ def sign_pm1(x: torch.Tensor) -> torch.Tensor:
 
 def binarize(w: torch.Tensor) -> torch.Tensor:
     """W~ = alpha * sign(W) per output filter, sign(0) = +1 (no autograd rule attached)."""
-    return binarize_filters(w.flatten(1)).w_bin.view_as(w)
+    return binarize_filters(w).w_bin
 
 
-@dataclass(frozen=True)
-class Binarized:
-    """W~ of one weight in the filter-major view, with what the backward rule reads."""
+class Binarized(NamedTuple):
+    """W~ of one weight, with what the backward rule reads."""
 
-    w_bin: torch.Tensor  # (C_out, n): alpha * sign(W)
+    w_bin: torch.Tensor  # alpha * sign(W), in W's shape
     alpha: torch.Tensor  # (C_out, 1)
     clipped: bool  # some |W_i| > 1, so the clip indicator 1{|W_i| <= 1} matters
+    fused: bool  # made by the fused kernels, whose backward rule can then take the gradient
 
 
 @torch.no_grad()
-def binarize_filters(w2: torch.Tensor, clipped: bool | None = None) -> Binarized:
-    """Step 4 on the filter-major view W (C_out, n). `clipped=False` tells that every
+def binarize_filters(w: torch.Tensor, clipped: bool | None = None) -> Binarized:
+    """Step 4 on W (C_out, ...), filter o being W[o]. `clipped=False` tells that every
     |W_i| <= 1 (as after the projection), sparing a pass that checks it."""
+    w2 = w.flatten(1)  # (C_out, n)
     if fused.usable(w2):
         w_bin, alpha, any_clipped = fused.binarize(w2)
-        return Binarized(w_bin, alpha, any_clipped if clipped is None else clipped)
+        return Binarized(w_bin.view_as(w), alpha, any_clipped if clipped is None else clipped, True)
     magnitude = w2.abs()  # (C_out, n), becomes W~ below
     alpha = filter_alpha(magnitude)  # (C_out, 1)
     if clipped is None:
         clipped = may_be_true(magnitude.amax() > 1)
-    return Binarized(sign_times(alpha, w2, out=magnitude), alpha, clipped)
+    return Binarized(sign_times(alpha, w2, out=magnitude).view_as(w), alpha, clipped, False)
 
 
 class BinarizeWeight(torch.autograd.Function):
@@ -109,25 +112,28 @@ class BinarizeWeight(torch.autograd.Function):
     backward reads sign(W) out of W~ instead of recomputing it, since
     sign_i * mean_j(sign_j G_j) = W~_i * (W~ . G) / (n alpha^2), and skips the clip
     indicator when every |W_i| <= 1 (always so after the projection). No bool tensor is
-    used: on CPU bool masks are several times slower than float arithmetic.
+    used: on CPU bool masks are several times slower than float arithmetic. The fused
+    path does no more in Python than it must: inside a training step every Python line
+    runs on cold caches and costs microseconds.
     """
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, grad: str, scale: float, ahead: Binarized | None = None) -> torch.Tensor:
-        binarized = binarize_filters(w.flatten(1)) if ahead is None else ahead
-        ctx.grad, ctx.scale, ctx.clipped = grad, scale, binarized.clipped
+        binarized = binarize_filters(w) if ahead is None else ahead
+        ctx.grad, ctx.scale, ctx.clipped, ctx.fused = grad, scale, binarized.clipped, binarized.fused
         ctx.save_for_backward(w, binarized.alpha, binarized.w_bin)
-        return binarized.w_bin.view_as(w)
+        return binarized.w_bin
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         w, alpha, w_bin = ctx.saved_tensors
-        g2 = grad_out.reshape(w_bin.shape)  # (C_out, n)
+        if ctx.fused and not ctx.clipped and ctx.grad != "ste" and grad_out.is_contiguous():
+            return fused.binarized_grad(w_bin, grad_out, alpha, ctx.scale), None, None, None
+        g2 = grad_out.reshape(alpha.shape[0], -1)  # (C_out, n)
         inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
         if ctx.grad == "ste":
             return inside_g.view_as(w), None, None, None
-        if not ctx.clipped and fused.usable(w_bin, g2, alpha):
-            return fused.binarized_grad(w_bin, g2, alpha, ctx.scale).view_as(w), None, None, None
+        w_bin = w_bin.flatten(1)
         n = w_bin.shape[1]
         zero = alpha == 0  # all-zero filters: W~ = 0 there, and sign = +1
         coef = torch.linalg.vecdot(w_bin, g2).unsqueeze(1).mul_(ctx.scale / n).div_(alpha.masked_fill(zero, 1).square())

@@ -96,8 +96,9 @@ class Xnor:
         """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`project_and_binarize_`."""
         if self.scale == "none":  # d sign(W)/dW with the clipped straight-through estimator
             return straight_through(w, sign_pm1, (-1.0, 1.0))
-        scale = grad_scale(self.grad, w.shape) if self.scale == "filter" else 1.0
-        return BinarizeWeight.apply(self.filters(w), self.grad, scale, ahead).view_as(w)
+        if self.scale == "filter":
+            return BinarizeWeight.apply(w, self.grad, grad_scale(self.grad, w.shape), ahead)
+        return BinarizeWeight.apply(self.filters(w), self.grad, 1.0, ahead).view_as(w)
 
     def filters(self, w: torch.Tensor) -> torch.Tensor:
         """W with one filter per row of its first dimension: W itself, or for scale layer one
@@ -113,9 +114,9 @@ class Xnor:
         filters = self.filters(w)
         if fused.usable(w):
             centre = self.scale == "filter" and centres(w)
-            return Binarized(*fused.project_binarize_(filters, centre), clipped=False)
+            return Binarized(*fused.project_binarize_(filters, centre), clipped=False, fused=True)
         self.project_(w)
-        return binarize_filters(filters.flatten(1), clipped=False)
+        return binarize_filters(filters, clipped=False)
 
     def project_(self, w: torch.Tensor) -> None:
         if self.scale == "filter":
