@@ -101,12 +101,14 @@ def test_resume_from_an_epoch_boundary_is_bitwise(tmp_path):
     assert strip_times(tmp_path / "stopped" / "metrics.jsonl") == strip_times(tmp_path / "straight" / "metrics.jsonl")
 
 
-@pytest.mark.parametrize("stop_after, where", [(6, "epoch 1, step 6"), (9, "epoch 2, step 3")],
-                         ids=["last-step-of-epoch", "mid-epoch"])
-def test_resume_after_sigint_is_bitwise(tmp_path, monkeypatch, stop_after, where):
-    fit(config_for(tmp_path / "straight"), quiet=True)
+@pytest.mark.parametrize("stop_after, where, schedule", [
+    (6, "epoch 1, step 6", []), (9, "epoch 2, step 3", []),
+    (9, "epoch 2, step 3", ["schedule.name=cosine", "schedule.interval=step"]),
+], ids=["last-step-of-epoch", "mid-epoch", "mid-epoch-rate-every-step"])
+def test_resume_after_sigint_is_bitwise(tmp_path, monkeypatch, stop_after, where, schedule):
+    fit(config_for(tmp_path / "straight", *schedule), quiet=True)
 
-    config = config_for(tmp_path / "stopped")
+    config = config_for(tmp_path / "stopped", *schedule)
     with monkeypatch.context() as m:
         interrupt_at(m, stop_after)
         with pytest.raises(Interrupted, match=f"stopped by SIGINT at {where}; .*resume with --resume"):
@@ -116,6 +118,21 @@ def test_resume_after_sigint_is_bitwise(tmp_path, monkeypatch, stop_after, where
 
     assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt"))
     assert strip_times(tmp_path / "stopped" / "metrics.jsonl") == strip_times(tmp_path / "straight" / "metrics.jsonl")
+
+
+def test_interval_step_changes_the_rate_every_step_by_the_schedule(tmp_path, monkeypatch):
+    # 3 epochs of 6 steps, one of them warm-up, then cosine: the rate of step s (epoch t = s / 6)
+    # is lr * (t + 1/6) during warm-up, then lr * (1 + cos(pi * (t - 1) / 2)) / 2
+    rates, original = [], train_module.train_step
+
+    def record_rate(run, *args):
+        rates.append(run.optimizer.param_groups[0]["lr"])
+        return original(run, *args)
+
+    monkeypatch.setattr(train_module, "train_step", record_rate)
+    fit(config_for(tmp_path, "schedule.name=cosine", "schedule.interval=step", "schedule.warmup_epochs=1"), quiet=True)
+    expected = [0.01 * ((s + 1) / 6 if s < 6 else (1 + math.cos(math.pi * (s / 6 - 1) / 2)) / 2) for s in range(18)]
+    assert rates == pytest.approx(expected)
 
 
 def test_sigint_on_the_command_line_writes_last_and_says_how_to_resume(tmp_path):
@@ -224,22 +241,16 @@ def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
 
 @pytest.mark.realdata
 def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_reaches_80_percent(tmp_path):
-    # One epoch on the first 10,000 training images, with the short-run recipe lr 0.002,
-    # batch 32 (313 steps) and K's cheap form channel_mean; chance is 10%. Measured on 2
-    # threads: 80.24%, 80.71% and 80.44% for seeds 0, 1 and 2. One run's seed noise is
-    # about the margin, so the 80% goal is held by the mean of the three seeds, and each
-    # run must still clear 78%.
+    # One epoch on the first 10,000 training images, with the short-run recipe lr 0.004,
+    # batch 32 (313 steps), cosine decay every step; chance is 10%. Measured on 2 threads:
+    # 82.59%, 82.28% and 82.78% for seeds 0, 1 and 2 (an AMD EPYC machine).
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist")
-    accuracies = []
-    for seed in range(3):
-        config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
-                             ["train.epochs=1", "data.train_subset=10000", "optim.lr=0.002", "data.batch_size=32",
-                              "model.kwargs={act_scale: channel_mean}", f"train.seed={seed}",
-                              f"data.root={tmp_path}", f"train.out_dir={tmp_path / str(seed)}"])
-        (metrics,) = fit(config, quiet=True)
-        accuracies.append(metrics["val_acc1"])
-    assert sum(accuracies) / 3 >= 0.80 and min(accuracies) >= 0.78, accuracies
+    config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
+                         ["train.epochs=1", "data.train_subset=10000", "optim.lr=0.004", "data.batch_size=32",
+                          "schedule.interval=step", f"data.root={tmp_path}", f"train.out_dir={tmp_path / 'run'}"])
+    (metrics,) = fit(config, quiet=True)
+    assert metrics["val_acc1"] >= 0.80
 
 
 def test_trainer_applies_quantizer_rules_from_the_config(tmp_path):

@@ -61,6 +61,7 @@ class ScheduleConfig:
     gamma: float = 0.1
     step_size: int = 30
     warmup_epochs: int = 0
+    interval: str = "epoch"  # how often the learning rate changes: each "epoch" or each optimizer "step"
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "binop.grad": ("xnor", "exact", "ste"),
     "optim.name": ("adam", "adamw", "sgd"),
     "schedule.name": ("multistep", "step", "cosine", "none"),
+    "schedule.interval": ("epoch", "step"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.amp": ("none", "bf16", "fp16"),
     "train.nonfinite": ("stop", "skip"),

@@ -108,18 +108,26 @@ def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
     return optimizer(params, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
 
 
-def lr_factor(config: ScheduleConfig, epochs: int, epoch: int) -> float:
-    """The learning-rate multiplier for `epoch` (0-based): linear warm-up, then the schedule."""
-    if epoch < config.warmup_epochs:
-        return (epoch + 1) / config.warmup_epochs
+def lr_factor(config: ScheduleConfig, epochs: int, t: float, tick: float = 1.0) -> float:
+    """The learning-rate multiplier at epoch `t` (0-based; fractional where the rate changes every
+    step, `tick` being one step in epochs): linear warm-up, then the schedule."""
+    if t < config.warmup_epochs:
+        return (t + tick) / config.warmup_epochs
     if config.name == "multistep":
-        return config.gamma ** sum(epoch >= m for m in config.milestones)
+        return config.gamma ** sum(t >= m for m in config.milestones)
     if config.name == "step":
-        return config.gamma ** (epoch // config.step_size)
+        return config.gamma ** (t // config.step_size)
     if config.name == "cosine":
         span = max(1, epochs - config.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - config.warmup_epochs) / span))
+        return 0.5 * (1 + math.cos(math.pi * (t - config.warmup_epochs) / span))
     return 1.0
+
+
+def make_scheduler(config: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over ticks: epochs, or with `interval: step` training steps (see `tick`)."""
+    ticks = steps_per_epoch if config.interval == "step" else 1
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(config, epochs, n / ticks, 1 / ticks))
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -150,8 +158,7 @@ def build_run(config: Config) -> Run:
     optimizer = make_optimizer(config.optim, model.parameters())
     if binop is not None:
         binop.project_after(optimizer)
-    epochs = config.train.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config.schedule, epochs, e))
+    scheduler = make_scheduler(config.schedule, optimizer, config.train.epochs, len(data.train))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
     # wrapped and compiled after BinOp is attached; checkpoints and evaluation use the module
     # itself (plain keys)
@@ -303,6 +310,7 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
             sums["count"] += len(y)
         run.position.step += 1
         run.position.global_step += 1
+        tick(run, "step")
         bar.update(1)
         if show_progress and run.position.step % 10 == 0:
             bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", acc=f"{sums['correct'] / sums['count']:.2%}",
@@ -316,6 +324,21 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
         if every is not None and run.position.global_step % every == 0:
             save(run, "last.pt")
     bar.close()
+
+
+def rate_at_epoch_start(run: Run) -> float:
+    """The learning rate of the epoch's first step by the schedule, what its metrics line
+    reports (also for an epoch resumed in the middle, whose rate has moved on)."""
+    ticks = len(run.data.train) if run.config.schedule.interval == "step" else 1
+    return run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](run.position.epoch * ticks)
+
+
+def tick(run: Run, interval: str) -> None:
+    """Advance the learning-rate schedule if it changes every `interval` ("epoch" or "step")."""
+    if run.config.schedule.interval == interval:
+        with warnings.catch_warnings():  # a resumed run, or a skipped step, may tick before any optimizer.step()
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
+            run.scheduler.step()
 
 
 @torch.no_grad()
@@ -350,9 +373,7 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     if due:
         metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run)))
     metrics["epoch_time_s"] = epoch_time
-    with warnings.catch_warnings():  # a resumed run may reach here before its first optimizer.step()
-        warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
-        run.scheduler.step()
+    tick(run, "epoch")
     run.position.epoch, run.position.step, run.running = epoch + 1, 0, {}
     improved = due and metrics["val_acc1"] > run.position.best_acc1
     if improved:
@@ -406,7 +427,7 @@ def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False
     history = []
     with StopFlag() as stop:
         while run.position.epoch < config.train.epochs:
-            start, lr = time.perf_counter(), run.optimizer.param_groups[0]["lr"]
+            start, lr = time.perf_counter(), rate_at_epoch_start(run)
             train_one_epoch(run, stop, show_progress)
             metrics = finish_epoch(run, time.perf_counter() - start, lr)
             history.append(metrics)
