@@ -154,3 +154,30 @@ def test_backward_through_an_old_graph_after_the_weights_changed_is_refused():
         binop.weights["2"].add_(0.1)  # W changes under the graph that saved it
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+@needs_kernels
+def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
+    model = net()
+    binop = BinOp(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    binop.project_after(optimizer)
+    x = torch.randn(4, 3, 8, 8)
+    kept = []
+    for _ in range(4):  # gradients kept by the caller (.grad replaced, never zeroed in place)
+        optimizer.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        kept.append([(w.grad, w.grad.clone()) for w in binop.weights.values()])
+        optimizer.step()
+    for step in kept:
+        for held, values in step:
+            assert torch.equal(held, values)
+
+    kept.clear()
+    storages = set()
+    for _ in range(3):  # a plain loop: each step's gradient is dropped before the next backward
+        optimizer.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        storages.add(binop.weights["2"].grad.untyped_storage().data_ptr())
+        optimizer.step()
+    assert len(storages) <= 2  # the memory comes back instead of being allocated afresh
