@@ -181,3 +181,22 @@ def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
         storages.add(binop.weights["2"].grad.untyped_storage().data_ptr())
         optimizer.step()
     assert len(storages) <= 2  # the memory comes back instead of being allocated afresh
+
+
+@needs_kernels
+def test_kernels_give_the_same_bits_on_one_thread_and_on_several():
+    # large enough for the kernels to spread filters over torch's OpenMP threads where they can
+    w = torch.randn(300, 400, generator=torch.Generator().manual_seed(0)) * 0.1
+    g = torch.randn(300, 400, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            projected = w.clone()
+            w_bin, alpha = fused.project_binarize_(projected, centre=True)
+            results.append((projected, w_bin, alpha, fused.binarized_grad(w_bin, g, alpha, 399.0)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, several in zip(*results):
+        assert torch.equal(one, several)
