@@ -123,10 +123,15 @@ def lr_factor(config: ScheduleConfig, epochs: int, t: float, tick: float = 1.0) 
     return 1.0
 
 
+def ticks_per_epoch(config: ScheduleConfig, steps_per_epoch: int) -> int:
+    """How often the schedule ticks in an epoch: once, or with `interval: step` every step."""
+    return steps_per_epoch if config.interval == "step" else 1
+
+
 def make_scheduler(config: ScheduleConfig, optimizer: torch.optim.Optimizer, epochs: int,
                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR over ticks: epochs, or with `interval: step` training steps (see `tick`)."""
-    ticks = steps_per_epoch if config.interval == "step" else 1
+    """LambdaLR over ticks (see `tick`); tick n is epoch n / ticks_per_epoch."""
+    ticks = ticks_per_epoch(config, steps_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(config, epochs, n / ticks, 1 / ticks))
 
 
@@ -329,8 +334,8 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
 def rate_at_epoch_start(run: Run) -> float:
     """The learning rate of the epoch's first step by the schedule, what its metrics line
     reports (also for an epoch resumed in the middle, whose rate has moved on)."""
-    ticks = len(run.data.train) if run.config.schedule.interval == "step" else 1
-    return run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](run.position.epoch * ticks)
+    first_tick = run.position.epoch * ticks_per_epoch(run.config.schedule, len(run.data.train))
+    return run.scheduler.base_lrs[0] * run.scheduler.lr_lambdas[0](first_tick)
 
 
 def tick(run: Run, interval: str) -> None:
