@@ -154,6 +154,7 @@ class BinOp:
         self._handles = []
         for name, (module, attr) in self._slots.items():
             self._attach(module, attr, self.quantizers[name])
+        # (ParametrizationList, Quantized) of each slot, looked up once: project_ runs every step
         self._parametrizations = [(p, p[0]) for p in (getattr(m.parametrizations, a) for m, a in self._slots.values())]
         self.project_()
         if optimizer is not None:
