@@ -264,6 +264,31 @@ def test_detach_leaves_plain_layers_with_real_or_baked_weights():
     assert type(model2[6]) is nn.Linear
 
 
+class Negate(nn.Module):
+    def forward(self, w):
+        return -w
+
+
+def test_reading_a_target_weight_honours_parametrize_caching_and_stacking():
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    model = small_net()
+    binop = BinOp(model)
+    binarized = binop.binarized()
+    layer, expected = model[2], binarized["2"]
+    assert torch.equal(layer.weight, expected) and layer.weight.grad_fn is not None
+    with torch.no_grad():
+        binop.weights["2"].mul_(1.0)  # a new version: each read binarizes afresh
+    assert layer.weight is not layer.weight
+    with parametrize.cached():  # parametrize's own read: one W~ for the whole block
+        assert layer.weight is layer.weight and torch.equal(layer.weight, expected)
+    parametrize.register_parametrization(layer, "weight", Negate())  # stacked after BinOp's
+    assert torch.equal(layer.weight, -expected)
+    parametrize.remove_parametrizations(model[6], "weight")  # BinOp's own, removed by hand
+    assert type(model[6]) is nn.Linear and torch.equal(model[6].weight, binarized["6"])
+
+
 # --- selection ------------------------------------------------------------------------
 
 

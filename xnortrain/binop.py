@@ -162,6 +162,7 @@ class BinOp:
 
     def _attach(self, module: nn.Module, attr: str, quantizer: Quantizer) -> None:
         parametrize.register_parametrization(module, attr, Quantized(quantizer), unsafe=True)
+        _read_without_detours(module, attr)
         self._handles.append(module.register_state_dict_post_hook(partial(_plain_key, attr)))
         self._handles.append(module.register_load_state_dict_pre_hook(partial(_parametrized_key, attr)))
 
@@ -210,6 +211,28 @@ class BinOp:
             lines.append(f"  {name:<{width}}  {kind:<6}  {tuple(w.shape)!s:<18} {w.numel():>12,}  "
                          f"{self.quantizers[name]!r}")
         return "\n".join(lines)
+
+
+def _read_without_detours(module: nn.Module, attr: str) -> None:
+    """Make reading ``module.<attr>`` call the Quantized parametrization directly.
+
+    `parametrize` reads a parametrized tensor through two module calls and a loop that
+    probes for further parametrizations with ``hasattr`` (an AttributeError each time),
+    paid by every target in every forward pass. Its property lives on a class that
+    `parametrize` made for this one module, so it is replaced there by one that goes
+    straight to ``Quantized.forward(original)``, and hands the read back to `parametrize`
+    whenever that would do more: its caching (``parametrize.cached()``) is on, or a
+    further parametrization is stacked on the tensor. ``parametrize.remove_parametrizations``
+    (``BinOp.detach``) removes it with the class."""
+    through_parametrize = getattr(type(module), attr)
+
+    def read(module: nn.Module) -> torch.Tensor:
+        parametrizations = module._modules["parametrizations"]._modules[attr]
+        if parametrize._cache_enabled or len(parametrizations._modules) != 1:
+            return through_parametrize.fget(module)
+        return parametrizations._modules["0"].forward(parametrizations._parameters["original"])
+
+    setattr(type(module), attr, property(read, through_parametrize.fset))
 
 
 def _identity(w: torch.Tensor) -> tuple:
