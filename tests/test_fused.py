@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 
 import pytest
@@ -157,7 +158,10 @@ def test_backward_through_an_old_graph_after_the_weights_changed_is_refused():
 
 
 @needs_kernels
-def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
+def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it(monkeypatch):
+    # a pool of its own: earlier tests' gradients may still hold the shared pool's buffers
+    # from garbage cycles (a traceback kept by pytest.raises) until the collector runs
+    monkeypatch.setattr(fused, "_recycled", [])
     model = net()
     binop = BinOp(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -181,6 +185,21 @@ def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
         storages.add(binop.weights["2"].grad.untyped_storage().data_ptr())
         optimizer.step()
     assert len(storages) <= 2  # the memory comes back instead of being allocated afresh
+
+
+@needs_kernels
+@pytest.mark.parametrize("let_go", ["detach", "collect"])
+def test_recycled_gradient_memory_goes_with_the_binop(monkeypatch, let_go):
+    monkeypatch.setattr(fused, "_recycled", [])
+    model = net()
+    binop = BinOp(model)
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert fused._recycled  # the gradient rule drew from the pool
+    if let_go == "detach":
+        binop.detach()
+    del binop
+    gc.collect()
+    assert fused._recycled == []
 
 
 @needs_kernels

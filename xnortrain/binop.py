@@ -22,6 +22,7 @@ unchanged (see `Quantized`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from functools import partial
 from typing import NamedTuple
@@ -31,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from . import fused
 from .quantizers import Binarized, check_grad_mode
 from .selection import select_targets
 from .weight_quantizers import Quantizer, assign_quantizers
@@ -159,6 +161,7 @@ class BinOp:
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
+        self._release_recycled = weakref.finalize(self, fused.release_recycled)  # on detach or collection
 
     def _attach(self, module: nn.Module, attr: str, quantizer: Quantizer) -> None:
         parametrize.register_parametrization(module, attr, Quantized(quantizer), unsafe=True)
@@ -197,6 +200,7 @@ class BinOp:
         for module, attr in self._slots.values():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
         self.targets, self.params, self._slots, self._parametrizations = {}, {}, {}, []
+        self._release_recycled()
         return self.model
 
     def __repr__(self) -> str:

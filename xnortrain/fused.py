@@ -121,6 +121,14 @@ def _recycled_empty_like(g: torch.Tensor) -> torch.Tensor:
         return torch.frombuffer(free, dtype=g.dtype).view(g.shape)
 
 
+def release_recycled() -> None:
+    """Drop the pool of recycled gradient memory (BinOp does on detach, and when it is
+    garbage-collected), so that it does not outlive the models that used it. A buffer some
+    tensor still holds is freed with that tensor; the next gradient rule starts a new pool."""
+    with _recycled_lock:
+        _recycled.clear()
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, built once per machine and source; None where they cannot be."""
