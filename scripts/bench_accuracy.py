@@ -5,10 +5,13 @@ configs/fashion_mnist_lenet.yaml --set ...`), same seed, same schedule (Adam, we
 1e-5, batch 128, cosine learning-rate decay over the 15 epochs, the rate changing every
 step); lr 0.001 for full precision, 0.002 for BWN and 0.003 for XNOR-Net, each the best of
 the rates tried for that variant (see the README). The table (test top-1, epochs, wall time) goes to stdout and, as
-Markdown and JSON, to --out, with the loss and top-1 curves of the three runs
-(`accuracy.png`, when matplotlib is installed).
+Markdown and JSON, to --out, with the loss and top-1 curves of the three runs of the first
+seed (`accuracy.png`, when matplotlib is installed). With several seeds, each seed runs the
+three variants, each gap is taken against full precision of the same seed, and a second
+table gives each variant's mean, range and mean gap.
 
     python scripts/bench_accuracy.py                  # 15 epochs each (about 20 minutes on 2 cores)
+    python scripts/bench_accuracy.py --seeds 0 1 2    # three times as long
     python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -27,17 +31,18 @@ from xnortrain.errors import UserError
 from xnortrain.plot import plot_runs
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
+FULL_PRECISION = "full precision"
 VARIANTS = {
-    "full precision": ["binop.enabled=false", "model.kwargs={binary_activations: false}", "optim.lr=0.001"],
+    FULL_PRECISION: ["binop.enabled=false", "model.kwargs={binary_activations: false}", "optim.lr=0.001"],
     "BWN": ["binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002"],
     "XNOR-Net": ["binop.enabled=true", "model.kwargs={binary_activations: true}", "optim.lr=0.003"],
 }
 
 
-def run_variant(name: str, sets: list[str], epochs: int, subset: int | None, out_dir: Path) -> dict:
-    run_dir = out_dir / name.replace(" ", "_").lower()
+def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int | None, out_dir: Path) -> dict:
+    run_dir = out_dir / f"seed{seed}" / name.replace(" ", "_").lower()
     common = [f"train.epochs={epochs}", "schedule.name=cosine", "schedule.interval=step",
-              "optim.weight_decay=0.00001", "data.batch_size=128", "train.seed=0", f"train.out_dir={run_dir}"]
+              "optim.weight_decay=0.00001", "data.batch_size=128", f"train.seed={seed}", f"train.out_dir={run_dir}"]
     if subset:
         common.append(f"data.train_subset={subset}")
     cmd = [sys.executable, "-m", "xnortrain", "--config", str(CONFIG), "--quiet"]
@@ -47,35 +52,51 @@ def run_variant(name: str, sets: list[str], epochs: int, subset: int | None, out
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"variant": name, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
+    return {"variant": name, "seed": seed, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
             "epochs": epochs, "wall_s": wall, "mean_epoch_s": sum(m["epoch_time_s"] for m in metrics) / len(metrics),
             "run_dir": str(run_dir)}
 
 
+def gap_points(row: dict, rows: list[dict]) -> float:
+    """Test top-1 of `row` minus that of full precision with the same seed, in points."""
+    fp = next(r for r in rows if r["seed"] == row["seed"] and r["variant"] == FULL_PRECISION)
+    return 100 * (row["test_top1"] - fp["test_top1"])
+
+
 def markdown(rows: list[dict]) -> str:
-    fp = rows[0]["test_top1"]
-    lines = ["| variant | test top-1 | vs full precision | epochs | wall time s | train s/epoch |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | seed | test top-1 | vs full precision | epochs | wall time s | train s/epoch |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['test_top1']:.2%} | {100 * (r['test_top1'] - fp):+.2f} pt | {r['epochs']} "
-                     f"| {r['wall_s']:.0f} | {r['mean_epoch_s']:.1f} |")
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['test_top1']:.2%} | {gap_points(r, rows):+.2f} pt "
+                     f"| {r['epochs']} | {r['wall_s']:.0f} | {r['mean_epoch_s']:.1f} |")
+    if len({r["seed"] for r in rows}) > 1:
+        lines += ["", "| variant | seeds | mean test top-1 | min - max | mean vs full precision |", "|---|---|---|---|---|"]
+        for name in VARIANTS:
+            runs = [r for r in rows if r["variant"] == name]
+            top1 = [r["test_top1"] for r in runs]
+            gap = statistics.mean(gap_points(r, rows) for r in runs)
+            lines.append(f"| {name} | {len(runs)} | {statistics.mean(top1):.2%} | {min(top1):.2%} - {max(top1):.2%} "
+                         f"| {gap:+.2f} pt |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on the first 10,000 training images")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each round (default: 0)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
     args = parser.parse_args()
     epochs, subset = (1, 10_000) if args.quick else (15, None)
     out_dir = Path(args.out)
-    rows = [run_variant(name, sets, epochs, subset, out_dir) for name, sets in VARIANTS.items()]
+    rows = [run_variant(name, sets, seed, epochs, subset, out_dir) for seed in args.seeds for name, sets in VARIANTS.items()]
     table = markdown(rows)
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "accuracy.md").write_text(table + "\n")
     (out_dir / "accuracy.json").write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
     try:
-        print(plot_runs([r["run_dir"] for r in rows], out_dir / "accuracy.png", [r["variant"] for r in rows]))
+        first = rows[:len(VARIANTS)]
+        print(plot_runs([r["run_dir"] for r in first], out_dir / "accuracy.png", [r["variant"] for r in first]))
     except UserError as err:  # matplotlib missing: the table stands without the figure
         print(err)
 
