@@ -157,11 +157,17 @@ def test_backward_through_an_old_graph_after_the_weights_changed_is_refused():
         loss.backward()
 
 
-@needs_kernels
-def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it(monkeypatch):
-    # a pool of its own: earlier tests' gradients may still hold the shared pool's buffers
-    # from garbage cycles (a traceback kept by pytest.raises) until the collector runs
+@pytest.fixture
+def own_pool(monkeypatch):
+    """A recycled-memory pool for this test alone. Earlier tests' gradients and BinOps may sit in
+    garbage cycles (a traceback kept by pytest.raises) until the collector runs: the gradients
+    hold the shared pool's buffers, and a BinOp, when collected, empties the pool."""
+    gc.collect()
     monkeypatch.setattr(fused, "_recycled", [])
+
+
+@needs_kernels
+def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it(own_pool):
     model = net()
     binop = BinOp(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -189,8 +195,7 @@ def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it(monkey
 
 @needs_kernels
 @pytest.mark.parametrize("let_go", ["detach", "collect"])
-def test_recycled_gradient_memory_goes_with_the_binop(monkeypatch, let_go):
-    monkeypatch.setattr(fused, "_recycled", [])
+def test_recycled_gradient_memory_goes_with_the_binop(own_pool, let_go):
     model = net()
     binop = BinOp(model)
     model(torch.randn(4, 3, 8, 8)).sum().backward()
