@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -245,6 +246,27 @@ def test_state_dict_holds_real_weights_under_the_plain_models_keys():
     plain = small_net()
     plain.load_state_dict(state)  # a checkpoint of a BinOp model loads without BinOp too
     assert torch.equal(plain[2].weight, binop.weights["2"])
+
+
+def test_a_model_in_training_deep_copies_into_an_independent_binarized_model():
+    torch.manual_seed(0)
+    model = small_net()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    binop = BinOp(model, optimizer=optimizer)
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 10, (8,))
+    for _ in range(2):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model(x)  # a forward pass since the step: its W~ belongs to that pass's graph
+
+    snapshot = copy.deepcopy(model)  # e.g. keeping the best model so far
+    model.eval(), snapshot.eval()
+    assert torch.equal(snapshot(x), model(x))
+    with torch.no_grad():
+        binop.weights["2"].neg_()
+    assert not torch.equal(snapshot(x), model(x))
+    assert torch.equal(snapshot[2].parametrizations.weight.original, -binop.weights["2"])
 
 
 def test_detach_leaves_plain_layers_with_real_or_baked_weights():

@@ -105,6 +105,11 @@ class _AheadState:
         self.ahead: _Ahead | None = None  # W~ from the last projection
         self.eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
 
+    def __reduce__(self):
+        """A copied model starts with nothing ahead: W~ ahead describes the original's W (and,
+        once a forward pass has used it, it is part of that pass's graph, which cannot be copied)."""
+        return type(self), ()
+
 
 class BinOp:
     """Binarize the conv/linear weights of `model` the XNOR-Net way.
