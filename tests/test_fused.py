@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import shutil
+import weakref
+from copy import deepcopy
 
 import pytest
 import torch
@@ -157,17 +159,8 @@ def test_backward_through_an_old_graph_after_the_weights_changed_is_refused():
         loss.backward()
 
 
-@pytest.fixture
-def own_pool(monkeypatch):
-    """A recycled-memory pool for this test alone. Earlier tests' gradients and BinOps may sit in
-    garbage cycles (a traceback kept by pytest.raises) until the collector runs: the gradients
-    hold the shared pool's buffers, and a BinOp, when collected, empties the pool."""
-    gc.collect()
-    monkeypatch.setattr(fused, "_recycled", [])
-
-
 @needs_kernels
-def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it(own_pool):
+def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
     model = net()
     binop = BinOp(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -194,17 +187,31 @@ def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it(own_po
 
 
 @needs_kernels
-@pytest.mark.parametrize("let_go", ["detach", "collect"])
-def test_recycled_gradient_memory_goes_with_the_binop(own_pool, let_go):
+@pytest.mark.parametrize("let_go", ["detach", "free the model"])
+def test_recycled_gradient_memory_goes_with_the_binop(let_go):
     model = net()
     binop = BinOp(model)
     model(torch.randn(4, 3, 8, 8)).sum().backward()
-    assert fused._recycled  # the gradient rule drew from the pool
+    memory = binop.model.get_submodule("2").parametrizations.weight[0].grad_memory
+    assert memory._buffers  # the gradient rule drew from the weight's memory
+    gone = weakref.ref(memory)
     if let_go == "detach":
         binop.detach()
-    del binop
+    else:
+        del model
+    del binop, memory
     gc.collect()
-    assert fused._recycled == []
+    assert gone() is None
+
+
+@needs_kernels
+def test_a_copied_model_has_gradient_memory_of_its_own():
+    model = net()
+    BinOp(model)
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    copy = deepcopy(model)
+    ours, theirs = (m.get_submodule("2").parametrizations.weight[0].grad_memory for m in (model, copy))
+    assert ours._buffers and theirs._buffers == []  # never writes a gradient into the original's
 
 
 @needs_kernels

@@ -22,7 +22,6 @@ unchanged (see `Quantized`).
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable
 from functools import partial
 from typing import NamedTuple
@@ -49,6 +48,8 @@ class Quantized(nn.Module):
     W~ itself if something wrote into it (``layer.weight.mul_(2)`` under no_grad).
     Changes made outside an optimizer through ``W.data`` are invisible to both: call
     ``binop.project_()`` after them.
+    Along with that W~ goes W's own memory for its gradients (`fused.GradientMemory`), which
+    lives as long as this parametrization.
     Under torch.compile the forward always binarizes (and fuses that into its kernels).
     """
 
@@ -56,6 +57,7 @@ class Quantized(nn.Module):
         super().__init__()
         self.quantizer = quantizer
         self.state = _AheadState()
+        self.grad_memory = fused.GradientMemory()
         _watch_optimizer_steps()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -64,7 +66,7 @@ class Quantized(nn.Module):
         state = self.state
         state.eager = True
         if state.ahead is not None and state.ahead.describes(w):
-            return self.quantizer.quantize(w, state.ahead.binarized)
+            return self.quantizer.quantize(w, state.ahead.binarized, self.grad_memory)
         return self.quantizer.quantize(w)
 
     @torch.no_grad()
@@ -166,7 +168,6 @@ class BinOp:
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
-        self._release_recycled = weakref.finalize(self, fused.release_recycled)  # on detach or collection
 
     def _attach(self, module: nn.Module, attr: str, quantizer: Quantizer) -> None:
         parametrize.register_parametrization(module, attr, Quantized(quantizer), unsafe=True)
@@ -205,7 +206,6 @@ class BinOp:
         for module, attr in self._slots.values():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
         self.targets, self.params, self._slots, self._parametrizations = {}, {}, {}, []
-        self._release_recycled()
         return self.model
 
     def __repr__(self) -> str:

@@ -13,7 +13,7 @@ in two passes per step, a filter at a time:
 
 Large weights spread their filters over torch's own OpenMP threads (see
 :func:`_threading_flags`), and the gradient rule writes into recycled memory (see
-:func:`_recycled_empty_like`).
+:class:`GradientMemory`).
 
 The kernels are compiled on first use with the system C compiler (``$CC``, else ``cc``)
 into ``~/.cache/xnortrain`` (``$XNORTRAIN_CACHE``) and loaded with ctypes; there is no
@@ -76,19 +76,16 @@ def project_binarize_(w: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torc
     return w_bin, alpha
 
 
-def binarized_grad(w_bin: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor, scale: float) -> torch.Tensor:
+def binarized_grad(w_bin: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor, scale: float,
+                   memory: GradientMemory | None = None) -> torch.Tensor:
     """scale * (alpha * G + sign(W~) * mean_j(sign_j G_j)) per filter, in the shape of G; W~ and G
-    contiguous, of the same shape (any view of C_out filters of n), alpha (C_out, 1)."""
-    out = _recycled_empty_like(g)
+    contiguous, of the same shape (any view of C_out filters of n), alpha (C_out, 1). The result
+    is written into `memory` where given, else into fresh memory."""
+    out = torch.empty_like(g) if memory is None else memory.empty_like(g)
     kernel = getattr(library(), f"binarized_grad_{_SUFFIX[g.dtype]}")
     c_out = alpha.shape[0]
     kernel(w_bin.data_ptr(), g.data_ptr(), alpha.data_ptr(), out.data_ptr(), c_out, g.numel() // c_out, scale)
     return out
-
-
-_recycled: list[bytearray] = []  # memory of earlier gradients, see _recycled_empty_like
-_recycled_lock = threading.Lock()
-_RECYCLED_PER_SIZE = 2  # a plain loop has one gradient of a weight alive at a time, accumulation two
 
 
 def _reference_counts(buffers: list[bytearray]) -> list[int]:
@@ -98,35 +95,47 @@ def _reference_counts(buffers: list[bytearray]) -> list[int]:
 _UNHELD = _reference_counts([bytearray(1)])[0]  # the count of a buffer only a list holds, as seen here
 
 
-def _recycled_empty_like(g: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor like `g` in memory that an earlier gradient used and that no
-    tensor holds any more.
+class GradientMemory:
+    """The memory of one weight's earlier gradients, for the gradient rule to write the next one into.
 
-    Why not a fresh tensor: glibc hands large freed blocks back to the system, so every step's
+    Why not fresh memory: glibc hands large freed blocks back to the system, so every step's
     new gradient of a weight faults its pages in afresh (zeroed by the kernel); for LeNet-5
     that was 400-500 page faults a step, and recycling took 1.5 to 3 points off the BinOp /
-    plain step ratio in paired runs. The memory is a bytearray
-    that every tensor made from it keeps referenced (through its storage, whoever holds
-    the tensor: .grad, an optimizer, a hook), so it is free again when its reference count
-    is down to that of a buffer only `_recycled` holds."""
-    nbytes = g.numel() * g.element_size()
-    with _recycled_lock:  # claiming a buffer is a check, then a new reference: one thread at a time
-        same_size = [(buf, count) for buf, count in zip(_recycled, _reference_counts(_recycled)) if len(buf) == nbytes]
-        free = next((buf for buf, count in same_size if count == _UNHELD), None)
-        if free is None and len(same_size) < _RECYCLED_PER_SIZE:
-            free = bytearray(nbytes)
-            _recycled.append(free)
-        if free is None:  # every recycled buffer of this size is in use: the caller keeps gradients
-            return torch.empty_like(g)
-        return torch.frombuffer(free, dtype=g.dtype).view(g.shape)
+    plain step ratio in paired runs. The memory is a bytearray that every tensor made from it
+    keeps referenced (through its storage, whoever holds the tensor: .grad, an optimizer, a
+    hook), so it is free again when its reference count is down to that of a buffer only
+    this object holds. It keeps at most two buffers: a plain loop has one gradient of the
+    weight alive at a time, gradient accumulation two; beyond that, fresh memory.
 
+    Each binarized weight has its own (`binop.Quantized`), so the memory goes with the
+    parametrization: when BinOp is detached or the model is freed. A copied model starts
+    with none.
+    """
 
-def release_recycled() -> None:
-    """Drop the pool of recycled gradient memory (BinOp does on detach, and when it is
-    garbage-collected), so that it does not outlive the models that used it. A buffer some
-    tensor still holds is freed with that tensor; the next gradient rule starts a new pool."""
-    with _recycled_lock:
-        _recycled.clear()
+    KEPT = 2
+
+    def __init__(self):
+        self._buffers: list[bytearray] = []
+        self._lock = threading.Lock()  # claiming a buffer is a check, then a new reference
+
+    def __reduce__(self):
+        return type(self), ()
+
+    def empty_like(self, g: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor like `g`, in memory of an earlier gradient that no tensor holds
+        any more where there is one."""
+        nbytes = g.numel() * g.element_size()
+        with self._lock:
+            if any(len(buf) != nbytes for buf in self._buffers):  # the weight changed dtype or shape
+                self._buffers = []
+            free = next((buf for buf, count in zip(self._buffers, _reference_counts(self._buffers))
+                         if count == _UNHELD), None)
+            if free is None and len(self._buffers) < self.KEPT:
+                free = bytearray(nbytes)
+                self._buffers.append(free)
+            if free is None:  # every buffer is in use: the caller keeps gradients
+                return torch.empty_like(g)
+            return torch.frombuffer(free, dtype=g.dtype).view(g.shape)
 
 
 @functools.cache

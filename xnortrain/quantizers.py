@@ -103,6 +103,7 @@ class BinarizeWeight(torch.autograd.Function):
 
     `ahead` is W~ of this very W computed beforehand (BinOp does it right after the
     projection, while W is still in cache from the optimizer step); None computes it here.
+    `memory` (`fused.GradientMemory`) is where the fused gradient rule writes its result.
 
     Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
     output W~, which the conv/linear layer keeps for its backward pass anyway, so BinOp
@@ -118,9 +119,11 @@ class BinarizeWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, grad: str, scale: float, ahead: Binarized | None = None) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, grad: str, scale: float, ahead: Binarized | None = None,
+                memory: fused.GradientMemory | None = None) -> torch.Tensor:
         binarized = binarize_filters(w) if ahead is None else ahead
         ctx.grad, ctx.scale, ctx.clipped, ctx.fused = grad, scale, binarized.clipped, binarized.fused
+        ctx.memory = memory
         ctx.save_for_backward(w, binarized.alpha, binarized.w_bin)
         return binarized.w_bin
 
@@ -128,11 +131,11 @@ class BinarizeWeight(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         w, alpha, w_bin = ctx.saved_tensors
         if ctx.fused and not ctx.clipped and ctx.grad != "ste" and grad_out.is_contiguous():
-            return fused.binarized_grad(w_bin, grad_out, alpha, ctx.scale), None, None, None
+            return fused.binarized_grad(w_bin, grad_out, alpha, ctx.scale, ctx.memory), None, None, None, None
         g2 = grad_out.reshape(alpha.shape[0], -1)  # (C_out, n)
         inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
         if ctx.grad == "ste":
-            return inside_g.view_as(w), None, None, None
+            return inside_g.view_as(w), None, None, None, None
         w_bin = w_bin.flatten(1)
         n = w_bin.shape[1]
         zero = alpha == 0  # all-zero filters: W~ = 0 there, and sign = +1
@@ -141,7 +144,7 @@ class BinarizeWeight(torch.autograd.Function):
         grad_w.addcmul_(inside_g, alpha * ctx.scale)  # + scale * alpha * 1{|W_i| <= 1} * G_i
         if may_be_true(zero.any()):
             grad_w.add_(g2.sum(1, keepdim=True).mul_(ctx.scale / n).masked_fill_(~zero, 0))  # sign = +1
-        return grad_w.view_as(w), None, None, None
+        return grad_w.view_as(w), None, None, None, None
 
 
 def may_be_true(flag: torch.Tensor) -> bool:

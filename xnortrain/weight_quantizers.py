@@ -92,13 +92,15 @@ class Xnor:
         default = grad if self.scale == "filter" else "exact"
         return self if self.grad is not None else Xnor(self.scale, default)
 
-    def quantize(self, w: torch.Tensor, ahead: Binarized | None = None) -> torch.Tensor:
-        """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`project_and_binarize_`."""
+    def quantize(self, w: torch.Tensor, ahead: Binarized | None = None,
+                 memory: fused.GradientMemory | None = None) -> torch.Tensor:
+        """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`project_and_binarize_`,
+        `memory`: W's own memory for its gradients (see `BinarizeWeight`)."""
         if self.scale == "none":  # d sign(W)/dW with the clipped straight-through estimator
             return straight_through(w, sign_pm1, (-1.0, 1.0))
         if self.scale == "filter":
-            return BinarizeWeight.apply(w, self.grad, grad_scale(self.grad, w.shape), ahead)
-        return BinarizeWeight.apply(self.filters(w), self.grad, 1.0, ahead).view_as(w)
+            return BinarizeWeight.apply(w, self.grad, grad_scale(self.grad, w.shape), ahead, memory)
+        return BinarizeWeight.apply(self.filters(w), self.grad, 1.0, ahead, memory).view_as(w)
 
     def filters(self, w: torch.Tensor) -> torch.Tensor:
         """W with one filter per row of its first dimension: W itself, or for scale layer one
