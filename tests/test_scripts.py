@@ -1,0 +1,40 @@
+"""The benchmark scripts' own arithmetic (their runs are too long for the suite)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def accuracy_row(variant: str, seed: int, top1: float) -> dict:
+    return {"variant": variant, "seed": seed, "test_top1": top1, "epochs": 15, "wall_s": 400.0, "mean_epoch_s": 25.0}
+
+
+def test_bench_accuracy_takes_each_gap_against_full_precision_of_the_same_seed():
+    bench = load_script("bench_accuracy")
+    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("BWN", 0, 0.915), accuracy_row("XNOR-Net", 0, 0.90),
+            accuracy_row("full precision", 1, 0.93), accuracy_row("BWN", 1, 0.92), accuracy_row("XNOR-Net", 1, 0.91)]
+    lines = bench.markdown(rows).splitlines()
+    assert "| XNOR-Net | 0 | 90.00% | -2.00 pt | 15 | 400 | 25.0 |" in lines
+    assert "| BWN | 1 | 92.00% | -1.00 pt | 15 | 400 | 25.0 |" in lines
+    # the table over seeds: mean, range, and the mean of the per-seed gaps
+    assert "| full precision | 2 | 92.50% | 92.00% - 93.00% | +0.00 pt |" in lines
+    assert "| BWN | 2 | 91.75% | 91.50% - 92.00% | -0.75 pt |" in lines
+    assert "| XNOR-Net | 2 | 90.50% | 90.00% - 91.00% | -2.00 pt |" in lines
+
+
+def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
+    bench = load_script("bench_accuracy")
+    rows = [accuracy_row("full precision", 3, 0.92), accuracy_row("BWN", 3, 0.91), accuracy_row("XNOR-Net", 3, 0.90)]
+    table = bench.markdown(rows)
+    assert "mean test top-1" not in table
+    assert "| BWN | 3 | 91.00% | -1.00 pt |" in table
