@@ -186,13 +186,18 @@ def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
     assert len(storages) <= 2  # the memory comes back instead of being allocated afresh
 
 
+def gradient_memory(model: nn.Module) -> fused.GradientMemory:
+    """The gradient memory of target "2" of `net()`."""
+    return model.get_submodule("2").parametrizations.weight[0].grad_memory
+
+
 @needs_kernels
 @pytest.mark.parametrize("let_go", ["detach", "free the model"])
 def test_recycled_gradient_memory_goes_with_the_binop(let_go):
     model = net()
     binop = BinOp(model)
     model(torch.randn(4, 3, 8, 8)).sum().backward()
-    memory = binop.model.get_submodule("2").parametrizations.weight[0].grad_memory
+    memory = gradient_memory(model)
     assert memory._buffers  # the gradient rule drew from the weight's memory
     gone = weakref.ref(memory)
     if let_go == "detach":
@@ -210,7 +215,7 @@ def test_a_copied_model_has_gradient_memory_of_its_own():
     BinOp(model)
     model(torch.randn(4, 3, 8, 8)).sum().backward()
     copy = deepcopy(model)
-    ours, theirs = (m.get_submodule("2").parametrizations.weight[0].grad_memory for m in (model, copy))
+    ours, theirs = gradient_memory(model), gradient_memory(copy)
     assert ours._buffers and theirs._buffers == []  # never writes a gradient into the original's
 
 
