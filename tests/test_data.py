@@ -262,6 +262,28 @@ def test_train_subset_keeps_the_first_samples(tmp_path):
     assert samples(epoch(d.train, 0)) == samples(expected)
 
 
+def test_holdout_evaluates_on_the_last_training_samples_instead_of_the_test_split(tmp_path):
+    written = write_mnist(tmp_path, "mnist")  # 70 training samples, 30 test samples
+    d = build_data(DataSpec("mnist", root=str(tmp_path), batch_size=4, holdout=20, train_subset=10), seed=0)
+    assert (d.train.num_samples, d.eval.num_samples) == (10, 20)
+    train_x, train_y = written["train_x"].unsqueeze(1), written["train_y"].long()
+    assert samples(epoch(d.train, 0)) == samples([(normalised(train_x[:10], "mnist"), train_y[:10])])
+    assert_same_batches(epoch(d.eval, 0), [(normalised(train_x[50:], "mnist"), train_y[50:])])
+
+
+def test_holdout_of_synthetic_data_comes_out_of_its_training_samples():
+    d = build_data(DataSpec("synthetic", synthetic_train_size=100, holdout=30), seed=0)
+    whole = build_data(DataSpec("synthetic", synthetic_train_size=100), seed=0)
+    assert (d.train.num_samples, d.eval.num_samples) == (70, 30)
+    assert samples(epoch(d.train, 0)) + samples(epoch(d.eval, 0)) == samples(epoch(whole.train, 0))
+
+
+def test_a_holdout_that_leaves_no_training_samples_is_a_data_error(tmp_path):
+    write_mnist(tmp_path, "mnist")
+    with pytest.raises(DataError, match="data.holdout 70 leaves no training samples: mnist has 70; hold out fewer"):
+        build_data(DataSpec("mnist", root=str(tmp_path), holdout=70), seed=0)
+
+
 def test_synthetic_data_is_shaped_as_asked_and_reproducible_by_seed():
     spec = DataSpec("synthetic", synthetic_shape=[3, 8, 8], synthetic_classes=5, synthetic_train_size=100,
                     synthetic_eval_size=30, batch_size=32, eval_batch_size=64)
@@ -306,6 +328,8 @@ def test_import_and_synthetic_data_work_without_torchvision():
 @pytest.mark.parametrize("options, key", [
     ({"name": "svhn"}, "unknown data set 'svhn': choose one of cifar10, cifar100, mnist, fashion_mnist, imagenet"),
     ({"name": "mnist", "train_subset": 0}, "data.train_subset must be at least 1"),
+    ({"name": "mnist", "holdout": 0}, "data.holdout must be at least 1"),
+    ({"name": "imagenet", "holdout": 100}, "data.holdout is not supported for imagenet"),
     ({"name": "mnist", "batch_size": 0}, "data.batch_size must be at least 1"),
     ({"name": "mnist", "workers": -1}, "data.workers must be at least 0"),
     ({"name": "synthetic", "synthetic_shape": (1, 0, 4)}, "data.synthetic_shape"),

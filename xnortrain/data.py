@@ -51,7 +51,10 @@ class DataSpec:
     no effect on the MNIST family and synthetic data, which are not augmented.
     `download` has no effect for ImageNet, which torchvision cannot fetch.
     `workers` is used by the ImageNet DataLoader only: the other sets are in memory.
-    `train_subset` keeps the first N training samples (all of them if there are fewer).
+    `holdout` moves the last N training samples into the evaluation split, in place of the
+    test split, so hyperparameters can be chosen without looking at the test set (not for
+    ImageNet, whose validation folder already plays that part). `train_subset` then keeps
+    the first N of the training samples that remain (all of them if there are fewer).
     """
 
     name: str = "fashion_mnist"
@@ -61,6 +64,7 @@ class DataSpec:
     eval_batch_size: int = 512
     workers: int = 0
     augment: bool = True
+    holdout: int | None = None
     train_subset: int | None = None
     synthetic_shape: tuple[int, ...] = (1, 28, 28)
     synthetic_classes: int = 10
@@ -77,6 +81,11 @@ class DataSpec:
         _check_at_least(0, workers=self.workers)
         if self.train_subset is not None:
             _check_at_least(1, train_subset=self.train_subset)
+        if self.holdout is not None:
+            _check_at_least(1, holdout=self.holdout)
+            if self.name == "imagenet":
+                raise ConfigError("data.holdout is not supported for imagenet: set it to null and make the "
+                                  "held-out split a folder tree of its own (train/ and val/ under another data.root)")
         if not self.synthetic_shape or min(self.synthetic_shape) < 1:
             raise ConfigError(f"data.synthetic_shape must be a non-empty list of positive sizes, "
                               f"got {self.synthetic_shape!r}")
@@ -275,7 +284,10 @@ def _small_data(spec: DataSpec, seed: int) -> TrainData:
     info = _SMALL_SETS[spec.name]
     read = _read_fashion_split if spec.name == "fashion_mnist" else _read_split
     train_x, train_y = read(spec, info, train=True)
-    eval_x, eval_y = read(spec, info, train=False)
+    if spec.holdout:
+        train_x, train_y, eval_x, eval_y = _hold_out(spec, train_x, train_y)
+    else:
+        eval_x, eval_y = read(spec, info, train=False)
     train_x, train_y = train_x[:spec.train_subset], train_y[:spec.train_subset]  # [:None] keeps all
     train_prep = _ImagePrep(info.mean, info.std, info.crop_padding if spec.augment else 0)
     return TrainData(
@@ -284,6 +296,15 @@ def _small_data(spec: DataSpec, seed: int) -> TrainData:
         train=_TensorBatches(train_x, train_y, spec.batch_size, train_prep, seed),
         eval=_TensorBatches(eval_x, eval_y, spec.eval_batch_size, _ImagePrep(info.mean, info.std), None),
     )
+
+
+def _hold_out(spec: DataSpec, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images, train labels, eval images, eval labels): the last spec.holdout samples held out."""
+    kept = len(images) - spec.holdout
+    if kept < 1:
+        raise DataError(f"data.holdout {spec.holdout} leaves no training samples: {spec.name} has "
+                        f"{len(images)}; hold out fewer")
+    return images[:kept], labels[:kept], images[kept:], labels[kept:]
 
 
 def _read_split(spec: DataSpec, info: _SmallSet, train: bool) -> tuple[Tensor, Tensor]:
@@ -381,6 +402,8 @@ def _synthetic_data(spec: DataSpec, seed: int) -> TrainData:
     prototypes = torch.randn(spec.synthetic_classes, *spec.synthetic_shape, generator=generator)  # (K, *shape)
     train_x, train_y = _around_prototypes(spec.synthetic_train_size, prototypes, generator)
     eval_x, eval_y = _around_prototypes(spec.synthetic_eval_size, prototypes, generator)
+    if spec.holdout:
+        train_x, train_y, eval_x, eval_y = _hold_out(spec, train_x, train_y)
     train_x, train_y = train_x[:spec.train_subset], train_y[:spec.train_subset]  # [:None] keeps all
     return TrainData(
         num_classes=spec.synthetic_classes,
