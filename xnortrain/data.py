@@ -53,7 +53,7 @@ class DataSpec:
     `workers` is used by the ImageNet DataLoader only: the other sets are in memory.
     `holdout` moves the last N training samples into the evaluation split, in place of the
     test split, so hyperparameters can be chosen without looking at the test set (not for
-    ImageNet, whose validation folder already plays that part). `train_subset` then keeps
+    ImageNet: give it a held-out folder tree of its own). `train_subset` then keeps
     the first N of the training samples that remain (all of them if there are fewer).
     """
 
@@ -401,9 +401,10 @@ def _synthetic_data(spec: DataSpec, seed: int) -> TrainData:
     generator = _generator("synthetic", seed)
     prototypes = torch.randn(spec.synthetic_classes, *spec.synthetic_shape, generator=generator)  # (K, *shape)
     train_x, train_y = _around_prototypes(spec.synthetic_train_size, prototypes, generator)
-    eval_x, eval_y = _around_prototypes(spec.synthetic_eval_size, prototypes, generator)
     if spec.holdout:
         train_x, train_y, eval_x, eval_y = _hold_out(spec, train_x, train_y)
+    else:
+        eval_x, eval_y = _around_prototypes(spec.synthetic_eval_size, prototypes, generator)
     train_x, train_y = train_x[:spec.train_subset], train_y[:spec.train_subset]  # [:None] keeps all
     return TrainData(
         num_classes=spec.synthetic_classes,
