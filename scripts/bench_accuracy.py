@@ -5,11 +5,12 @@ configs/fashion_mnist_lenet.yaml --set ...`), same seed, same schedule (Adam, we
 1e-4, batch 128, cosine learning-rate decay over the 15 epochs, the rate changing every
 step); lr 0.001 for full precision, 0.002 for BWN and 0.003 for XNOR-Net, each the best of
 the rates tried for that variant, and the binary nets with the `exact` gradient rule. The
-decay was chosen on a held-out part of the training set (`data.holdout`; see the README). The table (test top-1, epochs, wall time) goes to stdout and, as
-Markdown and JSON, to --out, with the loss and top-1 curves of the three runs of the first
-seed (`accuracy.png`, when matplotlib is installed). With several seeds, each seed runs the
-three variants, each gap is taken against full precision of the same seed, and a second
-table gives each variant's mean, range and mean gap.
+decay was chosen on a held-out part of the training set (`data.holdout`; see the README).
+The table (test top-1, epochs, wall time) goes to stdout and, as Markdown and JSON, to
+--out, with the loss and top-1 curves of the three runs of the first seed (`accuracy.png`,
+when matplotlib is installed). With several seeds, each seed runs the three variants, each
+gap is taken against full precision of the same seed, and a second table gives each
+variant's mean, range and mean gap.
 
     python scripts/bench_accuracy.py                  # 15 epochs each (about 20 minutes on 2 cores)
     python scripts/bench_accuracy.py --seeds 0 1 2    # three times as long

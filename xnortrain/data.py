@@ -283,12 +283,8 @@ _SMALL_SETS = {
 def _small_data(spec: DataSpec, seed: int) -> TrainData:
     info = _SMALL_SETS[spec.name]
     read = _read_fashion_split if spec.name == "fashion_mnist" else _read_split
-    train_x, train_y = read(spec, info, train=True)
-    if spec.holdout:
-        train_x, train_y, eval_x, eval_y = _hold_out(spec, train_x, train_y)
-    else:
-        eval_x, eval_y = read(spec, info, train=False)
-    train_x, train_y = train_x[:spec.train_subset], train_y[:spec.train_subset]  # [:None] keeps all
+    train_x, train_y, eval_x, eval_y = _splits(spec, *read(spec, info, train=True),
+                                               read_eval=lambda: read(spec, info, train=False))
     train_prep = _ImagePrep(info.mean, info.std, info.crop_padding if spec.augment else 0)
     return TrainData(
         num_classes=info.num_classes,
@@ -298,13 +294,20 @@ def _small_data(spec: DataSpec, seed: int) -> TrainData:
     )
 
 
-def _hold_out(spec: DataSpec, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(train images, train labels, eval images, eval labels): the last spec.holdout samples held out."""
-    kept = len(images) - spec.holdout
-    if kept < 1:
-        raise DataError(f"data.holdout {spec.holdout} leaves no training samples: {spec.name} has "
-                        f"{len(images)}; hold out fewer")
-    return images[:kept], labels[:kept], images[kept:], labels[kept:]
+def _splits(spec: DataSpec, train_x: Tensor, train_y: Tensor,
+            read_eval: Callable[[], tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(train images, train labels, eval images, eval labels) from the training samples: the
+    last spec.holdout of them held out for evaluation where asked (else `read_eval()`, the
+    test split), then the first spec.train_subset of those left for training."""
+    if spec.holdout:
+        kept = len(train_x) - spec.holdout
+        if kept < 1:
+            raise DataError(f"data.holdout {spec.holdout} leaves no training samples: {spec.name} has "
+                            f"{len(train_x)}; hold out fewer")
+        train_x, train_y, eval_x, eval_y = train_x[:kept], train_y[:kept], train_x[kept:], train_y[kept:]
+    else:
+        eval_x, eval_y = read_eval()
+    return train_x[:spec.train_subset], train_y[:spec.train_subset], eval_x, eval_y  # [:None] keeps all
 
 
 def _read_split(spec: DataSpec, info: _SmallSet, train: bool) -> tuple[Tensor, Tensor]:
@@ -400,12 +403,9 @@ def _synthetic_data(spec: DataSpec, seed: int) -> TrainData:
     """Random inputs around a random prototype per class: learnable by design, by a linear model too."""
     generator = _generator("synthetic", seed)
     prototypes = torch.randn(spec.synthetic_classes, *spec.synthetic_shape, generator=generator)  # (K, *shape)
-    train_x, train_y = _around_prototypes(spec.synthetic_train_size, prototypes, generator)
-    if spec.holdout:
-        train_x, train_y, eval_x, eval_y = _hold_out(spec, train_x, train_y)
-    else:
-        eval_x, eval_y = _around_prototypes(spec.synthetic_eval_size, prototypes, generator)
-    train_x, train_y = train_x[:spec.train_subset], train_y[:spec.train_subset]  # [:None] keeps all
+    train_x, train_y, eval_x, eval_y = _splits(
+        spec, *_around_prototypes(spec.synthetic_train_size, prototypes, generator),
+        read_eval=lambda: _around_prototypes(spec.synthetic_eval_size, prototypes, generator))
     return TrainData(
         num_classes=spec.synthetic_classes,
         input_shape=spec.synthetic_shape,
