@@ -186,9 +186,39 @@ def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
     assert len(storages) <= 2  # the memory comes back instead of being allocated afresh
 
 
-def gradient_memory(model: nn.Module) -> fused.GradientMemory:
+def gradient_memory(model: nn.Module) -> fused.RecycledMemory:
     """The gradient memory of target "2" of `net()`."""
     return model.get_submodule("2").parametrizations.weight[0].grad_memory
+
+
+@needs_kernels
+def test_recycled_binarized_memory_is_never_reused_while_a_tensor_holds_it():
+    model = net()
+    binop = BinOp(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    binop.project_after(optimizer)
+    x = torch.randn(4, 3, 8, 8)
+    layer = model.get_submodule("2")
+    kept = []
+    for _ in range(4):  # W~ of every step kept by the caller
+        w_bin = layer.weight
+        kept.append((w_bin, w_bin.clone()))
+        optimizer.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        optimizer.step()
+    for held, values in kept:
+        assert torch.equal(held, values)
+    assert len({held.data_ptr() for held, _ in kept}) == len(kept)
+
+    kept.clear()
+    storages = set()
+    for _ in range(3):  # a plain loop: each step's W~ is dropped with its graph
+        optimizer.zero_grad(set_to_none=True)
+        model(x).sum().backward()
+        optimizer.step()
+        storages.add(layer.weight.untyped_storage().data_ptr())
+    assert len(storages) == 1  # W~ of each projection goes into the memory of the one before
+    assert torch.equal(layer.weight, binarize(binop.weights["2"]))
 
 
 @needs_kernels

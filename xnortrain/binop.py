@@ -48,8 +48,8 @@ class Quantized(nn.Module):
     W~ itself if something wrote into it (``layer.weight.mul_(2)`` under no_grad).
     Changes made outside an optimizer through ``W.data`` are invisible to both: call
     ``binop.project_()`` after them.
-    Along with that W~ goes W's own memory for its gradients (`fused.GradientMemory`), which
-    lives as long as this parametrization.
+    W~ and its gradients are written into W's own recycled memory (`fused.RecycledMemory`),
+    which lives as long as this parametrization.
     Under torch.compile the forward always binarizes (and fuses that into its kernels).
     """
 
@@ -57,7 +57,8 @@ class Quantized(nn.Module):
         super().__init__()
         self.quantizer = quantizer
         self.state = _AheadState()
-        self.grad_memory = fused.GradientMemory()
+        self.binarized_memory = fused.RecycledMemory()
+        self.grad_memory = fused.RecycledMemory()
         _watch_optimizer_steps()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class Quantized(nn.Module):
         state.ahead = None  # frees the old W~ before the new one is made
         project_and_binarize_ = getattr(self.quantizer, "project_and_binarize_", None)
         if state.eager and project_and_binarize_ is not None:
-            binarized = project_and_binarize_(w)
+            binarized = project_and_binarize_(w, self.binarized_memory)
             state.ahead = None if binarized is None else _Ahead(binarized, _identity(w), binarized.w_bin._version)
         else:
             self.quantizer.project_(w)

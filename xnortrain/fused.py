@@ -12,8 +12,8 @@ in two passes per step, a filter at a time:
 - :func:`binarized_grad`: step 7, the xnor or exact gradient rule, where |W_i| <= 1.
 
 Large weights spread their filters over torch's own OpenMP threads (see
-:func:`_threading_flags`), and the gradient rule writes into recycled memory (see
-:class:`GradientMemory`).
+:func:`_threading_flags`), and W~ and the gradient rule's result are written into recycled
+memory (see :class:`RecycledMemory`).
 
 The kernels are compiled on first use with the system C compiler (``$CC``, else ``cc``)
 into ``~/.cache/xnortrain`` (``$XNORTRAIN_CACHE``) and loaded with ctypes; there is no
@@ -63,11 +63,13 @@ def binarize(w2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
 
 
 @torch.no_grad()
-def project_binarize_(w: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def project_binarize_(w: torch.Tensor, centre: bool,
+                      memory: RecycledMemory | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 1-2 on W (C_out, C_in, *kernel) in place, with mean-centring across C_in if
-    `centre`; returns (W~, alpha): W~ in W's shape, alpha (C_out, 1)."""
+    `centre`; returns (W~, alpha): W~ in W's shape, written into `memory` where given,
+    alpha (C_out, 1)."""
     c_out, c_in = w.shape[0], w.shape[1]
-    w_bin, alpha = torch.empty_like(w), w.new_empty((c_out, 1))
+    w_bin, alpha = torch.empty_like(w) if memory is None else memory.empty_like(w), w.new_empty((c_out, 1))
     kernel = getattr(library(), f"project_binarize_{_SUFFIX[w.dtype]}")
     if kernel(w.data_ptr(), w_bin.data_ptr(), alpha.data_ptr(), c_out, c_in, w.numel() // (c_out * c_in),
               centre) != 0:
@@ -77,7 +79,7 @@ def project_binarize_(w: torch.Tensor, centre: bool) -> tuple[torch.Tensor, torc
 
 
 def binarized_grad(w_bin: torch.Tensor, g: torch.Tensor, alpha: torch.Tensor, scale: float,
-                   memory: GradientMemory | None = None) -> torch.Tensor:
+                   memory: RecycledMemory | None = None) -> torch.Tensor:
     """scale * (alpha * G + sign(W~) * mean_j(sign_j G_j)) per filter, in the shape of G; W~ and G
     contiguous, of the same shape (any view of C_out filters of n), alpha (C_out, 1). The result
     is written into `memory` where given, else into fresh memory."""
@@ -95,19 +97,22 @@ def _reference_counts(buffers: list[bytearray]) -> list[int]:
 _UNHELD = _reference_counts([bytearray(1)])[0]  # the count of a buffer only a list holds, as seen here
 
 
-class GradientMemory:
-    """The memory of one weight's earlier gradients, for the gradient rule to write the next one into.
+class RecycledMemory:
+    """The memory of a weight's earlier tensors of one kind (its W~, or its gradients), for the
+    next one to be written into.
 
-    Why not fresh memory: glibc hands large freed blocks back to the system, so every step's
-    new gradient of a weight faults its pages in afresh (zeroed by the kernel); for LeNet-5
-    that was 400-500 page faults a step, and recycling took 1.5 to 3 points off the BinOp /
-    plain step ratio in paired runs. The memory is a bytearray that every tensor made from it
-    keeps referenced (through its storage, whoever holds the tensor: .grad, an optimizer, a
-    hook), so it is free again when its reference count is down to that of a buffer only
-    this object holds. It keeps at most two buffers: a plain loop has one gradient of the
-    weight alive at a time, gradient accumulation two; beyond that, fresh memory.
+    Why not fresh memory: glibc hands large freed blocks back to the system, so a tensor
+    made afresh every step faults its pages in afresh (zeroed by the kernel); for LeNet-5's
+    gradients that was 400-500 page faults a step, and recycling them took 1.5 to 3 points
+    off the BinOp / plain step ratio in paired runs; W~ made afresh at every projection
+    faulted as many in. The memory is a bytearray that every tensor made from it keeps
+    referenced (through its storage, whoever holds the tensor: .grad, an optimizer, a hook,
+    an autograd graph, a caller), so it is free again when its reference count is down to
+    that of a buffer only this object holds. It keeps at most two buffers: a plain loop has
+    one W~ and one gradient of the weight alive at a time, gradient accumulation two
+    gradients; beyond that, fresh memory.
 
-    Each binarized weight has its own (`binop.Quantized`), so the memory goes with the
+    Each binarized weight has its own two (`binop.Quantized`), so the memory goes with the
     parametrization: when BinOp is detached or the model is freed. A copied model starts
     with none.
     """
@@ -122,7 +127,7 @@ class GradientMemory:
         return type(self), ()
 
     def empty_like(self, g: torch.Tensor) -> torch.Tensor:
-        """An uninitialised tensor like `g`, in memory of an earlier gradient that no tensor holds
+        """An uninitialised tensor like `g`, in memory of an earlier tensor that no tensor holds
         any more where there is one."""
         nbytes = g.numel() * g.element_size()
         with self._lock:
@@ -133,7 +138,7 @@ class GradientMemory:
             if free is None and len(self._buffers) < self.KEPT:
                 free = bytearray(nbytes)
                 self._buffers.append(free)
-            if free is None:  # every buffer is in use: the caller keeps gradients
+            if free is None:  # every buffer is in use: the caller keeps earlier tensors
                 return torch.empty_like(g)
             return torch.frombuffer(free, dtype=g.dtype).view(g.shape)
 

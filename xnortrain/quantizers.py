@@ -103,7 +103,7 @@ class BinarizeWeight(torch.autograd.Function):
 
     `ahead` is W~ of this very W computed beforehand (BinOp does it right after the
     projection, while W is still in cache from the optimizer step); None computes it here.
-    `memory` (`fused.GradientMemory`) is where the fused gradient rule writes its result.
+    `memory` (`fused.RecycledMemory`) is where the fused gradient rule writes its result.
 
     Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
     output W~, which the conv/linear layer keeps for its backward pass anyway, so BinOp
@@ -120,7 +120,7 @@ class BinarizeWeight(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: torch.Tensor, grad: str, scale: float, ahead: Binarized | None = None,
-                memory: fused.GradientMemory | None = None) -> torch.Tensor:
+                memory: fused.RecycledMemory | None = None) -> torch.Tensor:
         binarized = binarize_filters(w) if ahead is None else ahead
         ctx.grad, ctx.scale, ctx.clipped, ctx.fused = grad, scale, binarized.clipped, binarized.fused
         ctx.memory = memory

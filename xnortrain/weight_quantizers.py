@@ -93,7 +93,7 @@ class Xnor:
         return self if self.grad is not None else Xnor(self.scale, default)
 
     def quantize(self, w: torch.Tensor, ahead: Binarized | None = None,
-                 memory: fused.GradientMemory | None = None) -> torch.Tensor:
+                 memory: fused.RecycledMemory | None = None) -> torch.Tensor:
         """W~ with the gradient rule; `ahead`: W~ of this very W from :meth:`project_and_binarize_`,
         `memory`: W's own memory for its gradients (see `BinarizeWeight`)."""
         if self.scale == "none":  # d sign(W)/dW with the clipped straight-through estimator
@@ -107,16 +107,16 @@ class Xnor:
         filter holding the whole tensor."""
         return w.reshape(1, -1) if self.scale == "layer" else w
 
-    def project_and_binarize_(self, w: torch.Tensor) -> Binarized | None:
+    def project_and_binarize_(self, w: torch.Tensor, memory: fused.RecycledMemory | None = None) -> Binarized | None:
         """:meth:`project_`, then W~ of the projected W (every |W_i| <= 1) for :meth:`quantize`
-        to reuse; both in one fused pass where the kernels serve W."""
+        to reuse; both in one fused pass where the kernels serve W, which write W~ into `memory`."""
         if self.scale == "none":
             self.project_(w)
             return None
         filters = self.filters(w)
         if fused.usable(w):
             centre = self.scale == "filter" and centres(w)
-            return Binarized(*fused.project_binarize_(filters, centre), clipped=False, fused=True)
+            return Binarized(*fused.project_binarize_(filters, centre, memory), clipped=False, fused=True)
         self.project_(w)
         return binarize_filters(filters, clipped=False)
 
