@@ -5,9 +5,12 @@ the same step with BinOp attached (same architecture, batch and optimizer) run
 alternately, many times, and then the plain step and BinOp on the eager path; the script
 prints the median step times, the median of the paired ratios BinOp / plain, and
 BinOp's own time: binarizing every target weight, the backward rule on a random
-gradient and the projection, timed in isolation. A second
-table gives that own time for the LeNet-5, NIN and AlexNet weight sets against their
-number of binarized weights, so its growth with the weights is visible. A third table
+gradient and the projection, timed in isolation. A second table splits the paired steps
+into their phases (forward, backward, optimizer step, projection) and gives the median of
+the paired differences of each, so it shows where BinOp's time goes inside a step, and the
+page faults of a step (memory the kernel maps in afresh). A third
+table gives BinOp's own time for the LeNet-5, NIN and AlexNet weight sets against their
+number of binarized weights, so its growth with the weights is visible. A fourth table
 times XNOR-Net steps with the activation scale K and channel_mean against none.
 
     python scripts/bench_binop.py            # 200 repetitions
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from functools import partial
@@ -39,19 +43,55 @@ CASES = {
 }
 
 
-def make_trainer(build, binop: bool, kernels: bool = True):
-    """A training step of `build()`, plain or with BinOp; `kernels=False`: BinOp's eager path."""
+PHASES = ("forward", "backward", "optimizer step", "projection")
+
+
+class Laps:
+    """The time of each phase of the steps it watches, a list per phase, and the page faults
+    (minor: memory the kernel maps in and zeroes) of each step."""
+
+    def __init__(self):
+        self.times = {phase: [] for phase in PHASES}
+        self.page_faults = []
+        self._last = 0.0
+        self._faults = 0
+
+    def start(self) -> None:
+        self._faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.times[phase].append(now - self._last)
+        self._last = now
+
+    def stop(self) -> None:
+        self.page_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self._faults)
+
+
+def make_trainer(build, binop: bool, kernels: bool = True, laps: Laps | None = None):
+    """A training step of `build()`, plain or with BinOp; `kernels=False`: BinOp's eager path;
+    `laps` times the step's phases. BinOp projects after the optimizer step, as
+    ``BinOp(model, optimizer=optimizer)`` would, but called here so that it is timed apart."""
     torch.manual_seed(0)
     model = build()
     controller = BinOp(model) if binop else None
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
-    if controller is not None:
-        controller.project_after(optimizer)
+    laps = Laps() if laps is None else laps
 
     def step(x, y):
+        laps.start()
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        loss = nn.functional.cross_entropy(model(x), y)
+        laps.lap("forward")
+        loss.backward()
+        laps.lap("backward")
         optimizer.step()
+        laps.lap("optimizer step")
+        if controller is not None:
+            controller.project_()
+        laps.lap("projection")
+        laps.stop()
 
     return (step if kernels else partial(without_kernels, step)), controller
 
@@ -130,6 +170,24 @@ def bench_model(name: str, repeats: int, warmup: int) -> dict:
     }
 
 
+def bench_phases(name: str, repeats: int, warmup: int) -> dict:
+    """The plain and the BinOp step split into phases: the median time of each phase, and the
+    median of the paired differences BinOp - plain; and the mean page faults of a step."""
+    build, shape = CASES[name]
+    x = torch.randn(shape)
+    y = torch.randint(0, 10, (shape[0],))
+    laps = {"plain": Laps(), "binop": Laps()}
+    steps = {kind: make_trainer(build, binop=kind == "binop", laps=laps[kind])[0] for kind in laps}
+    alternate(steps, x, y, repeats, warmup)
+    plain, binop = ({phase: times[-repeats:] for phase, times in laps[kind].times.items()} for kind in laps)
+    return {"model": name, "phases": {phase: {
+        "plain_ms": statistics.median(plain[phase]) * 1e3,
+        "binop_ms": statistics.median(binop[phase]) * 1e3,
+        "median_added_ms": statistics.median(b - p for b, p in zip(binop[phase], plain[phase])) * 1e3,
+    } for phase in PHASES}, **{f"{kind}_page_faults_per_step": statistics.mean(laps[kind].page_faults[-repeats:])
+                               for kind in laps}}
+
+
 def bench_act_scale(name: str, repeats: int, warmup: int) -> dict:
     """XNOR-Net steps with the activation scale K and channel_mean against none."""
     build, shape = CASES[name]
@@ -161,6 +219,16 @@ def main() -> None:
         print(f"| {r['model']} | {r['batch']} | {r['binarized_weights']:,} | {r['plain_step_ms']:.2f} | "
               f"{r['binop_step_ms']:.2f} | {r['median_ratio']:.3f} | {r['binop_own_ms']:.3f} "
               f"| {r['eager_median_ratio']:.3f} | {r['eager_own_ms']:.3f} |", flush=True)
+    print("\n| model | phase | plain ms (median) | BinOp ms (median) | BinOp - plain, paired (median) ms |")
+    print("|---|---|---|---|---|")
+    phases = []
+    for name in args.models:
+        r = bench_phases(name, repeats, warmup)
+        phases.append(r)
+        for phase, p in r["phases"].items():
+            print(f"| {name} | {phase} | {p['plain_ms']:.3f} | {p['binop_ms']:.3f} | {p['median_added_ms']:.3f} |")
+        print(f"| {name} | page faults per step (mean) | {r['plain_page_faults_per_step']:.0f} "
+              f"| {r['binop_page_faults_per_step']:.0f} | |", flush=True)
     print("\n| weights of | binarized weights | BinOp own ms | ns per weight |")
     print("|---|---|---|---|")
     own = []
@@ -182,7 +250,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "steps": results,
-                       "own": own, "act_scale": scales}, f, indent=2)
+                       "phases": phases, "own": own, "act_scale": scales}, f, indent=2)
 
 
 if __name__ == "__main__":
