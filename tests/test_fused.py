@@ -159,13 +159,18 @@ def test_backward_through_an_old_graph_after_the_weights_changed_is_refused():
         loss.backward()
 
 
-@needs_kernels
-def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
+def sgd_setup():
+    """`net()` with BinOp projecting after each step of its SGD optimizer, and a batch."""
     model = net()
     binop = BinOp(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     binop.project_after(optimizer)
-    x = torch.randn(4, 3, 8, 8)
+    return model, binop, optimizer, torch.randn(4, 3, 8, 8)
+
+
+@needs_kernels
+def test_recycled_gradient_memory_is_never_reused_while_a_tensor_holds_it():
+    model, binop, optimizer, x = sgd_setup()
     kept = []
     for _ in range(4):  # gradients kept by the caller (.grad replaced, never zeroed in place)
         optimizer.zero_grad(set_to_none=True)
@@ -193,11 +198,7 @@ def gradient_memory(model: nn.Module) -> fused.RecycledMemory:
 
 @needs_kernels
 def test_recycled_binarized_memory_is_never_reused_while_a_tensor_holds_it():
-    model = net()
-    binop = BinOp(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    binop.project_after(optimizer)
-    x = torch.randn(4, 3, 8, 8)
+    model, binop, optimizer, x = sgd_setup()
     layer = model.get_submodule("2")
     kept = []
     for _ in range(4):  # W~ of every step kept by the caller
