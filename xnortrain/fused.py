@@ -104,8 +104,9 @@ class RecycledMemory:
     Why not fresh memory: glibc hands large freed blocks back to the system, so a tensor
     made afresh every step faults its pages in afresh (zeroed by the kernel); for LeNet-5's
     gradients that was 400-500 page faults a step, and recycling them took 1.5 to 3 points
-    off the BinOp / plain step ratio in paired runs; W~ made afresh at every projection
-    faulted as many in. The memory is a bytearray that every tensor made from it keeps
+    off the BinOp / plain step ratio in paired runs. W~ made afresh at every projection did
+    the same in some processes: their projection took 2.2 ms a LeNet-5 step instead of
+    0.5 ms. The memory is a bytearray that every tensor made from it keeps
     referenced (through its storage, whoever holds the tensor: .grad, an optimizer, a hook,
     an autograd graph, a caller), so it is free again when its reference count is down to
     that of a buffer only this object holds. It keeps at most two buffers: a plain loop has
