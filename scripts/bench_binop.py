@@ -1,17 +1,17 @@
 """What BinOp costs per training step, measured side by side in one process.
 
-For LeNet-5 (batch 128) and NIN (batch 32), a plain full-precision training step and
-the same step with BinOp attached (same architecture, batch and optimizer) run
-alternately, many times, and then the plain step and BinOp on the eager path; the script
-prints the median step times, the median of the paired ratios BinOp / plain, and
-BinOp's own time: binarizing every target weight, the backward rule on a random
-gradient and the projection, timed in isolation. A second table splits the paired steps
-into their phases (forward, backward, optimizer step, projection) and gives the median of
-the paired differences of each, so it shows where BinOp's time goes inside a step, and the
-page faults of a step (memory the kernel maps in afresh). A third
-table gives BinOp's own time for the LeNet-5, NIN and AlexNet weight sets against their
-number of binarized weights, so its growth with the weights is visible. A fourth table
-times XNOR-Net steps with the activation scale K and channel_mean against none.
+For LeNet-5 (batch 128) and NIN (batch 32), a plain full-precision training step and the
+same step with BinOp attached (same architecture, batch and optimizer) run alternately,
+many times, and then the plain step and BinOp on the eager path; the script prints the
+median step times, the median of the paired ratios BinOp / plain, and BinOp's own time:
+binarizing every target weight, the backward rule on a random gradient and the
+projection, timed in isolation. A second table splits the paired steps into their phases
+(forward, backward, optimizer step, projection), gives the median of the paired
+differences of each, so it shows where BinOp's time goes inside a step, and counts the
+page faults of a step (memory the kernel maps in afresh). A third table gives BinOp's
+own time for the LeNet-5, NIN and AlexNet weight sets against their number of binarized
+weights, so its growth with the weights is visible. A fourth table times XNOR-Net steps
+with the activation scale K and channel_mean against none.
 
     python scripts/bench_binop.py            # 200 repetitions
     python scripts/bench_binop.py --quick    # 30 repetitions

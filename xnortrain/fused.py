@@ -104,14 +104,14 @@ class RecycledMemory:
     Why not fresh memory: glibc hands large freed blocks back to the system, so a tensor
     made afresh every step faults its pages in afresh (zeroed by the kernel); for LeNet-5's
     gradients that was 400-500 page faults a step, and recycling them took 1.5 to 3 points
-    off the BinOp / plain step ratio in paired runs. W~ made afresh at every projection did
-    the same in some processes: their projection took 2.2 ms a LeNet-5 step instead of
-    0.5 ms. The memory is a bytearray that every tensor made from it keeps
-    referenced (through its storage, whoever holds the tensor: .grad, an optimizer, a hook,
-    an autograd graph, a caller), so it is free again when its reference count is down to
-    that of a buffer only this object holds. It keeps at most two buffers: a plain loop has
-    one W~ and one gradient of the weight alive at a time, gradient accumulation two
-    gradients; beyond that, fresh memory.
+    off the BinOp / plain step ratio in paired runs. While W~ was made afresh at every
+    projection, the projection took 2.2 ms a LeNet-5 step instead of 0.5 ms in some
+    processes, and 0.42-0.52 ms in the three runs since W~ is recycled too. The memory is a
+    bytearray that every tensor made from it keeps referenced (through its storage, whoever
+    holds the tensor: .grad, an optimizer, a hook, an autograd graph, a caller), so it is
+    free again when its reference count is down to that of a buffer only this object holds.
+    It keeps at most two buffers: a plain loop has one W~ and one gradient of the weight
+    alive at a time, gradient accumulation two gradients; beyond that, fresh memory.
 
     Each binarized weight has its own two (`binop.Quantized`), so the memory goes with the
     parametrization: when BinOp is detached or the model is freed. A copied model starts
