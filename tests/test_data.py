@@ -405,3 +405,12 @@ def test_shards_split_each_epoch_like_distributed_sampler():
     assert [t.tolist() for t in seen] == [padded[r::3].tolist() for r in range(3)]
     assert set(torch.cat(seen).tolist()) == set(range(10))
     assert len(whole) == 2 and whole.rank == 0  # sharding copies: the whole split is untouched
+
+
+def test_unpadded_shards_split_the_evaluation_set_exactly():
+    labels = torch.arange(10)
+    whole = data._TensorBatches(torch.zeros(10, 1, 2, 2), labels, batch_size=2, prepare=lambda x, g: x, seed=None)
+    shards = [whole.shard(rank, 4, pad=False) for rank in range(4)]
+    assert [len(s) for s in shards] == [2, 2, 1, 1]  # 3, 3, 2 and 2 samples, batch 2
+    seen = [torch.cat([y for _, y in s.batches(epoch=0)]).tolist() for s in shards]
+    assert seen == [list(range(rank, 10, 4)) for rank in range(4)]  # every sample once, none repeated

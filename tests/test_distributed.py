@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from test_train import assert_same_weights, cli_env, synthetic_args, weights
+
+from xnortrain.config import load_config
+from xnortrain.train import evaluate_checkpoint
 
 TESTS = Path(__file__).parent
 CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")
@@ -18,7 +22,7 @@ MLP = ("model.name=models_for_tests:PlainMLP", "train.deterministic=true")
 def run(out: Path, nproc: int, *sets: str, resume: bool = False) -> None:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *MLP, *sets), "--quiet"]
+    cmd = [*launcher, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *sets), "--quiet"]
     done = subprocess.run(cmd + (["--resume"] if resume else []), env=cli_env(OMP_NUM_THREADS="1"),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -29,8 +33,9 @@ def metrics(out: Path) -> list[dict]:
 
 
 def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
-    run(tmp_path / "one", 1, "data.batch_size=16", "train.epochs=2")
-    run(tmp_path / "two", 2, "data.batch_size=8", "train.epochs=2")
+    # 61 evaluation samples: split 31 + 30 between the processes, none counted twice
+    run(tmp_path / "one", 1, *MLP, "data.batch_size=16", "train.epochs=2", "data.synthetic_eval_size=61")
+    run(tmp_path / "two", 2, *MLP, "data.batch_size=8", "train.epochs=2", "data.synthetic_eval_size=61")
     one, two = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
     assert one.keys() == two.keys()
     for key in one:
@@ -43,7 +48,19 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
 
 
 def test_data_parallel_resume_is_exact(tmp_path):
-    run(tmp_path / "straight", 2, "data.batch_size=8", "train.epochs=2")
-    run(tmp_path / "resumed", 2, "data.batch_size=8", "train.epochs=1")
-    run(tmp_path / "resumed", 2, "data.batch_size=8", "train.epochs=2", resume=True)
+    run(tmp_path / "straight", 2, *MLP, "data.batch_size=8", "train.epochs=2")
+    run(tmp_path / "resumed", 2, *MLP, "data.batch_size=8", "train.epochs=1")
+    run(tmp_path / "resumed", 2, *MLP, "data.batch_size=8", "train.epochs=2", resume=True)
     assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt"))
+
+
+def test_split_evaluation_evaluates_the_model_of_rank_0(tmp_path):
+    """TinyNet has BatchNorm: after the last step each process holds running statistics of
+    its own batches, so the shards must be evaluated with rank 0's, which last.pt holds."""
+    sets = ("train.deterministic=true", "data.batch_size=8", "train.epochs=1", "data.synthetic_eval_size=61")
+    run(tmp_path / "two", 2, *sets)
+    config = load_config(CONFIG, synthetic_args(tmp_path / "two", *sets)[1::2])
+    alone = evaluate_checkpoint(config, tmp_path / "two" / "last.pt")
+    logged = metrics(tmp_path / "two")[-1]
+    assert logged["val_acc1"] == alone["val_acc1"]
+    assert logged["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-6)

@@ -129,19 +129,22 @@ class EpochBatches:
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.seed = seed
-        self.rank, self.world = 0, 1
+        self.rank, self.world, self.pad = 0, 1, True
 
-    def shard(self, rank: int, world: int) -> EpochBatches:
-        """This split as process `rank` of `world` sees it: like DistributedSampler, the
-        epoch's order padded (wrapping around) to a multiple of `world`, then every
-        world-th sample from `rank` on. Batch i of the shards together is batch i of the
-        whole with `world` times the batch size."""
+    def shard(self, rank: int, world: int, pad: bool = True) -> EpochBatches:
+        """This split as process `rank` of `world` sees it: every world-th sample of the
+        epoch's order from `rank` on. With `pad` (training), like DistributedSampler, the
+        order is first padded (wrapping around) to a multiple of `world`, so that batch i
+        of the shards together is batch i of the whole with `world` times the batch size.
+        Without (evaluation), the shards split the samples exactly, each sample in one."""
         shard = copy.copy(self)
-        shard.rank, shard.world = rank, world
+        shard.rank, shard.world, shard.pad = rank, world, pad
         return shard
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(self.num_samples / self.world) / self.batch_size)
+        samples = (math.ceil(self.num_samples / self.world) if self.pad
+                   else len(range(self.rank, self.num_samples, self.world)))
+        return math.ceil(samples / self.batch_size)
 
     def batches(self, epoch: int, start: int = 0, device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
         """(x float32 (B, C, H, W), y int64 (B,)) on `device` for batches start, start + 1, ... of `epoch`."""
@@ -157,8 +160,9 @@ class EpochBatches:
             order = torch.randperm(self.num_samples, generator=_generator("order", self.seed, epoch))
         if self.world == 1:
             return order
-        padded = torch.cat([order, order[:(-self.num_samples) % self.world]])
-        return padded[self.rank::self.world]
+        if self.pad:
+            order = torch.cat([order, order[:(-self.num_samples) % self.world]])
+        return order[self.rank::self.world]
 
     def _shard_key(self) -> tuple[int, ...]:
         """Extra key of this shard's augmentation streams (none for a single process)."""

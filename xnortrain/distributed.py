@@ -2,8 +2,9 @@
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE > 1 the trainer joins the
 process group (`nccl` on CUDA, `gloo` on CPU), gives each process its shard of every
-epoch's sample order, wraps the model (BinOp attached first) in DistributedDataParallel,
-sums the epoch's metric sums over the processes, and lets only rank 0 write files.
+epoch's sample order and of the evaluation set, wraps the model (BinOp attached first) in
+DistributedDataParallel, sums the epoch's metric sums over the processes, and lets only
+rank 0 write files.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def sum_over_processes(sums: dict[str, torch.Tensor], process: Process, device: 
     stacked = stacked.to(device) if dist.get_backend() == "nccl" else stacked
     dist.all_reduce(stacked)
     return dict(zip(names, stacked.cpu()))
+
+
+def broadcast_buffers(model: torch.nn.Module, process: Process) -> None:
+    """Rank 0's buffers (BatchNorm's running statistics) in every process. Each process's
+    last training forward updated its own; rank 0's are those its checkpoints hold."""
+    if process.world == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def all_true(flag: bool, process: Process, device: torch.device) -> bool:

@@ -35,7 +35,7 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data
-from .distributed import Process, all_true, join_from_env, sum_over_processes
+from .distributed import Process, all_true, broadcast_buffers, join_from_env, sum_over_processes
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .models import build_model
 
@@ -157,7 +157,8 @@ def build_run(config: Config) -> Run:
         raise ConfigError(f"train.amp: fp16 needs a CUDA device (this run uses {device.type}); use bf16 or none")
     data = build_data(config.data, seed=config.train.seed)
     if process.world > 1:  # data.batch_size stays the per-process batch
-        data = dataclasses.replace(data, train=data.train.shard(process.rank, process.world))
+        data = dataclasses.replace(data, train=data.train.shard(process.rank, process.world),
+                                   eval=data.eval.shard(process.rank, process.world, pad=False))
     model = build_model(config.model, data.num_classes, data.input_shape[0]).to(device)
     binop = attach_binop(config, model) if config.binop.enabled else None
     optimizer = make_optimizer(config.optim, model.parameters())
@@ -347,21 +348,27 @@ def tick(run: Run, interval: str) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int, amp_context=None) -> dict:
-    """Loss and top-1 (top-5 where there are >= 5 classes) on the eval set; real weights untouched."""
+def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int, amp_context=None,
+             process: Process = Process()) -> dict:
+    """Loss and top-1 (top-5 where there are >= 5 classes) on the eval set; real weights untouched.
+    Under data parallel each process evaluates its shard with rank 0's buffers, and the sums
+    are added up over the processes."""
     model.eval()
-    loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
+    broadcast_buffers(model, process)
+    sums = dict.fromkeys(("loss", "correct1", "correct5", "count"), 0.0)
     for x, y in batches.batches(0, device=device):
         with amp_context or contextlib.nullcontext():
             logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
+        sums["loss"] += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
         top = logits.topk(min(5, num_classes), dim=1).indices
-        correct1 += (top[:, 0] == y).sum().item()
-        correct5 += (top == y[:, None]).any(1).sum().item()
-        count += len(y)
-    metrics = {"val_loss": loss_sum / count, "val_acc1": correct1 / count}
+        sums["correct1"] += (top[:, 0] == y).sum().item()
+        sums["correct5"] += (top == y[:, None]).any(1).sum().item()
+        sums["count"] += len(y)
+    sums = {k: v.item() for k, v in sum_over_processes(
+        {k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}, process, device).items()}
+    metrics = {"val_loss": sums["loss"] / sums["count"], "val_acc1": sums["correct1"] / sums["count"]}
     if num_classes >= 5:
-        metrics["val_acc5"] = correct5 / count
+        metrics["val_acc5"] = sums["correct5"] / sums["count"]
     return metrics
 
 
@@ -376,7 +383,7 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     if sums.get("skipped"):
         metrics["skipped_steps"] = int(sums["skipped"])
     if due:
-        metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run)))
+        metrics.update(evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run), run.process))
     metrics["epoch_time_s"] = epoch_time
     tick(run, "epoch")
     run.position.epoch, run.position.step, run.running = epoch + 1, 0, {}
@@ -445,4 +452,4 @@ def evaluate_checkpoint(config: Config, path: str | Path) -> dict:
     """Evaluate the real weights of a checkpoint, binarized as in training."""
     run = build_run(config)
     load_weights(run, Path(path))
-    return evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run))
+    return evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run), run.process)
