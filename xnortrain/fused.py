@@ -106,7 +106,7 @@ class RecycledMemory:
     gradients that was 400-500 page faults a step, and recycling them took 1.5 to 3 points
     off the BinOp / plain step ratio in paired runs. While W~ was made afresh at every
     projection, the projection took 2.2 ms a LeNet-5 step instead of 0.5 ms in some
-    processes, and 0.42-0.52 ms in the three runs since W~ is recycled too. The memory is a
+    processes, and 0.42-0.55 ms in the four runs since W~ is recycled too. The memory is a
     bytearray that every tensor made from it keeps referenced (through its storage, whoever
     holds the tensor: .grad, an optimizer, a hook, an autograd graph, a caller), so it is
     free again when its reference count is down to that of a buffer only this object holds.
