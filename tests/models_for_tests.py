@@ -1,6 +1,10 @@
 """Small user-style models for the trainer tests (importable as `models_for_tests:Class`),
 and the plain training loop the BinOp tests run them with."""
 
+import os
+from pathlib import Path
+
+import torch
 from torch import nn
 
 
@@ -19,6 +23,21 @@ class TinyNet(nn.Module):
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.conv(self.bn(self.stem(x)).relu()).relu(), 4)
         return self.head(self.drop(self.fc(x.flatten(1)).relu()))
+
+
+class DropoutProbe(TinyNet):
+    """TinyNet that, at each training forward pass, also lets its Dropout mask 64 ones and
+    saves the masks drawn so far to $XNORTRAIN_TEST_MASKS/rank<RANK>.pt."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.masks = []
+
+    def forward(self, x):
+        if self.training:
+            self.masks.append(self.drop(torch.ones(64)) != 0)
+            torch.save(self.masks, Path(os.environ["XNORTRAIN_TEST_MASKS"]) / f"rank{os.environ.get('RANK', '0')}.pt")
+        return super().forward(x)
 
 
 class NanAt(TinyNet):

@@ -19,11 +19,11 @@ CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")
 MLP = ("model.name=models_for_tests:PlainMLP", "train.deterministic=true")
 
 
-def run(out: Path, nproc: int, *sets: str, resume: bool = False) -> None:
+def run(out: Path, nproc: int, *sets: str, resume: bool = False, **env: str) -> None:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
     cmd = [*launcher, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *sets), "--quiet"]
-    done = subprocess.run(cmd + (["--resume"] if resume else []), env=cli_env(OMP_NUM_THREADS="1"),
+    done = subprocess.run(cmd + (["--resume"] if resume else []), env=cli_env(OMP_NUM_THREADS="1", **env),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -48,10 +48,22 @@ def test_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
 
 
 def test_data_parallel_resume_is_exact(tmp_path):
-    run(tmp_path / "straight", 2, *MLP, "data.batch_size=8", "train.epochs=2")
-    run(tmp_path / "resumed", 2, *MLP, "data.batch_size=8", "train.epochs=1")
-    run(tmp_path / "resumed", 2, *MLP, "data.batch_size=8", "train.epochs=2", resume=True)
+    """TinyNet has Dropout: the resumed processes must draw the masks they would have drawn."""
+    run(tmp_path / "straight", 2, "data.batch_size=8", "train.epochs=2")
+    run(tmp_path / "resumed", 2, "data.batch_size=8", "train.epochs=1")
+    run(tmp_path / "resumed", 2, "data.batch_size=8", "train.epochs=2", resume=True)
     assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt"))
+
+
+def test_each_process_draws_its_own_dropout_masks(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    run(tmp_path / "two", 2, "model.name=models_for_tests:DropoutProbe", "data.batch_size=8", "train.epochs=1",
+        XNORTRAIN_TEST_MASKS=str(masks))
+    rank0, rank1 = (torch.load(masks / f"rank{rank}.pt") for rank in (0, 1))
+    assert len(rank0) == len(rank1) == 6  # 96 samples, 8 a step in each of 2 processes
+    for step, (mask0, mask1) in enumerate(zip(rank0, rank1)):
+        assert not torch.equal(mask0, mask1), f"step {step}: both processes drew the same dropout mask"
 
 
 def test_split_evaluation_evaluates_the_model_of_rank_0(tmp_path):

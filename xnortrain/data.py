@@ -102,7 +102,7 @@ def _check_at_least(low: int, **values: int) -> None:
 # --- seeded epochs of batches -------------------------------------------------------
 
 
-def _seed(tag: str, *numbers: int) -> int:
+def derived_seed(tag: str, *numbers: int) -> int:
     """A 64-bit seed hashed from (tag, *numbers), e.g. ("order", seed, epoch).
 
     Hashing keeps the streams of neighbouring keys unrelated (seed 1 epoch 2 is not seed 2
@@ -114,7 +114,7 @@ def _seed(tag: str, *numbers: int) -> int:
 
 def _generator(tag: str, *numbers: int) -> torch.Generator:
     """A CPU generator of its own, seeded from (tag, *numbers); the global RNG stays untouched."""
-    return torch.Generator().manual_seed(_seed(tag, *numbers))
+    return torch.Generator().manual_seed(derived_seed(tag, *numbers))
 
 
 class EpochBatches:
@@ -203,7 +203,7 @@ class _FolderBatches(EpochBatches):
 
     def batches(self, epoch: int, start: int = 0, device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
         """(x float32 (B, 3, 224, 224), y int64 (B,)) on `device` for batches start, start + 1, ... of `epoch`."""
-        keys = [(index, None if self.seed is None else _seed("sample", self.seed, epoch, index))
+        keys = [(index, None if self.seed is None else derived_seed("sample", self.seed, epoch, index))
                 for index in self._order(epoch, start)[start * self.batch_size:].tolist()]
         loader = torch.utils.data.DataLoader(
             _SeededSamples(self.dataset), batch_size=self.batch_size, sampler=keys,

@@ -7,7 +7,8 @@ DESIGN.md section 2. `fit` reads like the algorithm:
     for each epoch: train_one_epoch -> evaluate -> metrics line -> last.pt (and best.pt)
 
 Exact resume: the batches of an epoch are a pure function of (seed, epoch) (see
-`data.py`), every RNG state goes into the checkpoint, and a checkpoint written mid-epoch
+`data.py`), every RNG state goes into the checkpoint (under data parallel, each process's
+draws are a pure function of (seed, rank, step) instead), and a checkpoint written mid-epoch
 records how many batches are done and the running sums of the epoch's metrics; so, on
 CPU with `train.deterministic`, a resumed run ends bit-identical to an uninterrupted one.
 """
@@ -34,7 +35,7 @@ from .binop import BinOp
 from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
-from .data import build_data
+from .data import build_data, derived_seed
 from .distributed import Process, all_true, broadcast_buffers, join_from_env, sum_over_processes
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .models import build_model
@@ -270,9 +271,20 @@ def autocast(run: Run):
     return torch.autocast(run.device.type, dtype=dtype)
 
 
+def seed_process_draws(run: Run) -> None:
+    """Data parallel: the global RNG of each process, which dropout and stochastic quantizers
+    draw from, seeded from (seed, rank, global step) before every step. The processes then
+    draw different masks, and a resumed run draws the same ones again without keeping every
+    process's RNG state in the checkpoint, which rank 0 alone writes. One process keeps the
+    single RNG stream that the checkpoint saves."""
+    if run.process.world > 1:
+        torch.manual_seed(derived_seed("draws", run.config.train.seed, run.process.rank, run.position.global_step))
+
+
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor] | None:
     """One optimizer step; returns the loss and the number of correct top-1 predictions, or
     None when the loss is not finite and `train.nonfinite` is skip (no update made)."""
+    seed_process_draws(run)
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run):
         logits = run.forward(x)
