@@ -17,12 +17,15 @@ from xnortrain.train import evaluate_checkpoint
 TESTS = Path(__file__).parent
 CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")
 MLP = ("model.name=models_for_tests:PlainMLP", "train.deterministic=true")
+CLI = ("-m", "xnortrain")
 
 
-def run(out: Path, nproc: int, *sets: str, resume: bool = False, **env: str) -> None:
+def run(out: Path, nproc: int, *sets: str, resume: bool = False, entry: tuple[str, ...] = CLI,
+        flags: tuple[str, ...] = (), **env: str) -> None:
+    """Launch `entry` (the CLI) on `nproc` processes through torchrun; it must exit 0."""
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
                 if nproc > 1 else [sys.executable])
-    cmd = [*launcher, "-m", "xnortrain", "--config", CONFIG, *synthetic_args(out, *sets), "--quiet"]
+    cmd = [*launcher, *entry, "--config", CONFIG, *synthetic_args(out, *sets), "--quiet", *flags]
     done = subprocess.run(cmd + (["--resume"] if resume else []), env=cli_env(OMP_NUM_THREADS="1", **env),
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,3 +79,21 @@ def test_split_evaluation_evaluates_the_model_of_rank_0(tmp_path):
     logged = metrics(tmp_path / "two")[-1]
     assert logged["val_acc1"] == alone["val_acc1"]
     assert logged["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-6)
+
+
+def test_the_process_group_is_destroyed_when_a_run_ends(tmp_path):
+    """Left to interpreter exit, gloo's threads can abort a process that ran to the end."""
+    for flags in ((), ("--eval-only",)):
+        reports = tmp_path / ("reports" + "".join(flags))
+        reports.mkdir()
+        run(tmp_path / "run", 2, "data.batch_size=8", "train.epochs=1", entry=(str(TESTS / "group_probe.py"),
+            str(reports)), flags=flags)
+        for rank in (0, 1):
+            report = json.loads((reports / f"rank{rank}.json").read_text())
+            assert report == {"exit": 0, "during": True, "after": False}, (flags, rank)
+
+
+@pytest.mark.slow
+def test_ten_data_parallel_launches_in_a_row_all_exit_0(tmp_path):
+    for launch in range(10):
+        run(tmp_path / str(launch), 2, "data.batch_size=16", "train.epochs=1")

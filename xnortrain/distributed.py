@@ -4,12 +4,14 @@ torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE > 1 the trainer j
 process group (`nccl` on CUDA, `gloo` on CPU), gives each process its shard of every
 epoch's sample order and of the evaluation set, wraps the model (BinOp attached first) in
 DistributedDataParallel, sums the epoch's metric sums over the processes, and lets only
-rank 0 write files.
+rank 0 write files. The group is destroyed when the run ends (see `process_group`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,22 @@ def join_from_env() -> Process:
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return Process(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[Process]:
+    """This process's place in the launch, for the duration of a run. A group that the run
+    joined is destroyed when the run ends without an exception; on an exception the process
+    exits leaving it, since destroying a group is collective and the others may never get there.
+
+    Without the destroy, gloo's (and NCCL's) threads are torn down during interpreter
+    finalisation, where a process that ran to the end can abort ("terminate called
+    without an active exception"). The run's DistributedDataParallel, which holds the
+    group, must be gone by then too. A group that the caller made stays theirs."""
+    joins = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    yield join_from_env()
+    if joins:
+        dist.destroy_process_group()
 
 
 def sum_over_processes(sums: dict[str, torch.Tensor], process: Process, device: torch.device) -> dict:

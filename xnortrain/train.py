@@ -36,7 +36,7 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data, derived_seed
-from .distributed import Process, all_true, broadcast_buffers, join_from_env, sum_over_processes
+from .distributed import Process, all_true, broadcast_buffers, process_group, sum_over_processes
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .models import build_model
 
@@ -148,8 +148,7 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def build_run(config: Config) -> Run:
-    process = join_from_env()
+def build_run(config: Config, process: Process = Process()) -> Run:
     seed_everything(config.train.seed, config.train.deterministic)
     device = select_device(config.train.device)
     if device.type == "cuda" and process.world > 1:
@@ -439,29 +438,42 @@ def _epoch_of(line: str) -> float:
 
 def fit(config: Config, *, resume: str | Path | None = None, quiet: bool = False) -> list[dict]:
     """Train as configured (resuming from `resume` if given); returns the metrics of the epochs run."""
-    run = build_run(config)
+    with process_group() as process:  # the run, holding DDP, goes before the group does
+        try:
+            return train(build_run(config, process), resume, quiet)
+        except Interrupted as stop:  # every process stopped at the same step: leave the group too
+            interrupted = stop.with_traceback(None)  # its frames would keep the run
+    raise interrupted
+
+
+def train(run: Run, resume: str | Path | None, quiet: bool) -> list[dict]:
+    """The epochs of a built run, restored from `resume` first where given."""
     if resume is not None:
         restore(run, Path(resume))
     main = run.process.is_main  # only rank 0 writes files and prints
     if main:
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run.out_dir / "config.yaml")
+        dump_config(run.config, run.out_dir / "config.yaml")
         keep_metrics_up_to(run.out_dir / "metrics.jsonl", run.position.epoch)
     show_progress = main and not quiet and sys.stderr.isatty()
     history = []
     with StopFlag() as stop:
-        while run.position.epoch < config.train.epochs:
+        while run.position.epoch < run.config.train.epochs:
             start, lr = time.perf_counter(), rate_at_epoch_start(run)
             train_one_epoch(run, stop, show_progress)
             metrics = finish_epoch(run, time.perf_counter() - start, lr)
             history.append(metrics)
             if main and not quiet:
-                print(summary_line(metrics, config.train.epochs), flush=True)
+                print(summary_line(metrics, run.config.train.epochs), flush=True)
     return history
 
 
 def evaluate_checkpoint(config: Config, path: str | Path) -> dict:
     """Evaluate the real weights of a checkpoint, binarized as in training."""
-    run = build_run(config)
-    load_weights(run, Path(path))
+    with process_group() as process:
+        return evaluate_weights(build_run(config, process), Path(path))
+
+
+def evaluate_weights(run: Run, path: Path) -> dict:
+    load_weights(run, path)
     return evaluate(run.model, run.data.eval, run.device, run.data.num_classes, autocast(run), run.process)
