@@ -1,7 +1,7 @@
 """xnortrain: train binary-weight and XNOR networks with the XNOR-Net BinOp procedure.
 
-`import xnortrain` needs torch alone; torchvision is imported only by the parts that
-load datasets or torchvision models.
+`import xnortrain` needs torch alone; torchvision (the ``vision`` extra) is imported only
+by the parts that load its data sets or models (see `optional.py`).
 """
 
 from .activations import BinActive, bin_active

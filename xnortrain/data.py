@@ -15,8 +15,8 @@ stream that dropout and initialisation use.
 - imagenet: torchvision ImageFolder directories, decoded by a DataLoader.
 - synthetic: random inputs with learnable labels, for smoke tests and benchmarks.
 
-torchvision is imported inside the functions that read files, so importing this module
-needs torch alone.
+torchvision (the ``vision`` extra) is imported inside the functions that read files, so
+importing this module needs torch alone; Fashion-MNIST falls back to Debian's copy without it.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, MissingDependency
 from .idx import DEBIAN_FASHION_MNIST, load_idx_split
+from .optional import require
 
 DATA_SETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet", "synthetic")
 
@@ -316,8 +317,7 @@ def _splits(spec: DataSpec, train_x: Tensor, train_y: Tensor,
 
 def _read_split(spec: DataSpec, info: _SmallSet, train: bool) -> tuple[Tensor, Tensor]:
     """Images (N, C, H, W) uint8 and labels (N,) int64 of one split, read by torchvision."""
-    from torchvision import datasets
-
+    datasets = require("torchvision.datasets", "vision", f"data.name {spec.name}")
     try:
         dataset = getattr(datasets, info.torchvision_class)(spec.root, train=train, download=spec.download)
     except (RuntimeError, OSError) as error:  # torchvision's "not found or corrupted", a failed download
@@ -333,7 +333,7 @@ def _read_fashion_split(spec: DataSpec, info: _SmallSet, train: bool) -> tuple[T
     """Fashion-MNIST from torchvision's layout under root, else from Debian's offline copy."""
     try:
         return _read_split(spec, info, train)
-    except DataError:
+    except (DataError, MissingDependency):
         if spec.download:  # the user asked for a download: report its failure, not the fallback's
             raise
     try:
@@ -436,8 +436,7 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _imagenet_data(spec: DataSpec, seed: int) -> TrainData:
-    from torchvision import transforms
-
+    transforms = require("torchvision.transforms", "vision", "data.name imagenet")
     normalise = [transforms.ToTensor(), transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
     eval_transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), *normalise])
     train_transform = transforms.Compose(

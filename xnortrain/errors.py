@@ -21,5 +21,9 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that is damaged, foreign, or does not fit the model."""
 
 
+class MissingDependency(UserError, ImportError):
+    """An optional package that the requested feature needs is not installed."""
+
+
 class TrainingError(UserError):
     """The run cannot go on (a non-finite loss); the checkpoints on disk are the last good state."""

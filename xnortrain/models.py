@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .errors import ConfigError
+from .optional import require
 from .zoo import ZOO, create_model
 
 
@@ -29,8 +30,7 @@ def build_model(config: ModelConfig, num_classes: int, in_channels: int) -> nn.M
 
 
 def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:
-    import torchvision
-
+    torchvision = require("torchvision", "vision", f"model.name torchvision:{name}")
     available = torchvision.models.list_models()
     if name not in available:
         raise ConfigError(f"model.name: torchvision has no model {name!r} (e.g. {', '.join(available[:6])}, ...)")
