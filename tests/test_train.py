@@ -415,3 +415,17 @@ def test_sign_of_negative_zero_is_plus_one_under_torch_compile():
         assert fn(x).tolist() == [[1.0, 1.0, -1.0, 1.0]]
     for fn in (binarize, torch.compile(binarize)):
         assert fn(x).tolist() == [[0.75, 0.75, -0.75, 0.75]]
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    assert "{plot,export,summary}" in capsys.readouterr().out
+
+
+def test_training_without_a_config_is_one_usage_error(capsys):
+    with pytest.raises(SystemExit) as done:
+        main([])
+    assert done.value.code == 2
+    assert "--config is required to train" in capsys.readouterr().err

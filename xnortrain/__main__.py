@@ -19,40 +19,40 @@ from pathlib import Path
 from .errors import UserError
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="xnortrain", description="Train binary networks with XNOR-Net's BinOp.")
-    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key by its dotted path, value parsed as YAML (repeatable)")
+def build_parser() -> argparse.ArgumentParser:
+    """Training options at the top level (no command trains), and one subcommand per tool."""
+    parser = argparse.ArgumentParser(
+        prog="xnortrain", description="Train binary networks with XNOR-Net's BinOp.",
+        epilog="Without a command it trains: xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]]")
+    add_config_args(parser, "YAML config file to train (see configs/)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
                         help="resume from PATH, or from <out_dir>/last.pt when no path is given")
     parser.add_argument("--eval-only", action="store_true",
                         help="evaluate a checkpoint (--resume PATH, else <out_dir>/best.pt) and print its metrics")
     parser.add_argument("--quiet", action="store_true", help="no progress bars and no per-epoch lines")
-    return parser.parse_args(argv)
+    commands = parser.add_subparsers(dest="command", title="commands")
+
+    plot_parser = commands.add_parser("plot", help="loss and top-1 curves of training runs",
+                                      description="Loss and top-1 curves of training runs.")
+    plot_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)")
+    plot_parser.add_argument("--out", default="curves.png", help="image file to write (default curves.png)")
+    plot_parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
+
+    export_parser = commands.add_parser("export", help="write a packed 1-bit model file",
+                                        description="Write a packed 1-bit model file.")
+    export_parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/x/best.pt)")
+    export_parser.add_argument("--out", required=True, help="file to write (e.g. model.xnor.pt)")
+
+    summary_parser = commands.add_parser("summary", help="per-layer sizes and operations of a configured model",
+                                         description="Per-layer sizes and operations.")
+    add_config_args(summary_parser, "YAML config file (see configs/)", required=True)
+    return parser
 
 
-def parse_plot_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="xnortrain plot", description="Loss and top-1 curves of training runs.")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)")
-    parser.add_argument("--out", default="curves.png", help="image file to write (default curves.png)")
-    parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
-    return parser.parse_args(argv)
-
-
-def parse_export_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="xnortrain export", description="Write a packed 1-bit model file.")
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/x/best.pt)")
-    parser.add_argument("--out", required=True, help="file to write (e.g. model.xnor.pt)")
-    return parser.parse_args(argv)
-
-
-def parse_summary_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="xnortrain summary", description="Per-layer sizes and operations.")
-    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+def add_config_args(parser: argparse.ArgumentParser, help: str, required: bool = False) -> None:
+    parser.add_argument("--config", required=required, help=help)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key by its dotted path (repeatable)")
-    return parser.parse_args(argv)
+                        help="override a config key by its dotted path, value parsed as YAML (repeatable)")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -98,14 +98,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    subcommands = {"plot": (parse_plot_args, plot), "export": (parse_export_args, export),
-                   "summary": (parse_summary_args, summarize)}
-    if argv[:1] and argv[0] in subcommands:
-        parse, command = subcommands[argv[0]]
-        args = parse(argv[1:])
-    else:
-        args, command = parse_args(argv), run
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command is None and args.config is None:
+        parser.error("--config is required to train (or give a command: plot, export, summary)")
+    command = {"plot": plot, "export": export, "summary": summarize, None: run}[args.command]
     from .train import Interrupted
 
     try:
