@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by the quick-start commands: makes (or reuses) a virtual environment with
 # xnortrain and its dev extra installed, activates it, and makes sure the real
-# Fashion-MNIST is on the machine (Debian package dataset-fashion-mnist).
+# Fashion-MNIST is on the machine (Debian package dataset-fashion-mnist, installed with
+# apt-get as root or through sudo; it says so before it runs, and what to do without root).
 #
 # The venv lives outside the checkout, keyed on pyproject.toml, so a second run (or CI on
 # the same machine) reuses it; XNORTRAIN_VENV overrides the location.
@@ -24,9 +25,17 @@ fi
 source "$venv/bin/activate"
 
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's dataset-fashion-mnist" >&2
     sudo_cmd=""
-    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-    $sudo_cmd apt-get update -qq >/dev/null
-    $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="$(command -v sudo || true)"
+    if [ "$(id -u)" -ne 0 ] && [ -z "$sudo_cmd" ]; then
+        echo "the real Fashion-MNIST is missing and installing it needs root: ask for" \
+             "'apt-get install dataset-fashion-mnist', or train with --set data.download=true" \
+             "(needs internet; the files go under data.root)" >&2
+    else
+        echo "installing the real Fashion-MNIST: ${sudo_cmd:+sudo }apt-get install dataset-fashion-mnist" \
+             "(Debian's package, about 30 MB; sudo may ask for your password. Without root," \
+             "interrupt and train with --set data.download=true instead)" >&2
+        $sudo_cmd apt-get update -qq >/dev/null
+        $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    fi
 fi
