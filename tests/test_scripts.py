@@ -38,3 +38,19 @@ def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
     table = bench.markdown(rows)
     assert "mean test top-1" not in table
     assert "| BWN | 3 | 91.00% | -1.00 pt |" in table
+
+
+def test_results_page_names_the_date_machine_torch_and_each_command():
+    import datetime
+    import os
+
+    import torch
+
+    results = load_script("results")
+    command = results.command_of("binop", quick=True)
+    text = results.page([results.section("binop", command, "LeNet-5 eager 1.02", 90.0)], True,
+                        datetime.datetime(2026, 1, 2, 3, 4), results.machine())
+    assert "`python scripts/bench_binop.py --quick` (1.5 min" in text
+    assert "LeNet-5 eager 1.02" in text and "2026-01-02 03:04 UTC" in text
+    assert f"torch {torch.__version__}" in text and f"{os.cpu_count()} cores" in text
+    assert results.command_of("accuracy", quick=False)[1:] == ["scripts/bench_accuracy.py", "--seeds", "0", "1", "2"]

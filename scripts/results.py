@@ -1,0 +1,98 @@
+"""Run the benchmarks and write docs/results.md (and one JSON file per benchmark beside it).
+
+    python scripts/results.py            # every benchmark, full size (hours: accuracy trains 3 seeds)
+    python scripts/results.py --quick    # every benchmark's --quick form (minutes)
+    python scripts/results.py --only binop inference
+
+The page is replaced whole on every run: it holds the numbers of this code on this machine
+only, each benchmark's printed tables under the exact command that produced them, with the
+date, the machine (CPU model, cores, OS) and the torch version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+# name: (title, full arguments, quick arguments); every script also takes --json PATH
+BENCHMARKS = {
+    "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net",
+                 ["--seeds", "0", "1", "2"], ["--quick"]),
+    "binop": ("BinOp's cost in a training step (BinOp / plain step time)", [], ["--quick"]),
+    "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", [], ["--quick"]),
+    "epoch": ("Trainer epoch time against a plain PyTorch loop", [], ["--quick"]),
+    "memory": ("Memory of a training step with and without BinOp", [], ["--quick"]),
+}
+
+
+def machine() -> str:
+    """CPU model, cores, OS and versions, as one line."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name")]
+        model = names[0] if names else model
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def command_of(name: str, quick: bool) -> list[str]:
+    _, full, quick_args = BENCHMARKS[name]
+    return ["python", f"scripts/bench_{name}.py", *(quick_args if quick else full)]
+
+
+def run_benchmark(command: list[str], json_path: Path) -> str:
+    """The benchmark's printed output; a failed benchmark stops the page from being written."""
+    done = subprocess.run([sys.executable, *command[1:], "--json", str(json_path)], cwd=REPO,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout.rstrip()
+
+
+def section(name: str, command: list[str], output: str, seconds: float) -> str:
+    title = BENCHMARKS[name][0]
+    return (f"## {title}\n\n`{' '.join(command)}` ({seconds / 60:.1f} min; JSON: `results/{name}.json`)\n\n"
+            f"```\n{output}\n```\n")
+
+
+def page(sections: list[str], quick: bool, when: datetime.datetime, where: str) -> str:
+    size = "the `--quick` forms (short runs: for checking, not for quoting)" if quick else "full size"
+    return (f"# Results\n\nWritten by `python scripts/results.py{' --quick' if quick else ''}` on "
+            f"{when:%Y-%m-%d %H:%M} UTC, {size}.\n\nMachine: {where}.\n\n"
+            f"Re-running the command replaces this page. Each section gives the command that printed it.\n\n"
+            + "\n".join(sections))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="each benchmark's --quick form")
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
+                        help="run only these benchmarks (the page then holds only them)")
+    parser.add_argument("--out", default=str(REPO / "docs" / "results.md"), help="page to write")
+    args = parser.parse_args()
+    out = Path(args.out)
+    json_dir = out.parent / "results"
+    json_dir.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for name in args.only:
+        command = command_of(name, args.quick)
+        print(f"running {' '.join(command)}", file=sys.stderr, flush=True)
+        start = datetime.datetime.now()
+        output = run_benchmark(command, json_dir / f"{name}.json")
+        sections.append(section(name, command, output, (datetime.datetime.now() - start).total_seconds()))
+    out.write_text(page(sections, args.quick, datetime.datetime.now(datetime.timezone.utc), machine()))
+    print(f"wrote {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
