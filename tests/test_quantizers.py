@@ -8,7 +8,7 @@ from models_for_tests import TinyNet, train_losses
 from torch import nn
 
 from xnortrain import BinOp
-from xnortrain.weight_quantizers import (
+from xnortrain.quantizers import (
     Binary01,
     BinaryConnect,
     Codebook,
