@@ -44,8 +44,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
     shape = state.get("data_shape")
     if shape is None:
         raise CheckpointError(f"{checkpoint} does not record its number of classes and input shape (data_shape); "
-                              f"re-save it with this version by resuming it: python -m xnortrain --config "
-                              f"<its config.yaml> --resume {checkpoint}")
+                              f"re-save it by resuming it for one more epoch: python -m xnortrain --config "
+                              f"{Path(checkpoint).parent / 'config.yaml'} --resume {checkpoint} "
+                              f"--set train.epochs={state['epoch'] + 1}")
     model = build_model(config.model, shape["num_classes"], shape["input_shape"][0])
     binop = attach_binop(config, model)
     check_fits_model(checkpoint, state["model"], model)
