@@ -69,9 +69,10 @@ def check_grad_mode(grad: str) -> str:
 
 
 def sign_pm1(w: torch.Tensor) -> torch.Tensor:
-    """sign(W) in {-1, +1} with sign(0) = sign(-0.0) = +1 (-0.0 >= 0 holds)."""
-    one = torch.ones((), dtype=w.dtype, device=w.device)
-    return torch.where(w >= 0, one, -one)
+    """sign(W) in {-1, +1} with sign(0) = sign(-0.0) = +1, as sign(sign(W) + 1/2): sign(W) is
+    -1, 0 or +1, and adding 1/2 moves the zeros to the + side. Arithmetic rather than a
+    comparison: bool tensors are several times slower than float maths on CPU."""
+    return torch.sign(w).add_(0.5).sign_()
 
 
 def filter_alpha(w2: torch.Tensor) -> torch.Tensor:
@@ -83,8 +84,7 @@ def binarize(w: torch.Tensor) -> torch.Tensor:
     """W~ = alpha * sign(W) per output filter W[o], sign(0) = +1 (autograd differentiates it as
     written; `binarize_weight` attaches a gradient rule)."""
     w2 = w.flatten(1)  # (C_out, n)
-    alpha = filter_alpha(w2)  # (C_out, 1)
-    return torch.where(w2 >= 0, alpha, -alpha).view_as(w)
+    return (filter_alpha(w2) * sign_pm1(w2)).view_as(w)
 
 
 def exact_gradient(w: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
@@ -93,8 +93,8 @@ def exact_gradient(w: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     w2, g2 = w.flatten(1), grad_out.reshape(w.shape[0], -1)  # (C_out, n)
     signs = sign_pm1(w2)  # (C_out, n)
     mean_sign_g = (signs * g2).mean(1, keepdim=True)  # (C_out, 1)
-    inside_g = torch.where(w2.abs() <= 1, g2, 0)  # (C_out, n)
-    return (filter_alpha(w2) * inside_g + signs * mean_sign_g).view_as(w)
+    inside_g = w2.abs().le_(1).mul_(g2)  # (C_out, n); le_ writes 1.0 or 0.0, no bool tensor
+    return inside_g.mul_(filter_alpha(w2)).add_(signs.mul_(mean_sign_g)).view_as(w)
 
 
 def xnor_factor(shape: torch.Size) -> float:
