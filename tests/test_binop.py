@@ -338,6 +338,14 @@ def test_include_and_exclude_select_by_glob():
     assert list(BinOp(OutOfOrder(), exclude="body.0").targets) == ["body.1"]  # a single pattern as a string
 
 
+def test_include_and_exclude_accept_any_iterable_such_as_a_generator():
+    binop = BinOp(OutOfOrder(), include=(p for p in ["body.*"]), exclude=iter(["body.1"]), skip_first_last=False,
+                  params=["norm.weight"], quantizer="sign")
+    assert list(binop.targets) == ["body.0", "body.2"] and list(binop.params) == ["norm.weight"]
+    binop = BinOp(OutOfOrder(), include=(p for p in []), params=["norm.weight"], quantizer="sign")
+    assert binop.targets == {} and list(binop.params) == ["norm.weight"]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

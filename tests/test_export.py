@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -81,6 +83,33 @@ def test_packed_file_holds_one_bit_per_binarized_weight(tmp_path):
     packed_bytes = sum(p["bits"].numel() + 4 * p["alpha"].numel() for p in payload["packed"].values())
     assert packed_bytes == 25_000 // 8 + 50 * 4 + 400_000 // 8 + 500 * 4
     assert out.stat().st_size < float_bytes + packed_bytes + 64 * 1024  # plus the pickle's own framing
+
+
+def test_export_of_a_checkpoint_without_data_shape_says_how_to_re_save_it(tmp_path, monkeypatch):
+    import xnortrain.data
+
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    state = torch.load(checkpoint, weights_only=True)
+    del state["data_shape"]
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    monkeypatch.setattr(xnortrain.data, "build_data", None)  # export reads no data set
+    with pytest.raises(CheckpointError, match="data_shape") as err:
+        export_checkpoint(old, tmp_path / "x.pt")
+    assert "\n" not in str(err.value) and not (tmp_path / "x.pt").exists()
+    monkeypatch.undo()
+    command = str(err.value).split("python -m xnortrain ", 1)[1]
+    assert main([*command.split(), "--quiet"]) == 0  # the command the error gives
+    export_checkpoint(tmp_path / "last.pt", tmp_path / "x.pt")
+    assert (tmp_path / "x.pt").exists()
+
+
+def test_export_and_summary_do_not_load_the_trainer(tmp_path):
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    probe = (f"import sys; from xnortrain.export import export_checkpoint; from xnortrain.summary import summary; "
+             f"export_checkpoint({str(checkpoint)!r}, {str(tmp_path / 'x.pt')!r}); "
+             f"assert 'xnortrain.train' not in sys.modules, 'trainer loaded'")
+    subprocess.run([sys.executable, "-c", probe], check=True, cwd=TESTS.parent)
 
 
 @pytest.mark.realdata

@@ -5,10 +5,13 @@ import math
 import pytest
 import torch
 from models_for_tests import TinyNet, train_losses
+from reference import rescaled_gradient
 from torch import nn
+from torch.testing import assert_close
 
 from xnortrain import BinOp
-from xnortrain.weight_quantizers import (
+from xnortrain.quantizers import (
+    QUANTIZERS,
     Binary01,
     BinaryConnect,
     Codebook,
@@ -191,3 +194,59 @@ def test_each_quantizer_trains_a_small_model_on_a_fixed_problem(quantizer):
     first, last = losses[0], losses[-1]
     assert last < 0.7 * first, (first, last)
     assert not math.isnan(last)
+
+
+# --- the gradient that reaches the real weight of a quantized layer, by quantizer -----------------
+
+
+def inside(w, lo=-1.0, hi=1.0):
+    return ((w >= lo) & (w <= hi)).to(w.dtype)
+
+
+def sign_of(w):
+    return torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
+
+
+def exact_over_the_tensor(w, g):
+    """The exact rule with one alpha for the whole tensor (scale layer)."""
+    return w.abs().mean() * inside(w) * g + sign_of(w) * (sign_of(w) * g).mean()
+
+
+# (quantizer spec, dL/dW from W and G = dL/dW~, typed out from each quantizer's formula)
+GRADIENT_CASES = [
+    ({"name": "xnor", "grad": "xnor"}, lambda w, g: rescaled_gradient(w, g, "xnor")),
+    ({"name": "xnor", "grad": "exact"}, lambda w, g: rescaled_gradient(w, g, "exact")),
+    ({"name": "xnor", "grad": "ste"}, lambda w, g: rescaled_gradient(w, g, "ste")),
+    ({"name": "xnor", "scale": "layer", "grad": "exact"}, exact_over_the_tensor),
+    ({"name": "xnor", "scale": "layer", "grad": "ste"}, lambda w, g: inside(w) * g),
+    ({"name": "xnor", "scale": "none"}, lambda w, g: inside(w) * g),
+    ({"name": "sign"}, lambda w, g: inside(w) * g),
+    ({"name": "binary01"}, lambda w, g: inside(w, 0.0, 1.0) * g),
+    ({"name": "binaryconnect"}, lambda w, g: g),
+    ({"name": "binaryconnect", "stochastic": True}, lambda w, g: g),
+    ({"name": "codebook", "values": [1, -1, 0.5, -0.5]}, lambda w, g: g),
+    ({"name": "codebook", "values": [-1, 0, 1], "scale": "filter"}, lambda w, g: g),
+]
+
+
+def test_every_registered_quantizer_has_a_gradient_case():
+    assert {spec["name"] for spec, _ in GRADIENT_CASES} == set(QUANTIZERS)
+
+
+@pytest.mark.parametrize("spec, expected_gradient", GRADIENT_CASES, ids=[str(spec) for spec, _ in GRADIENT_CASES])
+def test_gradient_reaching_the_real_weight_follows_the_quantizers_formula(spec, expected_gradient):
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3).double()  # 3 filters of n = C_in = 5
+    binop = BinOp(layer, skip_first_last=False, quantizer=spec)
+    w = binop.weights[""]
+    with torch.no_grad():  # inside and outside every clip range, a zero and a -0.0
+        w.copy_(torch.tensor([[-1.5, -0.7, 0.0, 0.3, 1.2],
+                              [0.9, -0.2, -0.0, 0.6, -0.4],
+                              [0.1, 0.5, -1.1, 0.8, 0.35]], dtype=torch.float64))
+    x = torch.randn(4, 5, dtype=torch.float64)
+    r = torch.randn(4, 3, dtype=torch.float64)
+    (layer(x) * r).sum().backward()
+    g = r.T @ x  # G = dL/dW~ of the loss sum(r * (x W~^T + b)): (3, 5)
+    expected = expected_gradient(w.detach(), g)
+    assert expected.abs().sum() > 0
+    assert_close(w.grad, expected)

@@ -54,3 +54,24 @@ def test_results_page_names_the_date_machine_torch_and_each_command():
     assert "LeNet-5 eager 1.02" in text and "2026-01-02 03:04 UTC" in text
     assert f"torch {torch.__version__}" in text and f"{os.cpu_count()} cores" in text
     assert results.command_of("accuracy", quick=False)[1:] == ["scripts/bench_accuracy.py", "--seeds", "0", "1", "2"]
+
+
+def test_bench_binop_rotates_which_trainer_starts_each_round():
+    bench = load_script("bench_binop")
+    order = []
+    steps = {name: (lambda x, y, name=name: order.append(name)) for name in ("plain", "binop")}
+    times = bench.alternate(steps, None, None, rounds=3)
+    assert order == ["plain", "binop", "binop", "plain", "plain", "binop"]
+    assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_bench_binop_ratio_is_the_median_of_paired_ratios():
+    bench = load_script("bench_binop")
+    assert bench.paired_ratio([1.1, 3.0, 2.2], [1.0, 1.0, 2.0]) == 1.1  # pairs 1.1, 3.0, 1.1
+
+
+def test_bench_binop_prints_the_ratio_against_its_target(capsys):
+    bench = load_script("bench_binop")
+    (result,) = bench.main(["--models", "lenet5", "--modes", "eager", "--rounds", "2"])
+    assert result["ratio"] > 0 and result["target"] == 1.10 and result["rounds"] == 2
+    assert "| lenet5 | 128 | eager |" in capsys.readouterr().out

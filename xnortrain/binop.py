@@ -10,108 +10,39 @@ Rastegari et al., "XNOR-Net" (ECCV 2016); the procedure per training step is
     7.   rescale the gradient that reaches W (grad mode xnor | exact | ste)
     8.   optimizer.step() on the real weights
 
-Steps 3-7 are a `torch.nn.utils.parametrize` parametrization whose autograd Function
-is step 4 forward and step 7 backward (`quantizers.py`): the parameter always is the real
-weight and layers see W~ only inside their forward, so no exception, evaluation or
-checkpoint can find binarized weights in the model. Steps 1-2 (`projection.py`) run
-once at attach time and after every optimizer step, which is equivalent to running
-them before each forward; step 4 runs right after them (fused into one pass where the
-kernels of `fused.py` serve the weights), and the forward reuses that W~ while W is
-unchanged (see `Quantized`).
+Steps 3-7 are a `torch.nn.utils.parametrize` parametrization (`Quantized`) whose autograd
+Function is step 4 forward and step 7 backward (`quantizers.py`): the parameter always is
+the real weight and layers see W~ only inside their forward, so no exception, evaluation or
+checkpoint can find binarized weights in the model. Steps 1-2 (the quantizer's `project_`)
+run once at attach time and after every optimizer step, which is equivalent to running
+them before each forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
-from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from . import fused
-from .quantizers import Binarized, check_grad_mode
-from .selection import select_targets
-from .weight_quantizers import Quantizer, assign_quantizers
+from .quantizers import Quantizer, assign_quantizers, check_grad_mode
+from .selection import as_patterns, select_targets
 
 
 class Quantized(nn.Module):
-    """The parametrization W -> W~ of one target, by its quantizer (default: XNOR's alpha * sign(W)).
-
-    Where the quantizer can (`project_and_binarize_`: xnor), :meth:`project_` computes W~ right
-    after projecting W, while the optimizer step has just left W in cache, and the
-    forward passes reuse that W~ for as long as W is the same tensor at the same version.
-    Every in-place change (an optimizer step, ``load_state_dict``, ``copy_``) bumps the
-    version, and every optimizer step is counted, so a changed W is binarized afresh; so is
-    W~ itself if something wrote into it (``layer.weight.mul_(2)`` under no_grad).
-    Changes made outside an optimizer through ``W.data`` are invisible to both: call
-    ``binop.project_()`` after them.
-    W~ and its gradients are written into W's own recycled memory (`fused.RecycledMemory`),
-    which lives as long as this parametrization.
-    Under torch.compile the forward always binarizes (and fuses that into its kernels).
-    """
+    """The parametrization W -> W~ of one target, by its quantizer (default: XNOR's alpha * sign(W))."""
 
     def __init__(self, quantizer: Quantizer):
         super().__init__()
         self.quantizer = quantizer
-        self.state = _AheadState()
-        self.binarized_memory = fused.RecycledMemory()
-        self.grad_memory = fused.RecycledMemory()
-        _watch_optimizer_steps()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            return self.quantizer.quantize(w)
-        state = self.state
-        state.eager = True
-        if state.ahead is not None and state.ahead.describes(w):
-            return self.quantizer.quantize(w, state.ahead.binarized, self.grad_memory)
         return self.quantizer.quantize(w)
-
-    @torch.no_grad()
-    def project_(self, w: torch.Tensor) -> None:
-        """Steps 1-2 in place by the quantizer, then W~ ahead where the quantizer has it."""
-        state = self.state
-        state.ahead = None  # frees the old W~ before the new one is made
-        project_and_binarize_ = getattr(self.quantizer, "project_and_binarize_", None)
-        if state.eager and project_and_binarize_ is not None:
-            binarized = project_and_binarize_(w, self.binarized_memory)
-            state.ahead = None if binarized is None else _Ahead(binarized, _identity(w), binarized.w_bin._version)
-        else:
-            self.quantizer.project_(w)
-        state.eager = False
 
     def extra_repr(self) -> str:
         return repr(self.quantizer)
-
-
-class _Ahead(NamedTuple):
-    """W~ made at the projection, with the W it was made from (see `_identity`)."""
-
-    binarized: Binarized
-    identity: tuple
-    version: int  # W~'s own version: a write into W~ makes it stale too
-
-    def describes(self, w: torch.Tensor) -> bool:
-        return self.identity == _identity(w) and self.binarized.w_bin._version == self.version
-
-
-class _AheadState:
-    """Quantized's per-step state, in a plain object: writes to an nn.Module's attributes go
-    through its __setattr__, which is slow for something done every forward."""
-
-    __slots__ = ("ahead", "eager")
-
-    def __init__(self):
-        self.ahead: _Ahead | None = None  # W~ from the last projection
-        self.eager = True  # an eager forward ran since the last projection: W~ ahead is worth it
-
-    def __reduce__(self):
-        """A copied model starts with nothing ahead: W~ ahead describes the original's W (and,
-        once a forward pass has used it, it is part of that pass's graph, which cannot be copied)."""
-        return type(self), ()
 
 
 class BinOp:
@@ -120,12 +51,13 @@ class BinOp:
     Args:
         model: any nn.Module; BinOp changes it in place and stays attached until
             :meth:`detach`.
-        include, exclude: glob patterns over fully qualified module names.
+        include, exclude: glob patterns (any iterable, or one string) over fully qualified
+            module names.
         skip_first_last: keep the first and last conv/linear layer (registration order)
             in full precision, as the paper does.
         grad: gradient rule of the ``xnor`` quantizer, ``"xnor"`` (default), ``"exact"``
             or ``"ste"``.
-        quantizer: ``"xnor"`` (default), another quantizer of `weight_quantizers.QUANTIZERS`
+        quantizer: ``"xnor"`` (default), another quantizer of `quantizers.QUANTIZERS`
             by name or as a mapping with its options (``{"name": "codebook", "values": [1, -1]}``),
             or a list of rules ``{"match": glob, "quantizer": name, **options}`` over the
             target names, first match wins.
@@ -153,8 +85,9 @@ class BinOp:
         self.grad = check_grad_mode(grad)
         self.model = model
         self.params: dict[str, nn.Module] = _owners(model, params)
+        include, exclude = as_patterns("include", include), as_patterns("exclude", exclude)
         self.targets: dict[str, nn.Module] = (
-            {} if self.params and include is not None and not list(include)
+            {} if self.params and include == []
             else select_targets(model, include, exclude, skip_first_last))
         self._slots = {**{n: (m, "weight") for n, m in self.targets.items()},
                        **{n: (self.params[n], n.rpartition(".")[2]) for n in self.params}}
@@ -164,15 +97,12 @@ class BinOp:
         self._handles = []
         for name, (module, attr) in self._slots.items():
             self._attach(module, attr, self.quantizers[name])
-        # (ParametrizationList, Quantized) of each slot, looked up once: project_ runs every step
-        self._parametrizations = [(p, p[0]) for p in (getattr(m.parametrizations, a) for m, a in self._slots.values())]
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
 
     def _attach(self, module: nn.Module, attr: str, quantizer: Quantizer) -> None:
         parametrize.register_parametrization(module, attr, Quantized(quantizer), unsafe=True)
-        _read_without_detours(module, attr)
         self._handles.append(module.register_state_dict_post_hook(partial(_plain_key, attr)))
         self._handles.append(module.register_load_state_dict_pre_hook(partial(_parametrized_key, attr)))
 
@@ -190,8 +120,8 @@ class BinOp:
     def project_(self) -> None:
         """Steps 1-2 in place, each target by its quantizer's projection (xnor: mean-centre each
         filter across C_in where C_in > 1, clamp to [-1, 1])."""
-        for parametrization, quantized in self._parametrizations:
-            quantized.project_(parametrization.original)
+        for name, w in self.weights.items():
+            self.quantizers[name].project_(w)
 
     @torch.no_grad()
     def binarized(self) -> dict[str, torch.Tensor]:
@@ -206,7 +136,7 @@ class BinOp:
         self._handles = []
         for module, attr in self._slots.values():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
-        self.targets, self.params, self._slots, self._parametrizations = {}, {}, {}, []
+        self.targets, self.params, self._slots = {}, {}, {}
         return self.model
 
     def __repr__(self) -> str:
@@ -221,51 +151,6 @@ class BinOp:
             lines.append(f"  {name:<{width}}  {kind:<6}  {tuple(w.shape)!s:<18} {w.numel():>12,}  "
                          f"{self.quantizers[name]!r}")
         return "\n".join(lines)
-
-
-def _read_without_detours(module: nn.Module, attr: str) -> None:
-    """Make reading ``module.<attr>`` call the Quantized parametrization directly.
-
-    `parametrize` reads a parametrized tensor through two module calls and a loop that
-    probes for further parametrizations with ``hasattr`` (an AttributeError each time),
-    paid by every target in every forward pass. Its property lives on a class that
-    `parametrize` made for this one module, so it is replaced there by one that goes
-    straight to ``Quantized.forward(original)``, and hands the read back to `parametrize`
-    whenever that would do more: its caching (``parametrize.cached()``) is on, or a
-    further parametrization is stacked on the tensor. ``parametrize.remove_parametrizations``
-    (``BinOp.detach``) removes it with the class."""
-    through_parametrize = getattr(type(module), attr)
-
-    def read(module: nn.Module) -> torch.Tensor:
-        parametrizations = module._modules["parametrizations"]._modules[attr]
-        if parametrize._cache_enabled or len(parametrizations._modules) != 1:
-            return through_parametrize.fget(module)
-        return parametrizations._modules["0"].forward(parametrizations._parameters["original"])
-
-    setattr(type(module), attr, property(read, through_parametrize.fset))
-
-
-def _identity(w: torch.Tensor) -> tuple:
-    """What tells W apart from any other weight or an earlier state of it: its storage (a
-    weight moved to another device or dtype gets a new one), shape, its version counter
-    (bumped by in-place changes) and the optimizer steps taken (fused optimizers, and those
-    writing through ``.data``, change W without bumping its version)."""
-    return w.data_ptr(), w._version, w.dtype, w.shape, _optimizer_steps
-
-
-_optimizer_steps = 0  # steps taken by every torch.optim optimizer in this process
-_step_counter = None  # the global step pre-hook that counts them, registered by the first BinOp
-
-
-def _watch_optimizer_steps() -> None:
-    global _step_counter
-    if _step_counter is None:
-        _step_counter = register_optimizer_step_pre_hook(_count_step)
-
-
-def _count_step(*_) -> None:
-    global _optimizer_steps
-    _optimizer_steps += 1
 
 
 def _owners(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:

@@ -20,7 +20,7 @@ import yaml
 
 from .data import DATA_SETS, DataSpec
 from .errors import ConfigError
-from .weight_quantizers import assign_quantizers
+from .quantizers import assign_quantizers
 
 
 @dataclass(frozen=True)

@@ -28,25 +28,25 @@ from .bits import XnorConv2d, XnorLinear, pack_bits, pack_signs, unpack_signs
 from .checkpoint import atomic_write, check_fits_model, load_checkpoint, safe_load
 from .config import ModelConfig, build_config
 from .errors import CheckpointError, UserError
-from .weight_quantizers import BinaryConnect, Sign, Xnor
+from .quantizers import Quantizer
 
 FORMAT = "xnortrain.packed/1"
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
     """Write the packed model of a training checkpoint to `out`; returns both file sizes."""
-    from .data import build_data
-    from .models import build_model
-    from .train import attach_binop
+    from .models import attach_binop, build_model
 
     state = load_checkpoint(checkpoint)
     config = build_config(state["config"])
     if not config.binop.enabled:
         raise UserError(f"{checkpoint}: this run trained without BinOp (binop.enabled: false); nothing to pack")
     shape = state.get("data_shape")
-    if shape is None:  # a checkpoint from before data_shape was stored: ask the data
-        data = build_data(config.data, seed=config.train.seed)
-        shape = {"num_classes": data.num_classes, "input_shape": list(data.input_shape)}
+    if shape is None:
+        raise CheckpointError(f"{checkpoint} does not record its number of classes and input shape (data_shape); "
+                              f"re-save it by resuming it for one more epoch: python -m xnortrain --config "
+                              f"{Path(checkpoint).parent / 'config.yaml'} --resume {checkpoint} "
+                              f"--set train.epochs={state['epoch'] + 1}")
     model = build_model(config.model, shape["num_classes"], shape["input_shape"][0])
     binop = attach_binop(config, model)
     check_fits_model(checkpoint, state["model"], model)
@@ -59,17 +59,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
     return {"checkpoint_bytes": Path(checkpoint).stat().st_size, "exported_bytes": Path(out).stat().st_size}
 
 
-def pack_weight(quantizer, w: torch.Tensor) -> dict:
-    """The packed form of W~ = alpha * sign(W) for a 1-bit quantizer."""
-    if isinstance(quantizer, Xnor):
-        w_bin = quantizer.quantize(w.detach())
-        alpha = w_bin.abs().flatten(1).amax(1) if quantizer.scale == "filter" else w_bin.abs().amax().reshape(1)
-    elif isinstance(quantizer, Sign) or (isinstance(quantizer, BinaryConnect) and not quantizer.stochastic):
-        w_bin, alpha = quantizer.quantize(w.detach()), torch.ones(1, dtype=w.dtype)
-    else:
-        raise UserError(f"export packs 1-bit +-alpha weights (xnor, sign, deterministic binaryconnect); "
-                        f"{quantizer!r} is not one")
-    return {"bits": pack_signs(w_bin), "shape": list(w.shape), "alpha": alpha.detach().float().clone()}
+def pack_weight(quantizer: Quantizer, w: torch.Tensor) -> dict:
+    """The packed form of W~ = alpha * sign(W), as the quantizer gives it (a UserError for
+    quantizers without one)."""
+    signs, alpha = quantizer.signs_and_alpha(w.detach())
+    return {"bits": pack_signs(signs), "shape": list(w.shape), "alpha": alpha.float().clone()}
 
 
 def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:

@@ -1,8 +1,10 @@
-"""Building the model a config names: a zoo model, a torchvision model, or a user's class.
+"""Building the model a config names, and attaching the BinOp its `binop` section asks for.
 
     lenet5 | nin | alexnet            the zoo (xnortrain/zoo.py), num_classes and in_channels set from the data
     torchvision:<name>                torchvision.models.get_model(name, num_classes=...)
     package.module:Class              Class(**model.kwargs), imported from the Python path
+
+The trainer, export and summary all build their model here.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import importlib
 
 from torch import nn
 
-from .config import ModelConfig
+from .binop import BinOp
+from .config import Config, ModelConfig
 from .errors import ConfigError
 from .optional import require
 from .zoo import ZOO, create_model
@@ -27,6 +30,16 @@ def build_model(config: ModelConfig, num_classes: int, in_channels: int) -> nn.M
         return _construct(name, _import_class(name), **kwargs)
     raise ConfigError(f"model.name: {name!r} is not a zoo model ({', '.join(sorted(ZOO))}), "
                       f"nor torchvision:<name>, nor package.module:Class")
+
+
+def attach_binop(config: Config, model: nn.Module) -> BinOp:
+    """BinOp on `model` as the config's `binop` section says; a bad selection is one ConfigError."""
+    b = config.binop
+    try:
+        return BinOp(model, include=b.include, exclude=b.exclude, skip_first_last=b.skip_first_last, grad=b.grad,
+                     quantizer=b.quantizer, params=b.params)
+    except ValueError as err:  # a selection that matches nothing names the candidates
+        raise ConfigError(f"binop ({config.model.name}): {err}") from None
 
 
 def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:

@@ -1,34 +1,60 @@
-"""Weight binarization and its gradient rules: steps 4 and 7 of the XNOR-Net BinOp.
+"""Every weight quantizer BinOp can apply: its value, gradient rule, projection and bit width.
 
-Rastegari et al., "XNOR-Net: ImageNet Classification Using Binary Convolutional
-Neural Networks" (ECCV 2016), section 3.1. A target weight W has shape
-(C_out, C_in, *kernel) (Linear: (C_out, C_in)); filter o is W[o], with
-n = C_in * prod(kernel) entries. Every function here works on the filter-major
-view W.flatten(1), shape (C_out, n).
+A quantizer maps the real weight W, which the optimizer owns, to the value W~ that the
+layer sees in its forward pass. It declares the gradient that reaches W (one
+`torch.autograd.Function` per rule, the formula in its docstring), the projection applied
+to W after each optimizer step, and, for export and summary, the bits a weight takes and
+its packed form alpha * signs. `QUANTIZERS` maps names to classes; adding a quantizer is a
+new `Quantizer` subclass here, decorated with `@registered`.
 
-Forward (step 4), with sign(0) = +1 so that W~ takes exactly two values per filter::
+=============  ===========================================  =======================  =======================  ====
+name           W~                                           gradient dL/dW           projection               bits
+=============  ===========================================  =======================  =======================  ====
+xnor           alpha * sign(W); alpha = mean |W| per        grad mode xnor|exact|ste  centre across C_in,     1
+               filter (scale filter), over the tensor       (layer: exact|ste;        clamp to [-1, 1]
+               (layer), 1 (none)                            none: clipped STE)        (layer, none: clamp)
+sign           sign(W)                                      G * 1{|W| <= 1}          clamp to [-1, 1]         1
+binary01       1{W >= threshold}                            G * 1{0 <= W <= 1}       clamp to [0, 1]          1
+binaryconnect  sign(W); stochastic: +1 with probability     G                        clamp to [-1, 1]         1
+               hard_sigmoid(W) = clip((W + 1) / 2, 0, 1)
+codebook       nearest entry of `values` (ties: the         G                        clamp to [min, max]      32
+               larger); scale filter: alpha * nearest(W /                            (scale none only)
+               alpha)
+=============  ===========================================  =======================  =======================  ====
 
-    alpha_o = ||W[o]||_1 / n
-    W~[o]   = alpha_o * sign(W[o])
+sign(0) = +1 throughout, also for -0.0. Sources: Rastegari et al., "XNOR-Net: ImageNet
+Classification Using Binary Convolutional Neural Networks" (ECCV 2016), section 3.1, for
+xnor; Courbariaux et al., "BinaryConnect" (NeurIPS 2015) for binaryconnect, whose gradient
+passes straight through while the real weights are clipped; the clipped straight-through
+estimator of Hubara et al., "Binarized Neural Networks" (NeurIPS 2016) for sign and binary01.
 
-Backward (step 7), G = dL/dW~, inside_i = 1{|W_i| <= 1}::
+The xnor quantizer with scale filter is the XNOR-Net procedure. A weight W has shape
+(C_out, C_in, *kernel) (Linear: (C_out, C_in)); filter o is W[o], with n = C_in * prod(kernel)
+entries, seen as row o of the filter-major view W.flatten(1), shape (C_out, n).
 
-    exact: g_i = alpha_o * inside_i * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j
-    xnor:  g_i = n * (1 - 1/C_in) * exact_i      (factor n when C_in == 1: no centring)
-    ste:   g_i = inside_i * G_i
+    projection (steps 1-2):  W[o, :, k] -= mean_c W[o, c, k]   (skipped where C_in == 1)
+                             W = clip(W, -1, 1)
+    value (step 4):          alpha_o = ||W[o]||_1 / n,  W~[o] = alpha_o * sign(W[o])
+    gradient (step 7), G = dL/dW~, inside_i = 1{|W_i| <= 1}:
+        exact: g_i = alpha_o * inside_i * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j
+        xnor:  g_i = n * (1 - 1/C_in) * exact_i      (factor n where C_in == 1)
+        ste:   g_i = inside_i * G_i
 
-`exact` is the true derivative of alpha(W) * sign(W) with a clipped straight-through
-sign; `xnor` is the scaling of the widely used PyTorch port of XNOR-Net.
+`exact` is the true derivative of alpha(W) * sign(W) with a clipped straight-through sign;
+`xnor` is the scaling of the widely used PyTorch port of XNOR-Net.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import NamedTuple
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from fnmatch import fnmatchcase
+from typing import ClassVar
 
 import torch
 
-from . import fused
+from .errors import UserError
 
 GRAD_MODES = ("xnor", "exact", "ste")
 
@@ -39,123 +65,405 @@ def check_grad_mode(grad: str) -> str:
     return grad
 
 
-@lru_cache
-def grad_scale(grad: str, weight_shape: torch.Size) -> float:
-    """The constant in front of the gradient bracket: n * (1 - 1/C_in) for `xnor`, else 1."""
-    if grad != "xnor":
-        return 1.0
-    c_in = weight_shape[1]
-    n = weight_shape[1:].numel()
-    return float(n) if c_in == 1 else n * (1.0 - 1.0 / c_in)
+# --- the maths ------------------------------------------------------------------------------
 
 
-def filter_alpha(magnitude: torch.Tensor) -> torch.Tensor:
-    """alpha_o = ||W[o]||_1 / n from |W| in the filter-major view (C_out, n)."""
-    return magnitude.sum(1, keepdim=True).div_(magnitude.shape[1])  # (C_out, 1)
+def sign_pm1(w: torch.Tensor) -> torch.Tensor:
+    """sign(W) in {-1, +1} with sign(0) = sign(-0.0) = +1, as sign(sign(W) + 1/2): sign(W) is
+    -1, 0 or +1, and adding 1/2 moves the zeros to the + side. Arithmetic rather than a
+    comparison: bool tensors are several times slower than float maths on CPU."""
+    return torch.sign(w).add_(0.5).sign_()
 
 
-def sign_times(magnitude: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """magnitude * sign(w) with sign(0) = +1, also for w = -0.0: 2 * magnitude * 1{w >= 0} - magnitude.
-
-    The comparison is written straight into a float buffer (no bool tensor, which is slow
-    on CPU), and no `w + 0.0` is needed, which a compiler may simplify away (Inductor does,
-    turning sign(-0.0) into -1)."""
-    ge = torch.ge(w, 0, out=torch.empty_like(w) if out is None else out)  # 1.0 or 0.0
-    return ge.mul_(2 * magnitude).sub_(magnitude)
-
-
-def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) in {-1, +1} with sign(0) = sign(-0.0) = +1."""
-    return sign_times(torch.ones((), dtype=x.dtype, device=x.device), x)
+def filter_alpha(w2: torch.Tensor) -> torch.Tensor:
+    """alpha_o = ||W[o]||_1 / n of the filter-major view W (C_out, n)."""
+    return w2.abs().mean(1, keepdim=True)  # (C_out, 1)
 
 
 def binarize(w: torch.Tensor) -> torch.Tensor:
-    """W~ = alpha * sign(W) per output filter, sign(0) = +1 (no autograd rule attached)."""
-    return binarize_filters(w).w_bin
-
-
-class Binarized(NamedTuple):
-    """W~ of one weight, with what the backward rule reads."""
-
-    w_bin: torch.Tensor  # alpha * sign(W), in W's shape
-    alpha: torch.Tensor  # (C_out, 1)
-    clipped: bool  # some |W_i| > 1, so the clip indicator 1{|W_i| <= 1} matters
-    fused: bool  # made by the fused kernels, whose backward rule can then take the gradient
-
-
-@torch.no_grad()
-def binarize_filters(w: torch.Tensor, clipped: bool | None = None) -> Binarized:
-    """Step 4 on W (C_out, ...), filter o being W[o]. `clipped=False` tells that every
-    |W_i| <= 1 (as after the projection), sparing a pass that checks it."""
+    """W~ = alpha * sign(W) per output filter W[o], sign(0) = +1 (autograd differentiates it as
+    written; `binarize_weight` attaches a gradient rule)."""
     w2 = w.flatten(1)  # (C_out, n)
-    if fused.usable(w2):
-        w_bin, alpha, any_clipped = fused.binarize(w2)
-        return Binarized(w_bin.view_as(w), alpha, any_clipped if clipped is None else clipped, True)
-    magnitude = w2.abs()  # (C_out, n), becomes W~ below
-    alpha = filter_alpha(magnitude)  # (C_out, 1)
-    if clipped is None:
-        clipped = may_be_true(magnitude.amax() > 1)
-    return Binarized(sign_times(alpha, w2, out=magnitude).view_as(w), alpha, clipped, False)
+    return (filter_alpha(w2) * sign_pm1(w2)).view_as(w)
 
 
-class BinarizeWeight(torch.autograd.Function):
-    """W -> W~ = alpha * sign(W) with the gradient rule `grad` (see the module docstring).
+def exact_gradient(w: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """exact_i = alpha_o * inside_i * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j,
+    with inside_i = 1{|W_i| <= 1}, for W (C_out, ...) and G = dL/dW~ of its shape."""
+    w2, g2 = w.flatten(1), grad_out.reshape(w.shape[0], -1)  # (C_out, n)
+    signs = sign_pm1(w2)  # (C_out, n)
+    mean_sign_g = (signs * g2).mean(1, keepdim=True)  # (C_out, 1)
+    inside_g = w2.abs().le_(1).mul_(g2)  # (C_out, n); le_ writes 1.0 or 0.0, no bool tensor
+    return inside_g.mul_(filter_alpha(w2)).add_(signs.mul_(mean_sign_g)).view_as(w)
 
-    `ahead` is W~ of this very W computed beforehand (BinOp does it right after the
-    projection, while W is still in cache from the optimizer step); None computes it here.
-    `memory` (`fused.RecycledMemory`) is where the fused gradient rule writes its result.
 
-    Memory: it saves W (the parameter itself), alpha (one float per filter) and its own
-    output W~, which the conv/linear layer keeps for its backward pass anyway, so BinOp
-    holds no copy of the weights beyond W~.
+def xnor_factor(shape: torch.Size) -> float:
+    """n * (1 - 1/C_in) for filters of `shape` (C_out, C_in, *kernel); n where C_in == 1."""
+    c_in, n = shape[1], shape[1:].numel()
+    return float(n) if c_in == 1 else n * (1.0 - 1.0 / c_in)
 
-    Speed: a pass over the weights costs about as much as allocating its output, so the
-    backward reads sign(W) out of W~ instead of recomputing it, since
-    sign_i * mean_j(sign_j G_j) = W~_i * (W~ . G) / (n alpha^2), and skips the clip
-    indicator when every |W_i| <= 1 (always so after the projection). No bool tensor is
-    used: on CPU bool masks are several times slower than float arithmetic. The fused
-    path does no more in Python than it must: inside a training step every Python line
-    runs on cold caches and costs microseconds.
-    """
+
+def centre_and_clamp_(w: torch.Tensor) -> None:
+    """Steps 1-2 in place: W[o, :, k] -= mean_c W[o, c, k] where C_in > 1 (centring a single
+    input channel would zero the filter), then W = clip(W, -1, 1)."""
+    if w.shape[1] > 1:
+        w.sub_(w.mean(1, keepdim=True))  # mean over C_in: (C_out, 1, *kernel)
+    w.clamp_(-1.0, 1.0)
+
+
+# --- the gradient rules -----------------------------------------------------------------------
+
+
+class ExactRule(torch.autograd.Function):
+    """W~ = alpha * sign(W) per filter, with the true derivative under a clipped
+    straight-through sign:
+
+        g_i = alpha_o * 1{|W_i| <= 1} * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j
+
+    It saves W and no copy of W~ (the layer keeps W~ for its own backward pass)."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, grad: str, scale: float, ahead: Binarized | None = None,
-                memory: fused.RecycledMemory | None = None) -> torch.Tensor:
-        binarized = binarize_filters(w) if ahead is None else ahead
-        ctx.grad, ctx.scale, ctx.clipped, ctx.fused = grad, scale, binarized.clipped, binarized.fused
-        ctx.memory = memory
-        ctx.save_for_backward(w, binarized.alpha, binarized.w_bin)
-        return binarized.w_bin
+    def forward(ctx, w: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        return binarize(w)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return exact_gradient(w, grad_out)
+
+
+class XnorRule(ExactRule):
+    """W~ = alpha * sign(W) per filter (as `ExactRule`), with the gradient of the widely used
+    PyTorch port of XNOR-Net, the exact rule scaled by the filter's size:
+
+        g_i = n * (1 - 1/C_in) * exact_i        (n * exact_i where C_in == 1)"""
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+        (w,) = ctx.saved_tensors
+        return exact_gradient(w, grad_out).mul_(xnor_factor(w.shape))
+
+
+class ClippedStraightThrough(torch.autograd.Function):
+    """value(W), with the clipped straight-through estimator (the ste grad mode):
+
+        g_i = G_i * 1{lo <= W_i <= hi}"""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, value: Callable[[torch.Tensor], torch.Tensor], lo: float,
+                hi: float) -> torch.Tensor:
+        ctx.save_for_backward(w)
+        ctx.lo, ctx.hi = lo, hi
+        return value(w)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        w, alpha, w_bin = ctx.saved_tensors
-        if ctx.fused and not ctx.clipped and ctx.grad != "ste" and grad_out.is_contiguous():
-            return fused.binarized_grad(w_bin, grad_out, alpha, ctx.scale, ctx.memory), None, None, None, None
-        g2 = grad_out.reshape(alpha.shape[0], -1)  # (C_out, n)
-        inside_g = w.flatten(1).abs().le_(1).mul_(g2) if ctx.clipped else g2  # 1{|W_i| <= 1} * G_i
-        if ctx.grad == "ste":
-            return inside_g.view_as(w), None, None, None, None
-        w_bin = w_bin.flatten(1)
-        n = w_bin.shape[1]
-        zero = alpha == 0  # all-zero filters: W~ = 0 there, and sign = +1
-        coef = torch.linalg.vecdot(w_bin, g2).unsqueeze(1).mul_(ctx.scale / n).div_(alpha.masked_fill(zero, 1).square())
-        grad_w = w_bin * coef  # scale * sign_i * mean_j(sign_j * G_j) where alpha > 0
-        grad_w.addcmul_(inside_g, alpha * ctx.scale)  # + scale * alpha * 1{|W_i| <= 1} * G_i
-        if may_be_true(zero.any()):
-            grad_w.add_(g2.sum(1, keepdim=True).mul_(ctx.scale / n).masked_fill_(~zero, 0))  # sign = +1
-        return grad_w.view_as(w), None, None, None, None
+        (w,) = ctx.saved_tensors
+        return torch.where((w >= ctx.lo) & (w <= ctx.hi), grad_out, 0), None, None, None
 
 
-def may_be_true(flag: torch.Tensor) -> bool:
-    """False only if `flag` is known to be False without cost: read on CPU (no device
-    sync, no graph break), assumed True on accelerators and under torch.compile."""
-    if flag.device.type != "cpu" or torch.compiler.is_compiling():
-        return True
-    return bool(flag)
+class StraightThrough(torch.autograd.Function):
+    """value(W), with the gradient passed straight through: g_i = G_i."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, value: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return value(w)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        return grad_out, None
 
 
 def binarize_weight(w: torch.Tensor, grad: str = "xnor") -> torch.Tensor:
-    """Functional form: alpha * sign(w) whose gradient follows `grad` (xnor | exact | ste)."""
-    check_grad_mode(grad)
-    return BinarizeWeight.apply(w, grad, grad_scale(grad, w.shape))
+    """Functional form: alpha * sign(w) per filter whose gradient follows `grad` (xnor | exact | ste)."""
+    return Xnor(grad=grad).quantize(w)
+
+
+# --- the quantizers -------------------------------------------------------------------------
+
+
+class Quantizer(ABC):
+    """What BinOp, export and summary need of a quantizer. Subclasses are frozen dataclasses
+    whose fields are their options (checked in ``__post_init__``)."""
+
+    name: ClassVar[str]
+    bits: ClassVar[int] = 1  # bits a weight takes once deployed (summary)
+
+    @property
+    def needs_filters(self) -> bool:
+        """Whether W must have filters (2 or more dims): a per-filter scale."""
+        return False
+
+    @abstractmethod
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """W~, with this quantizer's gradient rule attached."""
+
+    @abstractmethod
+    def project_(self, w: torch.Tensor) -> None:
+        """The projection of the real weights, in place, after each optimizer step."""
+
+    def signs_and_alpha(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """W~ as (sign(W) in {-1, +1}, alpha) with W~ = alpha * sign(W), alpha one float per
+        output filter or one for the tensor: the form export packs 1 bit per weight."""
+        raise UserError(f"export packs 1-bit +-alpha weights (W~ = alpha * sign(W)); {self!r} has no such form")
+
+    def scale_count(self, w: torch.Tensor) -> int:
+        """The floats stored beside the bits of W (summary): one alpha."""
+        return 1
+
+    def with_default_grad(self, grad: str) -> Quantizer:
+        """This quantizer with BinOp's grad mode where it has a grad option left unset."""
+        return self
+
+
+QUANTIZERS: dict[str, type[Quantizer]] = {}
+
+
+def registered(cls: type[Quantizer]) -> type[Quantizer]:
+    """Class decorator: make `cls` available by its name to BinOp and the config."""
+    QUANTIZERS[cls.name] = cls
+    return cls
+
+
+@registered
+@dataclass(frozen=True)
+class Xnor(Quantizer):
+    """alpha * sign(W) with the XNOR-Net gradient rule; `scale` filter | layer | none."""
+
+    scale: str = "filter"
+    grad: str | None = None  # None: BinOp's grad for scale filter, "exact" otherwise
+
+    name = "xnor"
+
+    def __post_init__(self):
+        _check_choice("xnor", "scale", self.scale, ("filter", "layer", "none"))
+        if self.grad is not None:
+            check_grad_mode(self.grad)
+            if self.grad == "xnor" and self.scale != "filter":
+                raise ValueError(f"quantizer xnor: grad 'xnor' (n * (1 - 1/C_in)) is defined per filter; "
+                                 f"with scale {self.scale!r} use grad 'exact' or 'ste'")
+
+    @property
+    def needs_filters(self) -> bool:
+        return self.scale == "filter"
+
+    def with_default_grad(self, grad: str) -> Xnor:
+        default = grad if self.scale == "filter" else "exact"
+        return self if self.grad is not None else Xnor(self.scale, default)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        if self.scale == "none":
+            return ClippedStraightThrough.apply(w, sign_pm1, -1.0, 1.0)
+        filters = w.reshape(1, -1) if self.scale == "layer" else w  # scale layer: one filter
+        if self.grad == "ste":
+            return ClippedStraightThrough.apply(filters, binarize, -1.0, 1.0).view_as(w)
+        rule = XnorRule if self.grad == "xnor" else ExactRule
+        return rule.apply(filters).view_as(w)
+
+    def project_(self, w: torch.Tensor) -> None:
+        if self.scale == "filter":
+            centre_and_clamp_(w)
+        else:
+            w.clamp_(-1.0, 1.0)
+
+    def signs_and_alpha(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.scale == "filter":
+            alpha = filter_alpha(w.flatten(1)).flatten()  # (C_out,)
+        else:
+            alpha = w.abs().mean().reshape(1) if self.scale == "layer" else w.new_ones(1)
+        return sign_pm1(w), alpha
+
+    def scale_count(self, w: torch.Tensor) -> int:
+        return w.shape[0] if self.scale == "filter" else 1
+
+
+@registered
+@dataclass(frozen=True)
+class Sign(Quantizer):
+    """sign(W), no scale; clipped straight-through gradient."""
+
+    name = "sign"
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return ClippedStraightThrough.apply(w, sign_pm1, -1.0, 1.0)
+
+    def project_(self, w: torch.Tensor) -> None:
+        w.clamp_(-1.0, 1.0)
+
+    def signs_and_alpha(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sign_pm1(w), w.new_ones(1)
+
+
+@registered
+@dataclass(frozen=True)
+class Binary01(Quantizer):
+    """1{W >= threshold} in {0, 1}; straight-through gradient clipped to [0, 1]."""
+
+    threshold: float = 0.5
+
+    name = "binary01"
+
+    def __post_init__(self):
+        _check_type("binary01", "threshold", self.threshold, (int, float))
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return ClippedStraightThrough.apply(w, self.binarize, 0.0, 1.0)
+
+    def binarize(self, w: torch.Tensor) -> torch.Tensor:
+        return (w >= self.threshold).to(w.dtype)
+
+    def project_(self, w: torch.Tensor) -> None:
+        w.clamp_(0.0, 1.0)
+
+
+@registered
+@dataclass(frozen=True)
+class BinaryConnect(Quantizer):
+    """BinaryConnect: sign(W), or with `stochastic` +1 with probability hard_sigmoid(W),
+    drawn afresh each time the weight is used (once per batch); gradient straight through."""
+
+    stochastic: bool = False
+
+    name = "binaryconnect"
+
+    def __post_init__(self):
+        _check_type("binaryconnect", "stochastic", self.stochastic, (bool,))
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return StraightThrough.apply(w, self.sample if self.stochastic else sign_pm1)
+
+    @staticmethod
+    def sample(w: torch.Tensor) -> torch.Tensor:
+        """+1 with probability hard_sigmoid(W) = clip((W + 1) / 2, 0, 1), else -1."""
+        p_plus = ((w + 1) / 2).clamp_(0, 1)
+        draw = torch.rand(w.shape, dtype=w.dtype, device=w.device)
+        return torch.where(draw < p_plus, 1.0, -1.0).to(w.dtype)
+
+    def project_(self, w: torch.Tensor) -> None:
+        w.clamp_(-1.0, 1.0)
+
+    def signs_and_alpha(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.stochastic:  # a fresh draw per use: no fixed signs to pack
+            return super().signs_and_alpha(w)
+        return sign_pm1(w), w.new_ones(1)
+
+
+@registered
+@dataclass(frozen=True)
+class Codebook(Quantizer):
+    """Each weight becomes the nearest entry of `values` (ties go to the larger entry);
+    with scale filter, alpha * nearest(W / alpha), alpha = mean |W| per filter. Stored as
+    floats (32 bits): export packs only +-alpha weights."""
+
+    values: tuple[float, ...] = (1.0, -1.0)
+    scale: str = "none"
+
+    name = "codebook"
+    bits = 32
+
+    def __post_init__(self):
+        _check_choice("codebook", "scale", self.scale, ("none", "filter"))
+        for v in self.values:
+            _check_type("codebook", "values", v, (int, float))
+        values = tuple(sorted({float(v) for v in self.values}))
+        if not values:
+            raise ValueError("quantizer codebook: `values` is empty; give a list such as [1, -1, 0.5, -0.5]")
+        object.__setattr__(self, "values", values)
+
+    @property
+    def needs_filters(self) -> bool:
+        return self.scale == "filter"
+
+    def nearest(self, w: torch.Tensor) -> torch.Tensor:
+        table = torch.tensor(self.values, dtype=w.dtype, device=w.device)
+        midpoints = (table[1:] + table[:-1]) / 2
+        return table[torch.bucketize(w, midpoints, right=True)]
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return StraightThrough.apply(w, self.scaled_nearest if self.scale == "filter" else self.nearest)
+
+    def scaled_nearest(self, w: torch.Tensor) -> torch.Tensor:
+        alpha = w.abs().flatten(1).mean(1).view(-1, *[1] * (w.dim() - 1))  # (C_out, 1, ...)
+        return alpha * self.nearest(w / alpha.clamp_min(torch.finfo(w.dtype).tiny))
+
+    def project_(self, w: torch.Tensor) -> None:
+        if self.scale == "none":
+            w.clamp_(self.values[0], self.values[-1])
+
+
+# --- choosing quantizers by name and by rule ------------------------------------------------------
+
+
+def make_quantizer(spec, grad: str = "xnor") -> Quantizer:
+    """A quantizer from a name (``"sign"``), a mapping (``{"name": "codebook", "values": [...]}``)
+    or a quantizer object; `grad` is the default grad mode of `xnor`."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, Mapping):
+        spec = _from_mapping(spec)
+    if not isinstance(spec, Quantizer):
+        raise TypeError(f"quantizer: expected a name, a mapping or a quantizer, got {type(spec).__name__}")
+    return spec.with_default_grad(grad)
+
+
+def _from_mapping(spec: Mapping) -> Quantizer:
+    options = dict(spec)
+    name = options.pop("name", None)
+    if name not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {name!r}: choose one of {', '.join(QUANTIZERS)}")
+    cls = QUANTIZERS[name]
+    valid = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"quantizer {name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
+    if "values" in options:
+        if not isinstance(options["values"], (list, tuple)):
+            raise ValueError(f"quantizer {name}: values must be a list such as [1, -1, 0.5, -0.5], "
+                             f"got {options['values']!r}")
+        options["values"] = tuple(options["values"])
+    return cls(**options)
+
+
+def assign_quantizers(names: Sequence[str], spec, grad: str) -> dict[str, Quantizer]:
+    """The quantizer of each target name. `spec` is one quantizer for all, or a list of rules
+    ``{"match": glob, "quantizer": name, **options}`` where the first matching rule wins."""
+    if not isinstance(spec, Sequence) or isinstance(spec, str):
+        quantizer = make_quantizer(spec, grad)
+        return {name: quantizer for name in names}
+    rules = [(_rule_pattern(rule), make_quantizer(_rule_spec(rule), grad)) for rule in spec]
+    chosen, unmatched = {}, []
+    for name in names:
+        match = next((q for pattern, q in rules if fnmatchcase(name, pattern)), None)
+        if match is None:
+            unmatched.append(name)
+        chosen[name] = match
+    if unmatched:
+        raise ValueError(f"quantizer rules match no rule for {', '.join(unmatched)}; "
+                         f"add a last rule such as {{match: '*', quantizer: xnor}}")
+    return chosen
+
+
+def _rule_pattern(rule) -> str:
+    if not isinstance(rule, Mapping) or not isinstance(rule.get("match"), str):
+        raise ValueError(f"quantizer rule {rule!r}: needs `match: <glob>` and `quantizer: <name>`")
+    return rule["match"]
+
+
+def _rule_spec(rule: Mapping) -> dict:
+    options = {k: v for k, v in rule.items() if k not in ("match", "quantizer")}
+    if "quantizer" not in rule:
+        raise ValueError(f"quantizer rule {dict(rule)!r}: needs `quantizer: <name>`")
+    return {"name": rule["quantizer"], **options}
+
+
+def _check_type(quantizer: str, option: str, value, types: tuple[type, ...]) -> None:
+    wrong_bool = isinstance(value, bool) and bool not in types
+    if wrong_bool or not isinstance(value, types):
+        expected = "true or false" if types == (bool,) else "a number"
+        raise ValueError(f"quantizer {quantizer}: {option} must be {expected}, got {value!r}")
+
+
+def _check_choice(quantizer: str, option: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"quantizer {quantizer}: {option} {value!r} is not one of {', '.join(choices)}")

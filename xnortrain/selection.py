@@ -37,7 +37,7 @@ def select_targets(
         raise ValueError(
             f"{type(model).__name__} has no Conv1d/Conv2d/Conv3d/Linear layer for BinOp to binarize"
         )
-    include, exclude = _patterns("include", include), _patterns("exclude", exclude)
+    include, exclude = as_patterns("include", include), as_patterns("exclude", exclude)
     for kind, patterns in (("include", include), ("exclude", exclude)):
         for pattern in patterns or ():
             _check_pattern_matches(model, candidates, kind, pattern)
@@ -59,7 +59,8 @@ def select_targets(
     return {n: candidates[n] for n in names}
 
 
-def _patterns(kind: str, patterns: Iterable[str] | None) -> list[str] | None:
+def as_patterns(kind: str, patterns: Iterable[str] | None) -> list[str] | None:
+    """The patterns as a list (read once: a generator is consumed here), None left as None."""
     if patterns is None:
         return None
     if isinstance(patterns, str):

@@ -1,7 +1,7 @@
 """A per-layer size-and-operations summary of a model, binary or not (in the spirit of larq's).
 
 One forward pass on a sample input records, for every layer: its output shape, the
-precision of its weights (1 bit where BinOp quantizes them to +-alpha or {0, 1}) and of
+precision of its weights (the bit width of BinOp's quantizer, 32 without one) and of
 its input (1 bit when every input value is +-1), its parameters, its multiply-accumulates
 
     conv:   outputs per sample * (C_in / groups) * prod(kernel)
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-ONE_BIT = ("xnor", "sign", "binary01", "binaryconnect")
+from .quantizers import Quantizer
 
 
 @dataclass
@@ -91,8 +91,7 @@ class Summary:
 def summary_of_config(config) -> Summary:
     """The summary of a config's model (BinOp attached as the config says), on one sample."""
     from .data import build_data
-    from .models import build_model
-    from .train import attach_binop
+    from .models import attach_binop, build_model
 
     data = build_data(config.data, seed=config.train.seed)
     model = build_model(config.model, data.num_classes, data.input_shape[0])
@@ -135,7 +134,8 @@ def _is_layer(module: nn.Module) -> bool:
 def _row(name: str, module: nn.Module, x: torch.Tensor | None, output: torch.Tensor) -> LayerRow:
     params = sum(p.numel() for p in module.parameters())
     has_weight = isinstance(getattr(module, "weight", None), torch.Tensor) and params > 0
-    weight_bits = (1 if _quantizer_name(module) in ONE_BIT else 32) if has_weight else None
+    quantizer = _quantizer(module)
+    weight_bits = (32 if quantizer is None else quantizer.bits) if has_weight else None
     input_bits = None
     if has_weight and isinstance(x, torch.Tensor) and x.is_floating_point():
         input_bits = 1 if bool(x.abs().eq(1).all()) else 32
@@ -144,22 +144,16 @@ def _row(name: str, module: nn.Module, x: torch.Tensor | None, output: torch.Ten
     packed = params * 4
     if weight_bits == 1:
         w = module.weight
-        packed += -(-w.numel() // 8) + 4 * _alpha_count(module, w) - 4 * w.numel()
+        packed += -(-w.numel() // 8) + 4 * quantizer.scale_count(w) - 4 * w.numel()
     return LayerRow(name, parametrize.type_before_parametrizations(module).__name__, tuple(output.shape[1:]), weight_bits, input_bits, params,
                     macs if binary else 0, 0 if binary else macs, params * 4, packed)
 
 
-def _quantizer_name(module: nn.Module) -> str | None:
+def _quantizer(module: nn.Module) -> Quantizer | None:
+    """The quantizer BinOp applies to the module's weight, if any."""
     if not parametrize.is_parametrized(module, "weight"):
         return None
-    quantizer = getattr(module.parametrizations.weight[0], "quantizer", None)
-    return getattr(quantizer, "name", None)
-
-
-def _alpha_count(module: nn.Module, w: torch.Tensor) -> int:
-    """Floats stored beside the bits: one alpha per filter for xnor with filter scale, else one."""
-    quantizer = module.parametrizations.weight[0].quantizer
-    return w.shape[0] if getattr(quantizer, "scale", None) == "filter" else 1
+    return getattr(module.parametrizations.weight[0], "quantizer", None)
 
 
 def _macs(module: nn.Module, output: torch.Tensor) -> int:

@@ -38,7 +38,7 @@ from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data, derived_seed
 from .distributed import Process, all_true, broadcast_buffers, process_group, sum_over_processes
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
-from .models import build_model
+from .models import attach_binop, build_model
 
 
 class Interrupted(UserError):
@@ -175,15 +175,6 @@ def build_run(config: Config, process: Process = Process()) -> Run:
         forward = torch.compile(forward)
     return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir),
                forward=forward, process=process)
-
-
-def attach_binop(config: Config, model: nn.Module) -> BinOp:
-    b = config.binop
-    try:
-        return BinOp(model, include=b.include, exclude=b.exclude, skip_first_last=b.skip_first_last, grad=b.grad,
-                     quantizer=b.quantizer, params=b.params)
-    except ValueError as err:  # a selection that matches nothing names the candidates
-        raise ConfigError(f"binop ({config.model.name}): {err}") from None
 
 
 # --- checkpoints --------------------------------------------------------------------------
