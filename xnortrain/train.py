@@ -197,7 +197,7 @@ def attach_binop(config: Config, model: nn.Module) -> BinOp:
 # --- checkpoints --------------------------------------------------------------------------
 
 
-def checkpoint_state(run: Run) -> dict:
+def checkpoint_state(run: Run, running: dict[str, float]) -> dict:
     return {
         "model": run.model.state_dict(),  # real weights, plain keys
         "optimizer": run.optimizer.state_dict(),
@@ -207,7 +207,7 @@ def checkpoint_state(run: Run) -> dict:
         "step": run.position.step,
         "global_step": run.position.global_step,
         "best_acc1": run.position.best_acc1,
-        "running": dict(run.running),
+        "running": running,
         "rng": rng_state(),
         "config": run.config.to_dict(),
         "data_shape": {"num_classes": run.data.num_classes, "input_shape": list(run.data.input_shape)},
@@ -218,9 +218,11 @@ def save(run: Run, *names: str) -> None:
     """Write the run's state (gathered once) to each of the named checkpoints. A write that
     fails (disk full, no permission) is one CheckpointError line; the file it would have
     replaced stays as it was (the write goes to a temporary file first)."""
+    # the epoch's sums so far, of all processes: a resumed epoch goes on from their total
+    running = sum_over_processes(run.running, run.process) if run.running else {}
     if not run.process.is_main:  # rank 0 writes; the others hold the same state
         return
-    state = checkpoint_state(run)
+    state = checkpoint_state(run, running)
     for name in names:
         try:
             save_checkpoint(run.out_dir / name, state)
@@ -247,7 +249,7 @@ def restore(run: Run, path: Path) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.position = Position(state["epoch"], state["step"], state["global_step"], state["best_acc1"])
-    run.running = dict(state["running"])
+    run.running = dict(state["running"]) if run.process.is_main else {}  # the total, counted once
     set_rng_state(state["rng"])
 
 
@@ -266,10 +268,15 @@ def changed_keys(old: dict, new: dict) -> str:
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag that the loop reads after each step."""
+    """Turns SIGINT/SIGTERM into a flag that the loop reads after each step. With `ignore_after_stop`
+    (data parallel) a process that stopped at a signal ignores both until it exits: torchrun
+    terminates the processes still running as soon as one exits, and they are all on their
+    way out already. (SIG_IGN, not a handler: the interpreter resets handlers, not SIG_IGN,
+    before it finishes exiting.)"""
 
-    def __init__(self):
+    def __init__(self, ignore_after_stop: bool = False):
         self.signum: int | None = None
+        self.ignore_after_stop = ignore_after_stop
         self._previous = {}
 
     def __enter__(self):
@@ -280,9 +287,10 @@ class StopFlag:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        ignore = exc_type is Interrupted and self.ignore_after_stop
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if ignore else handler)
 
 
 def autocast(run: Run):
@@ -524,7 +532,7 @@ def train(run: Run, resume: str | Path | None, quiet: bool) -> list[dict]:
     show_progress = main and not quiet and sys.stderr.isatty()
     board = TensorBoardLog(run.out_dir) if main and run.config.train.tensorboard else None
     history = []
-    with StopFlag() as stop, contextlib.closing(board) if board is not None else contextlib.nullcontext():
+    with StopFlag(ignore_after_stop=run.process.world > 1) as stop, contextlib.closing(board) if board is not None else contextlib.nullcontext():
         while run.position.epoch < run.config.train.epochs:
             start, lr = time.perf_counter(), rate_at_epoch_start(run)
             train_one_epoch(run, stop, show_progress, board)
