@@ -18,7 +18,7 @@ import torch
 import xnortrain.train as train_module
 from xnortrain.__main__ import main
 from xnortrain.config import load_config
-from xnortrain.errors import CheckpointError
+from xnortrain.errors import CheckpointError, TrainingError
 from xnortrain.train import Interrupted, build_run, fit
 
 TESTS = Path(__file__).parent
@@ -415,3 +415,61 @@ def test_sign_of_negative_zero_is_plus_one_under_torch_compile():
         assert fn(x).tolist() == [[1.0, 1.0, -1.0, 1.0]]
     for fn in (binarize, torch.compile(binarize)):
         assert fn(x).tolist() == [[0.75, 0.75, -0.75, 0.75]]
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    """Record every call of the Tensor methods that copy a tensor's values to the host."""
+    reads = []
+    for name in ("item", "cpu", "tolist", "__bool__"):
+        def counted(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_fifty_steps_read_the_device_a_handful_of_times(tmp_path, monkeypatch):
+    # 800 images, batch 16: one epoch of 50 steps, then evaluation and the checkpoints. SGD:
+    # Adam reads its step counter every step, a CPU tensor by PyTorch's design even on a GPU
+    run = build_run(config_for(tmp_path, "train.epochs=1", "data.synthetic_train_size=800", "optim.name=sgd",
+                               "train.log_every=50"))
+    reads = count_host_reads(monkeypatch)
+    train_module.train(run, None, quiet=True)
+    monkeypatch.undo()
+    assert run.position.global_step == 50
+    assert len(reads) <= 5, reads  # at step 50 and at epoch end: the sums and the guard; evaluation's sums
+
+
+def parameters_of(run) -> dict:
+    return {name: p.detach().clone() for name, p in run.model.named_parameters()}
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_no_weight_is_updated_from_a_nonfinite_loss_and_no_step_reads_the_device(tmp_path, monkeypatch, mode):
+    # SGD with momentum and weight decay, which move the weights even on a zero gradient (and
+    # read no step counter on the host, as Adam does); BinOp on conv and fc
+    run = build_run(config_for(tmp_path, f"train.nonfinite={mode}", "optim.name=sgd"))
+    criterion = torch.nn.CrossEntropyLoss()
+    (x0, y0), (x1, y1), (x2, y2) = list(run.data.train.batches(0))[:3]
+    train_module.train_step(run, x0, y0, criterion)
+    before = parameters_of(run)
+    reads = count_host_reads(monkeypatch)
+    run.position.global_step = 1
+    _, _, skipped = train_module.train_step(run, x1 * float("nan"), y1, criterion)
+    after_nonfinite = parameters_of(run)
+    run.position.global_step = 2
+    train_module.train_step(run, x2, y2, criterion)  # a finite loss after the non-finite one
+    monkeypatch.undo()
+    assert reads == [] and bool(skipped)
+    assert_same_weights(after_nonfinite, before)
+    moments = [t for state in run.optimizer.state.values() for t in state.values() if t.is_floating_point()]
+    assert all(torch.isfinite(t).all() for t in moments)
+    after = parameters_of(run)
+    if mode == "stop":  # every step after the first non-finite loss is masked too, until the run stops
+        assert_same_weights(after, before)
+        with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step 2; stopped without updating"):
+            train_module.read_sums(run)
+    else:
+        assert all(torch.isfinite(p).all() for p in after.values())
+        assert not all(torch.equal(after[k], before[k]) for k in before)
