@@ -473,3 +473,38 @@ def test_no_weight_is_updated_from_a_nonfinite_loss_and_no_step_reads_the_device
     else:
         assert all(torch.isfinite(p).all() for p in after.values())
         assert not all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_resume_with_a_changed_config_names_the_changed_keys_and_continues(tmp_path, capsys):
+    fit(config_for(tmp_path, "train.epochs=1", "schedule.name=cosine"), quiet=True)
+    history = fit(config_for(tmp_path, "train.epochs=2", "schedule.name=cosine"), resume=tmp_path / "last.pt",
+                  quiet=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xnortrain: resuming {tmp_path / 'last.pt'} with a changed config: train.epochs 1 -> 2"]
+    assert [m["epoch"] for m in history] == [2]
+    fit(config_for(tmp_path, "train.epochs=3", "schedule.name=cosine"), resume=tmp_path / "last.pt", quiet=True)
+    capsys.readouterr()
+    fit(config_for(tmp_path, "train.epochs=3", "schedule.name=cosine"), resume=tmp_path / "last.pt", quiet=True)
+    assert capsys.readouterr().err == ""  # the same config: nothing said
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_nin_trains_twenty_steps_and_the_scaler_backs_off_at_an_injected_inf(tmp_path):
+    config = load_config(TESTS.parent / "configs" / "cifar_nin.yaml", [
+        "data.name=synthetic", "data.synthetic_shape=[3,32,32]", "data.synthetic_train_size=640", "data.batch_size=32",
+        "train.amp=fp16", "train.device=cuda", f"train.out_dir={tmp_path}"])
+    run = build_run(config)
+    criterion = torch.nn.CrossEntropyLoss()
+    batches = list(run.data.train.batches(0, device=run.device))
+    assert len(batches) == 20
+    losses = [train_module.train_step(run, x, y, criterion)[0] for x, y in batches]
+    assert all(math.isfinite(loss) for loss in torch.stack(losses).tolist())
+
+    scale, before = run.scaler.get_scale(), parameters_of(run)
+    weight = next(iter(run.binop.weights.values()))
+    handle = weight.register_hook(lambda grad: torch.full_like(grad, math.inf))  # an fp16 overflow in backward
+    _, _, skipped = train_module.train_step(run, *batches[0], criterion)
+    handle.remove()
+    assert not bool(skipped)  # the loss was finite: the scaler, not the guard, skips this step
+    assert run.scaler.get_scale() == scale * run.scaler.get_backoff_factor()
+    assert_same_weights(parameters_of(run), before)
