@@ -508,3 +508,38 @@ def test_fp16_nin_trains_twenty_steps_and_the_scaler_backs_off_at_an_injected_in
     assert not bool(skipped)  # the loss was finite: the scaler, not the guard, skips this step
     assert run.scaler.get_scale() == scale * run.scaler.get_backoff_factor()
     assert_same_weights(parameters_of(run), before)
+
+
+def test_tensorboard_scalars_match_the_metrics_lines(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # 3 epochs of 6 steps, a progress read every 3 steps: at 6, 12 and 18 the running means are the epoch's
+    history = fit(config_for(tmp_path, "train.tensorboard=true", "train.log_every=3"), quiet=True)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == history
+    for key in ("lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "epoch_time_s"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"epoch/{key}")]
+        assert logged == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in lines], key
+    for name in ("loss", "acc1", "lr"):
+        assert [e.step for e in events.Scalars(f"train/{name}")] == [3, 6, 9, 12, 15, 18], name
+    at_epoch_ends = {name: [e.value for e in events.Scalars(f"train/{name}")][1::2] for name in ("loss", "acc1", "lr")}
+    assert at_epoch_ends["loss"] == pytest.approx([m["train_loss"] for m in lines], rel=1e-6)
+    assert at_epoch_ends["acc1"] == pytest.approx([m["train_acc1"] for m in lines], rel=1e-6)
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.01] * 4 + [0.001] * 2)  # milestone 2
+    assert set(events.Tags()["histograms"]) == {"weights/conv", "weights/fc"}  # the binarized layers
+    assert [e.step for e in events.Histograms("weights/conv")] == [1, 2, 3]
+    real = weights(tmp_path / "last.pt")["conv.weight"]  # the real weights, not W~
+    last = events.Histograms("weights/conv")[-1].histogram_value
+    assert (last.num, last.min, last.max) == (real.numel(), pytest.approx(real.min()), pytest.approx(real.max()))
+    assert last.sum == pytest.approx(real.sum().item(), abs=1e-4)
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard raises ImportError
+    code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                        *synthetic_args(tmp_path, "train.tensorboard=true"))
+    assert code == 2 and len(err) == 1, err
+    assert "train.tensorboard: the tensorboard package is not installed; pip install 'xnortrain[tensorboard]'" in err[0]
