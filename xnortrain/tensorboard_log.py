@@ -51,5 +51,8 @@ class TensorBoardLog:
             self.writer.add_histogram(f"weights/{name}", w.detach().float(), epoch)
         self.writer.flush()
 
-    def close(self) -> None:
+    def __enter__(self) -> TensorBoardLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.writer.close()

@@ -11,6 +11,10 @@ Exact resume: the batches of an epoch are a pure function of (seed, epoch) (see
 draws are a pure function of (seed, rank, step) instead), and a checkpoint written mid-epoch
 records how many batches are done and the running sums of the epoch's metrics; so, on
 CPU with `train.deterministic`, a resumed run ends bit-identical to an uninterrupted one.
+
+No host sync per step: the epoch's sums stay on the device and the non-finite guard
+(`guard.py`) masks a step on the device; the host reads them every `train.log_every`
+steps, before a checkpoint, at a signal stop and at epoch end.
 """
 
 from __future__ import annotations
@@ -367,10 +371,10 @@ def read_sums(run: Run, over_processes: bool = False) -> dict[str, float]:
             f"loss is {loss} at epoch {step // steps + 1}, step {step % steps + 1}; stopped without updating the "
             f"weights from it, the checkpoints in {run.out_dir} hold the last good state; lower optim.lr, "
             f"set train.grad_clip, or set train.nonfinite: skip")
-    return sum_over_processes(run.running, run.process if over_processes else Process())
+    return sum_over_processes(run.running, run.process if over_processes else Process())  # Process(): alone
 
 
-def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool, board=None) -> None:
+def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool, board: TensorBoardLog | None = None) -> None:
     """The epoch's steps from the run's position on; the host reads the device every
     `train.log_every` steps, before each checkpoint and at a stop, not per step."""
     from tqdm import tqdm
@@ -532,7 +536,7 @@ def train(run: Run, resume: str | Path | None, quiet: bool) -> list[dict]:
     show_progress = main and not quiet and sys.stderr.isatty()
     board = TensorBoardLog(run.out_dir) if main and run.config.train.tensorboard else None
     history = []
-    with StopFlag(ignore_after_stop=run.process.world > 1) as stop, contextlib.closing(board) if board is not None else contextlib.nullcontext():
+    with StopFlag(ignore_after_stop=run.process.world > 1) as stop, board or contextlib.nullcontext():
         while run.position.epoch < run.config.train.epochs:
             start, lr = time.perf_counter(), rate_at_epoch_start(run)
             train_one_epoch(run, stop, show_progress, board)
