@@ -166,6 +166,7 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
         (["--set", "model.name=no_such_module:Net"], "model.name: cannot import module 'no_such_module'"),
         (["--set", "binop.include=[nothing.*]"], "include pattern 'nothing.*' matches no layer; candidates: stem (Conv2d)"),
         (["--set", "train.amp=fp16", "--set", "train.device=cpu"], "train.amp: fp16 needs a CUDA device"),
+        (["--set", "train.log_every=0"], "train.log_every: must be > 0, got 0"),
         (["--set", "model.name=lenet5", "--set", "model.kwargs={act_scale: k}"],
          "model.kwargs: lenet5: act_scale 'k' is not one of none, channel_mean, K"),
         (["--set", "binop.quantizer=[{match: stem, quantizer: sign}]"], "quantizer rules match no rule for conv"),
