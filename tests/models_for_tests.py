@@ -2,6 +2,7 @@
 and the plain training loop the BinOp tests run them with."""
 
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -37,6 +38,23 @@ class DropoutProbe(TinyNet):
         if self.training:
             self.masks.append(self.drop(torch.ones(64)) != 0)
             torch.save(self.masks, Path(os.environ["XNORTRAIN_TEST_MASKS"]) / f"rank{os.environ.get('RANK', '0')}.pt")
+        return super().forward(x)
+
+
+class SignalAt(TinyNet):
+    """TinyNet that sends its own process SIGTERM during a chosen training forward pass, given
+    as $XNORTRAIN_TEST_SIGTERM = "<rank>:<forward pass, 1-based>" (no signal without it)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
+        super().__init__(num_classes, in_channels)
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+            rank, _, at = os.environ.get("XNORTRAIN_TEST_SIGTERM", "-1:0").partition(":")
+            if rank == os.environ.get("RANK", "0") and self.calls == int(at):
+                os.kill(os.getpid(), signal.SIGTERM)
         return super().forward(x)
 
 

@@ -97,3 +97,37 @@ def test_the_process_group_is_destroyed_when_a_run_ends(tmp_path):
 def test_ten_data_parallel_launches_in_a_row_all_exit_0(tmp_path):
     for launch in range(10):
         run(tmp_path / str(launch), 2, "data.batch_size=16", "train.epochs=1")
+
+
+def launch(out: Path, *sets: str, resume: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """torchrun with 2 processes on the CLI, as `run` does, returning the finished launch."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *CLI,
+           "--config", CONFIG, *synthetic_args(out, *sets), "--quiet", *(["--resume"] if resume else [])]
+    return subprocess.run(cmd, env=cli_env(OMP_NUM_THREADS="1", **env), capture_output=True, text=True, timeout=300)
+
+
+SIGNALLED = ("model.name=models_for_tests:SignalAt", "data.batch_size=8", "train.epochs=2")
+
+
+@pytest.fixture(scope="module")
+def straight_two_epochs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("straight")
+    assert launch(out, *SIGNALLED).returncode == 0
+    return out
+
+
+@pytest.mark.parametrize("rank", [1, 0])
+def test_sigterm_to_one_process_stops_all_at_the_same_step_and_resume_is_exact(tmp_path, straight_two_epochs, rank):
+    # 96 samples, 8 a step in each of 2 processes: 6 steps an epoch; the 9th is epoch 2, step 3.
+    # A hang would wait in gloo's all-reduce for 30 minutes: the launch's timeout fails it.
+    stopped = launch(tmp_path, *SIGNALLED, XNORTRAIN_TEST_SIGTERM=f"{rank}:9")
+    # each process exits 128 + SIGTERM (torchrun itself reports its failed workers with exit code 1)
+    assert stopped.stderr.count("exitcode  : 143") == 2, stopped.stderr[-3000:]
+    assert stopped.stderr.count("resume with --resume") == 1, stopped.stderr[-3000:]
+    assert "stopped by SIGTERM at epoch 2, step 3" in stopped.stderr
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (state["epoch"], state["step"], state["global_step"]) == (1, 3, 9)
+    resumed = launch(tmp_path, *SIGNALLED, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_weights(weights(straight_two_epochs / "last.pt"), weights(tmp_path / "last.pt"))
+    assert metrics(tmp_path)[-1]["train_loss"] == metrics(straight_two_epochs)[-1]["train_loss"]

@@ -18,7 +18,7 @@ import torch
 import xnortrain.train as train_module
 from xnortrain.__main__ import main
 from xnortrain.config import load_config
-from xnortrain.errors import CheckpointError
+from xnortrain.errors import CheckpointError, TrainingError
 from xnortrain.train import Interrupted, build_run, fit
 
 TESTS = Path(__file__).parent
@@ -166,6 +166,7 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
         (["--set", "model.name=no_such_module:Net"], "model.name: cannot import module 'no_such_module'"),
         (["--set", "binop.include=[nothing.*]"], "include pattern 'nothing.*' matches no layer; candidates: stem (Conv2d)"),
         (["--set", "train.amp=fp16", "--set", "train.device=cpu"], "train.amp: fp16 needs a CUDA device"),
+        (["--set", "train.log_every=0"], "train.log_every: must be > 0, got 0"),
         (["--set", "model.name=lenet5", "--set", "model.kwargs={act_scale: k}"],
          "model.kwargs: lenet5: act_scale 'k' is not one of none, channel_mean, K"),
         (["--set", "binop.quantizer=[{match: stem, quantizer: sign}]"], "quantizer rules match no rule for conv"),
@@ -429,3 +430,131 @@ def test_training_without_a_config_is_one_usage_error(capsys):
         main([])
     assert done.value.code == 2
     assert "--config is required to train" in capsys.readouterr().err
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    """Record every call of the Tensor methods that copy a tensor's values to the host."""
+    reads = []
+    for name in ("item", "cpu", "tolist", "__bool__"):
+        def counted(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            reads.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return reads
+
+
+def test_fifty_steps_read_the_device_a_handful_of_times(tmp_path, monkeypatch):
+    # 800 images, batch 16: one epoch of 50 steps, then evaluation and the checkpoints. SGD:
+    # Adam reads its step counter every step, a CPU tensor by PyTorch's design even on a GPU
+    run = build_run(config_for(tmp_path, "train.epochs=1", "data.synthetic_train_size=800", "optim.name=sgd",
+                               "train.log_every=50"))
+    reads = count_host_reads(monkeypatch)
+    train_module.train(run, None, quiet=True)
+    monkeypatch.undo()
+    assert run.position.global_step == 50
+    assert len(reads) <= 5, reads  # at step 50 and at epoch end: the sums and the guard; evaluation's sums
+
+
+def parameters_of(run) -> dict:
+    return {name: p.detach().clone() for name, p in run.model.named_parameters()}
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_no_weight_is_updated_from_a_nonfinite_loss_and_no_step_reads_the_device(tmp_path, monkeypatch, mode):
+    # SGD with momentum and weight decay, which move the weights even on a zero gradient (and
+    # read no step counter on the host, as Adam does); BinOp on conv and fc
+    run = build_run(config_for(tmp_path, f"train.nonfinite={mode}", "optim.name=sgd"))
+    criterion = torch.nn.CrossEntropyLoss()
+    (x0, y0), (x1, y1), (x2, y2) = list(run.data.train.batches(0))[:3]
+    train_module.train_step(run, x0, y0, criterion)
+    before = parameters_of(run)
+    reads = count_host_reads(monkeypatch)
+    run.position.global_step = 1
+    _, _, skipped = train_module.train_step(run, x1 * float("nan"), y1, criterion)
+    after_nonfinite = parameters_of(run)
+    run.position.global_step = 2
+    train_module.train_step(run, x2, y2, criterion)  # a finite loss after the non-finite one
+    monkeypatch.undo()
+    assert reads == [] and bool(skipped)
+    assert_same_weights(after_nonfinite, before)
+    moments = [t for state in run.optimizer.state.values() for t in state.values() if t.is_floating_point()]
+    assert all(torch.isfinite(t).all() for t in moments)
+    after = parameters_of(run)
+    if mode == "stop":  # every step after the first non-finite loss is masked too, until the run stops
+        assert_same_weights(after, before)
+        with pytest.raises(TrainingError, match=r"loss is nan at epoch 1, step 2; stopped without updating"):
+            train_module.read_sums(run)
+    else:
+        assert all(torch.isfinite(p).all() for p in after.values())
+        assert not all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_resume_with_a_changed_config_names_the_changed_keys_and_continues(tmp_path, capsys):
+    fit(config_for(tmp_path, "train.epochs=1", "schedule.name=cosine"), quiet=True)
+    history = fit(config_for(tmp_path, "train.epochs=2", "schedule.name=cosine"), resume=tmp_path / "last.pt",
+                  quiet=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"xnortrain: resuming {tmp_path / 'last.pt'} with a changed config: train.epochs 1 -> 2"]
+    assert [m["epoch"] for m in history] == [2]
+    fit(config_for(tmp_path, "train.epochs=3", "schedule.name=cosine"), resume=tmp_path / "last.pt", quiet=True)
+    capsys.readouterr()
+    fit(config_for(tmp_path, "train.epochs=3", "schedule.name=cosine"), resume=tmp_path / "last.pt", quiet=True)
+    assert capsys.readouterr().err == ""  # the same config: nothing said
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_nin_trains_twenty_steps_and_the_scaler_backs_off_at_an_injected_inf(tmp_path):
+    config = load_config(TESTS.parent / "configs" / "cifar_nin.yaml", [
+        "data.name=synthetic", "data.synthetic_shape=[3,32,32]", "data.synthetic_train_size=640", "data.batch_size=32",
+        "train.amp=fp16", "train.device=cuda", f"train.out_dir={tmp_path}"])
+    run = build_run(config)
+    criterion = torch.nn.CrossEntropyLoss()
+    batches = list(run.data.train.batches(0, device=run.device))
+    assert len(batches) == 20
+    losses = [train_module.train_step(run, x, y, criterion)[0] for x, y in batches]
+    assert all(math.isfinite(loss) for loss in torch.stack(losses).tolist())
+
+    scale, before = run.scaler.get_scale(), parameters_of(run)
+    weight = next(iter(run.binop.weights.values()))
+    handle = weight.register_hook(lambda grad: torch.full_like(grad, math.inf))  # an fp16 overflow in backward
+    _, _, skipped = train_module.train_step(run, *batches[0], criterion)
+    handle.remove()
+    assert not bool(skipped)  # the loss was finite: the scaler, not the guard, skips this step
+    assert run.scaler.get_scale() == scale * run.scaler.get_backoff_factor()
+    assert_same_weights(parameters_of(run), before)
+
+
+def test_tensorboard_scalars_match_the_metrics_lines(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # 3 epochs of 6 steps, a progress read every 3 steps: at 6, 12 and 18 the running means are the epoch's
+    history = fit(config_for(tmp_path, "train.tensorboard=true", "train.log_every=3"), quiet=True)
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == history
+    for key in ("lr", "train_loss", "train_acc1", "val_loss", "val_acc1", "val_acc5", "epoch_time_s"):
+        logged = [(e.step, e.value) for e in events.Scalars(f"epoch/{key}")]
+        assert logged == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in lines], key
+    for name in ("loss", "acc1", "lr"):
+        assert [e.step for e in events.Scalars(f"train/{name}")] == [3, 6, 9, 12, 15, 18], name
+    at_epoch_ends = {name: [e.value for e in events.Scalars(f"train/{name}")][1::2] for name in ("loss", "acc1", "lr")}
+    assert at_epoch_ends["loss"] == pytest.approx([m["train_loss"] for m in lines], rel=1e-6)
+    assert at_epoch_ends["acc1"] == pytest.approx([m["train_acc1"] for m in lines], rel=1e-6)
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([0.01] * 4 + [0.001] * 2)  # milestone 2
+    assert set(events.Tags()["histograms"]) == {"weights/conv", "weights/fc"}  # the binarized layers
+    assert [e.step for e in events.Histograms("weights/conv")] == [1, 2, 3]
+    real = weights(tmp_path / "last.pt")["conv.weight"]  # the real weights, not W~
+    last = events.Histograms("weights/conv")[-1].histogram_value
+    assert (last.num, last.min, last.max) == (real.numel(), pytest.approx(real.min()), pytest.approx(real.max()))
+    assert last.sum == pytest.approx(real.sum().item(), abs=1e-4)
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard raises ImportError
+    code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                        *synthetic_args(tmp_path, "train.tensorboard=true"))
+    assert code == 2 and len(err) == 1, err
+    assert "train.tensorboard: the tensorboard package is not installed; pip install 'xnortrain[tensorboard]'" in err[0]

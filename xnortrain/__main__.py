@@ -6,7 +6,8 @@
     python -m xnortrain summary --config FILE [--set KEY=VALUE ...]
 
 User errors (config, data, checkpoint) print one line on stderr and exit 2; SIGINT/SIGTERM
-finish the step, write last.pt and exit 128 + the signal number.
+finish the step, write last.pt and exit 128 + the signal number (under torchrun every
+process stops at the same step, and rank 0 alone prints the line).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except Interrupted as stop:
-        print(f"xnortrain: {stop}", file=sys.stderr)
+        if stop.announce:
+            print(f"xnortrain: {stop}", file=sys.stderr)
         return stop.exit_code
     except UserError as err:
         print(f"xnortrain: error: {err}", file=sys.stderr)

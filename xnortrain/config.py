@@ -21,6 +21,7 @@ import yaml
 from .data import DATA_SETS, DataSpec
 from .errors import ConfigError
 from .quantizers import assign_quantizers
+from .tensorboard_log import require_tensorboard
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     nonfinite: str = "stop"  # a NaN/inf loss: stop with an error, or skip that step
     compile: bool = False  # torch.compile the training forward (BinOp attached first)
+    log_every: int = 50  # steps between host reads of the running metrics (progress bar, TensorBoard)
+    tensorboard: bool = False  # TensorBoard event files in out_dir (needs the tensorboard extra)
     out_dir: str | None = None  # default: runs/<config file stem>
 
 
@@ -105,7 +108,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 POSITIVE = {"optim.lr", "schedule.step_size", "train.epochs", "train.eval_every", "train.checkpoint_every_steps",
-            "train.grad_clip"}
+            "train.grad_clip", "train.log_every"}
 NON_NEGATIVE = {"optim.weight_decay", "optim.momentum", "schedule.gamma",
                 "schedule.warmup_epochs", "train.label_smoothing"}
 
@@ -201,6 +204,8 @@ def _check_value(path: str, hint, value: Any) -> Any:
         raise ConfigError(f"{path}: must be > 0, got {value!r}")
     if value is not None and path in NON_NEGATIVE and value < 0:
         raise ConfigError(f"{path}: must be >= 0, got {value!r}")
+    if path == "train.tensorboard" and value:
+        require_tensorboard()
     if path == "binop.quantizer":
         try:
             assign_quantizers([], value, "xnor")  # builds every quantizer and rule: bad options fail here

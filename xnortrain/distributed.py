@@ -4,7 +4,9 @@ torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; with WORLD_SIZE > 1 the trainer j
 process group (`nccl` on CUDA, `gloo` on CPU), gives each process its shard of every
 epoch's sample order and of the evaluation set, wraps the model (BinOp attached first) in
 DistributedDataParallel, sums the epoch's metric sums over the processes, and lets only
-rank 0 write files. The group is destroyed when the run ends (see `process_group`).
+rank 0 write files. The processes agree after every step on whether to stop (a signal
+that reached any one of them stops them all at that step), through host memory, so the
+agreement waits for no device. The group is destroyed when the run ends (see `process_group`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -23,6 +25,8 @@ class Process:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    # the group of host-side agreements: the default group under gloo; a gloo group beside NCCL's
+    host_group: object = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -39,7 +43,8 @@ def join_from_env() -> Process:
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return Process(dist.get_rank(), dist.get_world_size(), local_rank)
+    host_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
+    return Process(dist.get_rank(), dist.get_world_size(), local_rank, host_group)
 
 
 @contextlib.contextmanager
@@ -58,15 +63,13 @@ def process_group() -> Iterator[Process]:
         dist.destroy_process_group()
 
 
-def sum_over_processes(sums: dict[str, torch.Tensor], process: Process, device: torch.device) -> dict:
-    """The metric sums of all processes (float64 CPU tensors in and out)."""
-    if process.world == 1:
-        return sums
+def sum_over_processes(sums: dict[str, torch.Tensor], process: Process) -> dict[str, float]:
+    """The metric sums (tensors on the training device) of all processes, read to the host in one transfer."""
     names = sorted(sums)
-    stacked = torch.stack([sums[n].double() for n in names])
-    stacked = stacked.to(device) if dist.get_backend() == "nccl" else stacked
-    dist.all_reduce(stacked)
-    return dict(zip(names, stacked.cpu()))
+    stacked = torch.stack([sums[n].double() for n in names])  # (len(names),)
+    if process.world > 1:
+        dist.all_reduce(stacked)
+    return dict(zip(names, stacked.tolist()))
 
 
 def broadcast_buffers(model: torch.nn.Module, process: Process) -> None:
@@ -78,11 +81,27 @@ def broadcast_buffers(model: torch.nn.Module, process: Process) -> None:
         dist.broadcast(buffer, src=0)
 
 
-def all_true(flag: bool, process: Process, device: torch.device) -> bool:
-    """`flag` and-ed over the processes, so that they all take the same branch (one that
-    skipped a step alone would leave the others waiting in DDP's gradient all-reduce)."""
+def any_over_processes(flag: torch.Tensor, process: Process) -> torch.Tensor:
+    """`flag` (a bool tensor on the training device) or-ed over the processes, on the device:
+    no host read, so that they all take the same branch without waiting for the device."""
     if process.world == 1:
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item() == 1.0)
+    agreed = flag.to(torch.uint8)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return agreed.bool()
+
+
+def largest_over_processes(value: int, process: Process) -> int:
+    """The largest `value` of all processes, agreed through host memory (gloo): it waits for
+    the other processes' last step to be queued, not for any device. One process: no collective."""
+    if process.world == 1:
+        return value
+    agreed = torch.tensor([value])
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX, group=process.host_group)
+    return int(agreed.item())
+
+
+def wait_for_all(process: Process) -> None:
+    """A barrier of the processes through host memory (e.g. until rank 0 has written a checkpoint)."""
+    if process.world > 1:
+        dist.barrier(group=process.host_group)

@@ -11,6 +11,10 @@ Exact resume: the batches of an epoch are a pure function of (seed, epoch) (see
 draws are a pure function of (seed, rank, step) instead), and a checkpoint written mid-epoch
 records how many batches are done and the running sums of the epoch's metrics; so, on
 CPU with `train.deterministic`, a resumed run ends bit-identical to an uninterrupted one.
+
+No host sync per step: the epoch's sums stay on the device and the non-finite guard
+(`guard.py`) masks a step on the device; the host reads them every `train.log_every`
+steps, before a checkpoint, at a signal stop and at epoch end.
 """
 
 from __future__ import annotations
@@ -36,17 +40,22 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data, derived_seed
-from .distributed import Process, all_true, broadcast_buffers, process_group, sum_over_processes
+from .distributed import (Process, broadcast_buffers, largest_over_processes, process_group, sum_over_processes,
+                          wait_for_all)
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
+from .guard import NonFiniteGuard
 from .models import attach_binop, build_model
+from .tensorboard_log import TensorBoardLog
 
 
 class Interrupted(UserError):
-    """SIGINT/SIGTERM: the step finished, last.pt was written; the message says how to resume."""
+    """SIGINT/SIGTERM: the step finished, last.pt was written; the message says how to resume
+    (`announce`: this process prints it, rank 0 alone under data parallel)."""
 
-    def __init__(self, message: str, signum: int):
+    def __init__(self, message: str, signum: int, announce: bool = True):
         super().__init__(message)
         self.exit_code = 128 + signum
+        self.announce = announce
 
 
 @dataclasses.dataclass
@@ -72,8 +81,9 @@ class Run:
     data: object
     device: torch.device
     out_dir: Path
+    guard: NonFiniteGuard
     position: Position = dataclasses.field(default_factory=Position)
-    running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far (tensors)
+    running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far (tensors on the device)
     forward: Callable | None = None  # the training forward: model, DDP-wrapped and/or compiled
     process: Process = dataclasses.field(default_factory=Process)  # rank and world under torchrun
 
@@ -166,6 +176,8 @@ def build_run(config: Config, process: Process = Process()) -> Run:
         binop.project_after(optimizer)
     scheduler = make_scheduler(config.schedule, optimizer, config.train.epochs, len(data.train))
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
+    guard = NonFiniteGuard(config.train.nonfinite, [p for group in optimizer.param_groups for p in group["params"]],
+                           device)
     # wrapped and compiled after BinOp is attached; checkpoints and evaluation use the module
     # itself (plain keys)
     forward = model
@@ -173,14 +185,14 @@ def build_run(config: Config, process: Process = Process()) -> Run:
         forward = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.train.compile:
         forward = torch.compile(forward)
-    return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir),
+    return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir), guard,
                forward=forward, process=process)
 
 
 # --- checkpoints --------------------------------------------------------------------------
 
 
-def checkpoint_state(run: Run) -> dict:
+def checkpoint_state(run: Run, running: dict[str, float]) -> dict:
     return {
         "model": run.model.state_dict(),  # real weights, plain keys
         "optimizer": run.optimizer.state_dict(),
@@ -190,7 +202,7 @@ def checkpoint_state(run: Run) -> dict:
         "step": run.position.step,
         "global_step": run.position.global_step,
         "best_acc1": run.position.best_acc1,
-        "running": dict(run.running),
+        "running": running,
         "rng": rng_state(),
         "config": run.config.to_dict(),
         "data_shape": {"num_classes": run.data.num_classes, "input_shape": list(run.data.input_shape)},
@@ -201,9 +213,11 @@ def save(run: Run, *names: str) -> None:
     """Write the run's state (gathered once) to each of the named checkpoints. A write that
     fails (disk full, no permission) is one CheckpointError line; the file it would have
     replaced stays as it was (the write goes to a temporary file first)."""
+    # the epoch's sums so far, of all processes: a resumed epoch goes on from their total
+    running = sum_over_processes(run.running, run.process) if run.running else {}
     if not run.process.is_main:  # rank 0 writes; the others hold the same state
         return
-    state = checkpoint_state(run)
+    state = checkpoint_state(run, running)
     for name in names:
         try:
             save_checkpoint(run.out_dir / name, state)
@@ -223,22 +237,41 @@ def load_weights(run: Run, path: Path) -> dict:
 
 def restore(run: Run, path: Path) -> None:
     state = load_weights(run, path)
+    changed = changed_keys(state["config"], run.config.to_dict())
+    if changed and run.process.is_main:  # e.g. train.epochs raised under cosine: the schedule changes too
+        print(f"xnortrain: resuming {path} with a changed config: {changed}", file=sys.stderr, flush=True)
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.scaler.load_state_dict(state["scaler"])
     run.position = Position(state["epoch"], state["step"], state["global_step"], state["best_acc1"])
-    run.running = dict(state["running"])
+    run.running = dict(state["running"]) if run.process.is_main else {}  # the total, counted once
     set_rng_state(state["rng"])
+
+
+def changed_keys(old: dict, new: dict) -> str:
+    """The config keys whose values differ, as 'section.key old -> new, ...' ('' when none)."""
+    changes = []
+    for section, values in new.items():
+        for key, value in values.items():
+            before = old.get(section, {}).get(key, "(absent)")
+            if before != value:
+                changes.append(f"{section}.{key} {before} -> {value}")
+    return ", ".join(changes)
 
 
 # --- the loop ----------------------------------------------------------------------------
 
 
 class StopFlag:
-    """Turns SIGINT/SIGTERM into a flag that the loop reads after each step."""
+    """Turns SIGINT/SIGTERM into a flag that the loop reads after each step. With `ignore_after_stop`
+    (data parallel) a process that stopped at a signal ignores both until it exits: torchrun
+    terminates the processes still running as soon as one exits, and they are all on their
+    way out already. (SIG_IGN, not a handler: the interpreter resets handlers, not SIG_IGN,
+    before it finishes exiting.)"""
 
-    def __init__(self):
+    def __init__(self, ignore_after_stop: bool = False):
         self.signum: int | None = None
+        self.ignore_after_stop = ignore_after_stop
         self._previous = {}
 
     def __enter__(self):
@@ -249,9 +282,10 @@ class StopFlag:
     def _handle(self, signum, frame):
         self.signum = signum
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        ignore = exc_type is Interrupted and self.ignore_after_stop
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if ignore else handler)
 
 
 def autocast(run: Run):
@@ -271,67 +305,110 @@ def seed_process_draws(run: Run) -> None:
         torch.manual_seed(derived_seed("draws", run.config.train.seed, run.process.rank, run.position.global_step))
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """One optimizer step; returns the loss and the number of correct top-1 predictions, or
-    None when the loss is not finite and `train.nonfinite` is skip (no update made)."""
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step; returns the loss, the number of correct top-1 predictions and whether
+    the step was skipped for a non-finite loss (no update made; see `guard.py`), all on the
+    device, unread."""
     seed_process_draws(run)
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run):
         logits = run.forward(x)
         loss = criterion(logits, y)
-    if not all_true(bool(torch.isfinite(loss)), run.process, run.device):  # before backward: weights still good
-        if run.config.train.nonfinite == "skip":
-            return None
-        raise TrainingError(
-            f"loss is {loss.item()} at epoch {run.position.epoch + 1}, step {run.position.step + 1}; stopped without "
-            f"updating the weights, the checkpoints in {run.out_dir} hold the last good state; lower optim.lr, "
-            f"set train.grad_clip, or set train.nonfinite: skip")
+    skipped = run.guard.skip_flag(loss, run.position.global_step, run.process)
     run.scaler.scale(loss).backward()
+    run.guard.masked_step_(skipped, lambda: optimizer_step(run))
+    return loss.detach(), (logits.argmax(1) == y).sum(), skipped
+
+
+def optimizer_step(run: Run) -> None:
+    """Unscale and clip where asked, then step; BinOp's post-hook projects the real weights."""
     if run.config.train.grad_clip is not None:
         run.scaler.unscale_(run.optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), run.config.train.grad_clip)
-    run.scaler.step(run.optimizer)  # BinOp's post-hook projects the real weights
+    run.scaler.step(run.optimizer)
     run.scaler.update()
-    return loss.detach(), (logits.argmax(1) == y).sum()
 
 
-def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool) -> None:
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Metric sums add up in float64, or float32 on a device without float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def epoch_sums(run: Run) -> dict[str, torch.Tensor]:
+    """The epoch's running sums on the device, restored from a mid-epoch checkpoint where there
+    is one. float64 (where the device has it): a resumed epoch adds up exactly."""
+    return {k: torch.as_tensor(run.running.get(k, 0.0), dtype=sum_dtype(run.device)).to(run.device)
+            for k in ("loss", "correct", "count", "skipped")}
+
+
+def add_step_(sums: dict[str, torch.Tensor], loss: torch.Tensor, correct: torch.Tensor, skipped: torch.Tensor,
+              count: int) -> None:
+    """Add one step to the sums, on the device; a skipped step counts in `skipped` alone."""
+    kept = ~skipped
+    sums["loss"] += torch.where(kept, loss.double() * count, 0.0)
+    sums["correct"] += torch.where(kept, correct, 0)
+    sums["count"] += torch.where(kept, count, 0)
+    sums["skipped"] += skipped
+
+
+def read_sums(run: Run, over_processes: bool = False) -> dict[str, float]:
+    """The host read of the epoch's sums (this process's, or all processes'), which is also
+    where a non-finite loss met under `train.nonfinite: stop` ends the run."""
+    first = run.guard.first_nonfinite()
+    if first is not None:
+        step, loss = first
+        steps = len(run.data.train)
+        raise TrainingError(
+            f"loss is {loss} at epoch {step // steps + 1}, step {step % steps + 1}; stopped without updating the "
+            f"weights from it, the checkpoints in {run.out_dir} hold the last good state; lower optim.lr, "
+            f"set train.grad_clip, or set train.nonfinite: skip")
+    return sum_over_processes(run.running, run.process if over_processes else Process())  # Process(): alone
+
+
+def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool, board: TensorBoardLog | None = None) -> None:
+    """The epoch's steps from the run's position on; the host reads the device every
+    `train.log_every` steps, before each checkpoint and at a stop, not per step."""
     from tqdm import tqdm
 
     run.model.train()
     epoch, train = run.position.epoch, run.data.train
     criterion = nn.CrossEntropyLoss(label_smoothing=run.config.train.label_smoothing)
-    # float64 sums on the CPU, restored from a mid-epoch checkpoint: a resumed epoch adds up exactly
-    sums = run.running = {k: torch.as_tensor(run.running.get(k, 0.0), dtype=torch.float64)
-                          for k in ("loss", "correct", "count", "skipped")}
-    every = run.config.train.checkpoint_every_steps
+    sums = run.running = epoch_sums(run)
+    every, log_every = run.config.train.checkpoint_every_steps, run.config.train.log_every
     bar = tqdm(total=len(train), initial=run.position.step, desc=f"epoch {epoch + 1}",
                disable=not show_progress, leave=False, dynamic_ncols=True)
     for x, y in train.batches(epoch, start=run.position.step, device=run.device):
-        result = train_step(run, x, y, criterion)
-        if result is None:
-            sums["skipped"] += 1
-        else:
-            loss, correct = result
-            sums["loss"] += loss.double().cpu() * len(y)
-            sums["correct"] += correct.cpu()
-            sums["count"] += len(y)
+        add_step_(sums, *train_step(run, x, y, criterion), len(y))
         run.position.step += 1
         run.position.global_step += 1
         tick(run, "step")
         bar.update(1)
-        if show_progress and run.position.step % 10 == 0:
-            bar.set_postfix(loss=f"{sums['loss'] / sums['count']:.4f}", acc=f"{sums['correct'] / sums['count']:.2%}",
-                            refresh=False)
-        if stop.signum is not None:
+        signum = largest_over_processes(stop.signum or 0, run.process)  # every process stops at this step
+        if signum:
             bar.close()
-            save(run, "last.pt")
-            raise Interrupted(
-                f"stopped by {signal.Signals(stop.signum).name} at epoch {epoch + 1}, step {run.position.step}; "
-                f"{run.out_dir / 'last.pt'} written; resume with --resume", stop.signum)
+            stop_at_signal(run, signum)
+        if run.position.global_step % log_every == 0:
+            progress = read_sums(run)
+            count = progress["count"] or math.nan
+            bar.set_postfix(loss=f"{progress['loss'] / count:.4f}", acc=f"{progress['correct'] / count:.2%}",
+                            refresh=False)
+            if board is not None:
+                board.log_progress(run.position.global_step, progress["loss"] / count, progress["correct"] / count,
+                                   run.optimizer.param_groups[0]["lr"])
         if every is not None and run.position.global_step % every == 0:
+            read_sums(run)  # no checkpoint after a non-finite loss under nonfinite: stop
             save(run, "last.pt")
     bar.close()
+
+
+def stop_at_signal(run: Run, signum: int) -> None:
+    """Write last.pt at the step that every process agreed to stop at, and raise Interrupted."""
+    read_sums(run)
+    save(run, "last.pt")
+    wait_for_all(run.process)  # no process exits before rank 0 has written last.pt
+    raise Interrupted(f"stopped by {signal.Signals(signum).name} at epoch {run.position.epoch + 1}, step "
+                      f"{run.position.step}; {run.out_dir / 'last.pt'} written; resume with --resume", signum,
+                      announce=run.process.is_main)
 
 
 def rate_at_epoch_start(run: Run) -> float:
@@ -354,31 +431,30 @@ def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int, 
              process: Process = Process()) -> dict:
     """Loss and top-1 (top-5 where there are >= 5 classes) on the eval set; real weights untouched.
     Under data parallel each process evaluates its shard with rank 0's buffers, and the sums
-    are added up over the processes."""
+    are added up over the processes. The sums stay on the device until the end: one host read."""
     model.eval()
     broadcast_buffers(model, process)
-    sums = dict.fromkeys(("loss", "correct1", "correct5", "count"), 0.0)
+    sums = {k: torch.zeros((), dtype=sum_dtype(device), device=device) for k in ("loss", "correct1", "correct5", "count")}
     for x, y in batches.batches(0, device=device):
         with amp_context or contextlib.nullcontext():
             logits = model(x)
-        sums["loss"] += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        top = logits.topk(min(5, num_classes), dim=1).indices
-        sums["correct1"] += (top[:, 0] == y).sum().item()
-        sums["correct5"] += (top == y[:, None]).any(1).sum().item()
+        sums["loss"] += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+        top = logits.topk(min(5, num_classes), dim=1).indices  # (B, min(5, classes))
+        sums["correct1"] += (top[:, 0] == y).sum()
+        sums["correct5"] += (top == y[:, None]).any(1).sum()
         sums["count"] += len(y)
-    sums = {k: v.item() for k, v in sum_over_processes(
-        {k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}, process, device).items()}
+    sums = sum_over_processes(sums, process)
     metrics = {"val_loss": sums["loss"] / sums["count"], "val_acc1": sums["correct1"] / sums["count"]}
     if num_classes >= 5:
         metrics["val_acc5"] = sums["correct5"] / sums["count"]
     return metrics
 
 
-def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
+def finish_epoch(run: Run, epoch_time: float, lr: float, board: TensorBoardLog | None = None) -> dict:
     """Evaluate (when due), log the epoch's metrics, advance the position, write checkpoints."""
     cfg, epoch = run.config.train, run.position.epoch
     due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-    sums = {k: v.item() for k, v in sum_over_processes(run.running, run.process, run.device).items()}
+    sums = read_sums(run, over_processes=True)
     count = sums["count"] or math.nan  # every step skipped: no train metrics
     metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr,
                "train_loss": sums["loss"] / count, "train_acc1": sums["correct"] / count}
@@ -397,6 +473,8 @@ def finish_epoch(run: Run, epoch_time: float, lr: float) -> dict:
     if run.process.is_main:
         append_line(run.out_dir / "metrics.jsonl", json.dumps(metrics))
         append_line(run.out_dir / "train.log", summary_line(metrics, cfg.epochs))
+    if board is not None:
+        board.log_epoch(metrics, run.binop.weights if run.binop is not None else {})
     save(run, "last.pt", *(["best.pt"] if improved else []))
     return metrics
 
@@ -447,12 +525,13 @@ def train(run: Run, resume: str | Path | None, quiet: bool) -> list[dict]:
         dump_config(run.config, run.out_dir / "config.yaml")
         keep_metrics_up_to(run.out_dir / "metrics.jsonl", run.position.epoch)
     show_progress = main and not quiet and sys.stderr.isatty()
+    board = TensorBoardLog(run.out_dir) if main and run.config.train.tensorboard else None
     history = []
-    with StopFlag() as stop:
+    with StopFlag(ignore_after_stop=run.process.world > 1) as stop, board or contextlib.nullcontext():
         while run.position.epoch < run.config.train.epochs:
             start, lr = time.perf_counter(), rate_at_epoch_start(run)
-            train_one_epoch(run, stop, show_progress)
-            metrics = finish_epoch(run, time.perf_counter() - start, lr)
+            train_one_epoch(run, stop, show_progress, board)
+            metrics = finish_epoch(run, time.perf_counter() - start, lr, board)
             history.append(metrics)
             if main and not quiet:
                 print(summary_line(metrics, run.config.train.epochs), flush=True)
