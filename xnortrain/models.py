@@ -8,12 +8,24 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import NamedTuple
 
 from torch import nn
 
-from .config import ModelConfig
+from .config import Config, ModelConfig, build_config
 from .errors import ConfigError
 from .zoo import ZOO, create_model
+
+
+class TrainedModel(NamedTuple):
+    """A model rebuilt from a checkpoint: its real weights loaded, BinOp attached as it trained."""
+
+    model: nn.Module
+    binop: object  # BinOp, or None where the run trained without it
+    config: Config
+    num_classes: int
+    input_shape: tuple[int, ...]
 
 
 def build_model(config: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -26,6 +38,25 @@ def build_model(config: ModelConfig, num_classes: int, in_channels: int) -> nn.M
         return _construct(name, _import_class(name), **kwargs)
     raise ConfigError(f"model.name: {name!r} is not a zoo model ({', '.join(sorted(ZOO))}), "
                       f"nor torchvision:<name>, nor package.module:Class")
+
+
+def model_from_checkpoint(path: str | Path) -> TrainedModel:
+    """The model a training checkpoint holds, built from the config stored in it (on the CPU)."""
+    from .checkpoint import check_fits_model, load_checkpoint
+    from .data import build_data
+    from .train import attach_binop
+
+    state = load_checkpoint(path)
+    config = build_config(state["config"])
+    shape = state.get("data_shape")
+    if shape is None:  # a checkpoint from before data_shape was stored: ask the data
+        data = build_data(config.data, seed=config.train.seed)
+        shape = {"num_classes": data.num_classes, "input_shape": list(data.input_shape)}
+    model = build_model(config.model, shape["num_classes"], shape["input_shape"][0])
+    binop = attach_binop(config, model) if config.binop.enabled else None
+    check_fits_model(path, state["model"], model)
+    model.load_state_dict(state["model"])
+    return TrainedModel(model, binop, config, shape["num_classes"], tuple(shape["input_shape"]))
 
 
 def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:
