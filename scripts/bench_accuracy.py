@@ -16,6 +16,7 @@ table gives each variant's mean, range and mean gap.
 
     python scripts/bench_accuracy.py                  # 15 epochs each, 5 runs
     python scripts/bench_accuracy.py --seeds 0 1 2    # three times as long
+    python scripts/bench_accuracy.py --epochs 3       # shorter runs (the cosine decay spans them)
     python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
 """
 
@@ -98,9 +99,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on the first 10,000 training images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each round (default: 0)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of each run (default: 15)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
     args = parser.parse_args()
-    epochs, subset = (1, 10_000) if args.quick else (15, None)
+    epochs, subset = (1, 10_000) if args.quick else (args.epochs, None)
     out_dir = Path(args.out)
     rows = [run_variant(name, sets, seed, epochs, subset, out_dir) for seed in args.seeds for name, sets in VARIANTS.items()]
     table = markdown(rows)
