@@ -57,8 +57,8 @@ def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int 
     if subset:
         common.append(f"data.train_subset={subset}")
     cmd = [sys.executable, "-m", "xnortrain", "--config", str(CONFIG), "--quiet"]
-    for s in [*common, *sets]:
-        cmd += ["--set", s.format(seed_dir=seed_dir)]
+    for s in [*common, *with_seed_dir(sets, seed_dir)]:
+        cmd += ["--set", s]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - start
@@ -66,6 +66,11 @@ def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int 
     return {"variant": name, "seed": seed, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
             "epochs": epochs, "wall_s": wall, "mean_epoch_s": sum(m["epoch_time_s"] for m in metrics) / len(metrics),
             "run_dir": str(run_dir)}
+
+
+def with_seed_dir(sets: list[str], seed_dir: Path) -> list[str]:
+    """The variant's settings with `{seed_dir}` (the directory of its seed's runs) filled in."""
+    return [s.replace("{seed_dir}", str(seed_dir)) for s in sets]
 
 
 def gap_points(row: dict, rows: list[dict]) -> float:

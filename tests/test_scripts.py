@@ -40,8 +40,9 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
     lines = bench.markdown(rows).splitlines()
     assert "| XNOR-Net distilled | 0 | 91.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
     assert lines[-1] == "Teacher of the distilled rows: the full-precision run of the same seed, trained in 321 s (seed 0)."
-    assert bench.VARIANTS["XNOR-Net distilled"][-3].format(seed_dir="out/seed0") == \
-        "distill.teacher=out/seed0/full_precision/last.pt"
+    assert bench.with_seed_dir(bench.VARIANTS["BWN distilled"], Path("out/seed0")) == [
+        "binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002",
+        "distill.teacher=out/seed0/full_precision/last.pt", "distill.weight=0.5", "distill.temperature=1.0"]
 
 
 def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
