@@ -4,7 +4,7 @@ binary nets also distilled from the full-precision run.
 Each variant runs through the normal command line (`python -m xnortrain --config
 configs/fashion_mnist_lenet.yaml --set ...`), same seed, the config's recipe (Adam, weight
 decay 1e-4, batch 128, cosine learning-rate decay over the 15 epochs, the rate changing
-every step, the `exact` gradient rule); lr 0.001 for full precision, 0.002 for BWN and 0.003
+every step, the `xnor` gradient rule); lr 0.001 for full precision, 0.002 for BWN and 0.003
 for XNOR-Net. The distilled rows train the same recipe with `distill.teacher` set to the
 last.pt of the full-precision run of the same seed (weight 0.5, temperature 1), so the
 teacher is not chosen on the test set; their wall time is the student's, and the teacher's
