@@ -109,3 +109,8 @@ def test_a_missing_or_damaged_teacher_is_one_line(tmp_path, capsys):
 def test_bad_distill_settings_are_one_line(tmp_path, capsys, setting, message):
     code, err = run_cli(capsys, *CLI, *synthetic_args(tmp_path), "--set", setting)
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_a_distilled_run_trains_under_bf16_autocast(tmp_path, teacher):
+    history = fit(config_for(tmp_path, f"distill.teacher={teacher}", "train.amp=bf16", "train.epochs=1"), quiet=True)
+    assert math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["val_loss"])
