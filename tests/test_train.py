@@ -243,7 +243,7 @@ def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
 def test_one_epoch_of_the_shipped_lenet5_recipe_on_real_fashion_mnist_reaches_78_percent(tmp_path):
     # configs/fashion_mnist_lenet.yaml as shipped, for one epoch on the first 10,000 training
     # images (79 steps, the cosine decay spanning them); chance is 10%. Measured on 2 shared
-    # cores: 81.17%, 81.16% and 81.88% for seeds 0, 1 and 2 (82.05% and below with `grad: exact`).
+    # cores: 81.17%, 81.16% and 81.88% for seeds 0, 1 and 2.
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist")
     config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
