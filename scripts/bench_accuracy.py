@@ -1,19 +1,22 @@
-"""Real-data accuracy: LeNet-5 on Fashion-MNIST as full precision, BWN and XNOR-Net.
+"""Real-data accuracy: LeNet-5 on Fashion-MNIST as full precision, BWN and XNOR-Net, the
+binary nets also distilled from the full-precision run.
 
 Each variant runs through the normal command line (`python -m xnortrain --config
-configs/fashion_mnist_lenet.yaml --set ...`), same seed, same schedule (Adam, weight decay
-1e-4, batch 128, cosine learning-rate decay over the 15 epochs, the rate changing every
-step); lr 0.001 for full precision, 0.002 for BWN and 0.003 for XNOR-Net, each the best of
-the rates tried for that variant, and the binary nets with the `exact` gradient rule. The
-decay was chosen on a held-out part of the training set (`data.holdout`; see the README).
-The table (test top-1, epochs, wall time) goes to stdout and, as Markdown and JSON, to
---out, with the loss and top-1 curves of the three runs of the first seed (`accuracy.png`,
-when matplotlib is installed). With several seeds, each seed runs the three variants, each
-gap is taken against full precision of the same seed, and a second table gives each
-variant's mean, range and mean gap.
+configs/fashion_mnist_lenet.yaml --set ...`), same seed, the config's recipe (Adam, weight
+decay 1e-4, batch 128, cosine learning-rate decay over the 15 epochs, the rate changing
+every step, the `xnor` gradient rule); lr 0.001 for full precision, 0.002 for BWN and 0.003
+for XNOR-Net. The distilled rows train the same recipe with `distill.teacher` set to the
+last.pt of the full-precision run of the same seed (weight 0.5, temperature 1), so the
+teacher is not chosen on the test set; their wall time is the student's, and the teacher's
+training time is given on a line of its own. The table (test top-1 after the last epoch,
+epochs, wall time) goes to stdout and, as Markdown and JSON, to --out, with the loss and
+top-1 curves of the runs of the first seed (`accuracy.png`, when matplotlib is installed).
+With several seeds, each gap is taken against full precision of the same seed, and a second
+table gives each variant's mean, range and mean gap.
 
-    python scripts/bench_accuracy.py                  # 15 epochs each (about 20 minutes on 2 cores)
+    python scripts/bench_accuracy.py                  # 15 epochs each, 5 runs
     python scripts/bench_accuracy.py --seeds 0 1 2    # three times as long
+    python scripts/bench_accuracy.py --epochs 3       # shorter runs (the cosine decay spans them)
     python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
 """
 
@@ -34,21 +37,27 @@ from xnortrain.plot import plot_runs
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
 FULL_PRECISION = "full precision"
+BINARY_WEIGHTS = ["binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002"]
+XNOR = ["binop.enabled=true", "model.kwargs={binary_activations: true}", "optim.lr=0.003"]
+TEACHER = "{seed_dir}/full_precision/last.pt"  # the full-precision run of the same seed
+DISTILLED = [f"distill.teacher={TEACHER}", "distill.weight=0.5", "distill.temperature=1.0"]
 VARIANTS = {
     FULL_PRECISION: ["binop.enabled=false", "model.kwargs={binary_activations: false}", "optim.lr=0.001"],
-    "BWN": ["binop.enabled=true", "binop.grad=exact", "model.kwargs={binary_activations: false}", "optim.lr=0.002"],
-    "XNOR-Net": ["binop.enabled=true", "binop.grad=exact", "model.kwargs={binary_activations: true}", "optim.lr=0.003"],
+    "BWN": BINARY_WEIGHTS,
+    "XNOR-Net": XNOR,
+    "BWN distilled": [*BINARY_WEIGHTS, *DISTILLED],
+    "XNOR-Net distilled": [*XNOR, *DISTILLED],
 }
 
 
 def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int | None, out_dir: Path) -> dict:
-    run_dir = out_dir / f"seed{seed}" / name.replace(" ", "_").lower()
-    common = [f"train.epochs={epochs}", "schedule.name=cosine", "schedule.interval=step",
-              "optim.weight_decay=0.0001", "data.batch_size=128", f"train.seed={seed}", f"train.out_dir={run_dir}"]
+    seed_dir = out_dir / f"seed{seed}"
+    run_dir = seed_dir / name.replace(" ", "_").lower()
+    common = [f"train.epochs={epochs}", f"train.seed={seed}", f"train.out_dir={run_dir}"]
     if subset:
         common.append(f"data.train_subset={subset}")
     cmd = [sys.executable, "-m", "xnortrain", "--config", str(CONFIG), "--quiet"]
-    for s in [*common, *sets]:
+    for s in [*common, *with_seed_dir(sets, seed_dir)]:
         cmd += ["--set", s]
     start = time.perf_counter()
     subprocess.run(cmd, check=True)
@@ -57,6 +66,11 @@ def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int 
     return {"variant": name, "seed": seed, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
             "epochs": epochs, "wall_s": wall, "mean_epoch_s": sum(m["epoch_time_s"] for m in metrics) / len(metrics),
             "run_dir": str(run_dir)}
+
+
+def with_seed_dir(sets: list[str], seed_dir: Path) -> list[str]:
+    """The variant's settings with `{seed_dir}` (the directory of its seed's runs) filled in."""
+    return [s.replace("{seed_dir}", str(seed_dir)) for s in sets]
 
 
 def gap_points(row: dict, rows: list[dict]) -> float:
@@ -73,12 +87,16 @@ def markdown(rows: list[dict]) -> str:
                      f"| {r['epochs']} | {r['wall_s']:.0f} | {r['mean_epoch_s']:.1f} |")
     if len({r["seed"] for r in rows}) > 1:
         lines += ["", "| variant | seeds | mean test top-1 | min - max | mean vs full precision |", "|---|---|---|---|---|"]
-        for name in VARIANTS:
+        for name in dict.fromkeys(r["variant"] for r in rows):
             runs = [r for r in rows if r["variant"] == name]
             top1 = [r["test_top1"] for r in runs]
             gap = statistics.mean(gap_points(r, rows) for r in runs)
             lines.append(f"| {name} | {len(runs)} | {statistics.mean(top1):.2%} | {min(top1):.2%} - {max(top1):.2%} "
                          f"| {gap:+.2f} pt |")
+    teachers = [r for r in rows if r["variant"] == FULL_PRECISION]
+    if any(r["variant"].endswith("distilled") for r in rows) and teachers:
+        lines += ["", "Teacher of the distilled rows: the full-precision run of the same seed, trained in "
+                  + ", ".join(f"{r['wall_s']:.0f} s (seed {r['seed']})" for r in teachers) + "."]
     return "\n".join(lines)
 
 
@@ -86,9 +104,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on the first 10,000 training images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each round (default: 0)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of each run (default: 15)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
     args = parser.parse_args()
-    epochs, subset = (1, 10_000) if args.quick else (15, None)
+    epochs, subset = (1, 10_000) if args.quick else (args.epochs, None)
     out_dir = Path(args.out)
     rows = [run_variant(name, sets, seed, epochs, subset, out_dir) for seed in args.seeds for name, sets in VARIANTS.items()]
     table = markdown(rows)
@@ -97,7 +116,7 @@ def main() -> None:
     (out_dir / "accuracy.md").write_text(table + "\n")
     (out_dir / "accuracy.json").write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
     try:
-        first = rows[:len(VARIANTS)]
+        first = [r for r in rows if r["seed"] == args.seeds[0]]
         print(plot_runs([r["run_dir"] for r in first], out_dir / "accuracy.png", [r["variant"] for r in first]))
     except UserError as err:  # matplotlib missing: the table stands without the figure
         print(err)

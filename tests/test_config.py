@@ -49,7 +49,7 @@ def test_config_is_frozen():
     "raw, message",
     [
         ({"optim": {"lrr": 0.1}}, "unknown config key in optim: optim.lrr (valid: name, lr, weight_decay"),
-        ({"optimizer": {}}, "unknown config section: optimizer (valid: model, data, binop, optim, schedule, train)"),
+        ({"optimizer": {}}, "unknown config section: optimizer (valid: model, data, binop, optim, schedule, train, distill)"),
         ({"train": {"epochs": "ten"}}, "train.epochs: expected an integer, got 'ten'"),
         ({"train": {"epochs": 2.5}}, "train.epochs: expected an integer, got 2.5"),
         ({"train": {"epochs": True}}, "train.epochs: expected an integer, got True"),

@@ -131,3 +131,16 @@ def test_sigterm_to_one_process_stops_all_at_the_same_step_and_resume_is_exact(t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(weights(straight_two_epochs / "last.pt"), weights(tmp_path / "last.pt"))
     assert metrics(tmp_path)[-1]["train_loss"] == metrics(straight_two_epochs)[-1]["train_loss"]
+
+
+def test_distilled_two_processes_with_batch_b_match_one_process_with_batch_2b(tmp_path):
+    run(tmp_path / "teacher", 1, *MLP, "data.batch_size=16", "train.epochs=1", "binop.enabled=false")
+    distill = (f"distill.teacher={tmp_path / 'teacher' / 'last.pt'}", "distill.weight=0.5", "distill.temperature=2")
+    run(tmp_path / "one", 1, *MLP, *distill, "data.batch_size=16", "train.epochs=2")
+    run(tmp_path / "two", 2, *MLP, *distill, "data.batch_size=8", "train.epochs=2")
+    one, two = weights(tmp_path / "one" / "last.pt"), weights(tmp_path / "two" / "last.pt")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    plain = tmp_path / "plain"
+    run(plain, 1, *MLP, "data.batch_size=16", "train.epochs=2")
+    assert any(not torch.equal(weights(plain / "last.pt")[k], one[k]) for k in one)  # the teacher took part

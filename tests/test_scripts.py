@@ -32,6 +32,19 @@ def test_bench_accuracy_takes_each_gap_against_full_precision_of_the_same_seed()
     assert "| XNOR-Net | 2 | 90.50% | 90.00% - 91.00% | -2.00 pt |" in lines
 
 
+def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own_line():
+    bench = load_script("bench_accuracy")
+    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("XNOR-Net", 0, 0.90),
+            accuracy_row("XNOR-Net distilled", 0, 0.915)]
+    rows[0]["wall_s"] = 321.0
+    lines = bench.markdown(rows).splitlines()
+    assert "| XNOR-Net distilled | 0 | 91.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
+    assert lines[-1] == "Teacher of the distilled rows: the full-precision run of the same seed, trained in 321 s (seed 0)."
+    assert bench.with_seed_dir(bench.VARIANTS["BWN distilled"], Path("out/seed0")) == [
+        "binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002",
+        "distill.teacher=out/seed0/full_precision/last.pt", "distill.weight=0.5", "distill.temperature=1.0"]
+
+
 def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
     bench = load_script("bench_accuracy")
     rows = [accuracy_row("full precision", 3, 0.92), accuracy_row("BWN", 3, 0.91), accuracy_row("XNOR-Net", 3, 0.90)]

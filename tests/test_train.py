@@ -241,17 +241,17 @@ def test_eval_only_prints_the_metrics_of_a_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.realdata
-def test_one_epoch_of_lenet5_xnor_on_real_fashion_mnist_reaches_80_percent(tmp_path):
-    # One epoch on the first 10,000 training images, with the short-run recipe lr 0.004,
-    # batch 32 (313 steps), cosine decay every step; chance is 10%. Measured on 2 threads:
-    # 82.59%, 82.28% and 82.78% for seeds 0, 1 and 2 (an AMD EPYC machine).
+def test_one_epoch_of_the_shipped_lenet5_recipe_on_real_fashion_mnist_reaches_78_percent(tmp_path):
+    # configs/fashion_mnist_lenet.yaml as shipped, for one epoch on the first 10,000 training
+    # images (79 steps, the cosine decay spanning them); chance is 10%. Measured on 2 shared
+    # cores: 81.17%, 81.16% and 81.88% for seeds 0, 1 and 2.
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("needs Debian's dataset-fashion-mnist")
     config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
-                         ["train.epochs=1", "data.train_subset=10000", "optim.lr=0.004", "data.batch_size=32",
-                          "schedule.interval=step", f"data.root={tmp_path}", f"train.out_dir={tmp_path / 'run'}"])
+                         ["train.epochs=1", "data.train_subset=10000", f"data.root={tmp_path}",
+                          f"train.out_dir={tmp_path / 'run'}"])
     (metrics,) = fit(config, quiet=True)
-    assert metrics["val_acc1"] >= 0.80
+    assert metrics["val_acc1"] >= 0.78
 
 
 def test_trainer_applies_quantizer_rules_from_the_config(tmp_path):

@@ -82,17 +82,22 @@ def safe_load(path: Path, what: str):
 
 def check_fits_model(path: str | Path, weights: dict, model: nn.Module) -> None:
     """Refuse, naming the first differences, a state_dict written for another architecture."""
-    expected = model.state_dict()
+    details = state_dict_differences(weights, model.state_dict())
+    if details:
+        raise CheckpointError(f"checkpoint {path} was written for a different model ({details})")
+
+
+def state_dict_differences(weights: dict, expected: dict, shown: int = 3) -> str:
+    """The keys missing from `weights`, those `expected` lacks and those of another shape
+    (the first `shown` of each), as one line; empty where the two fit."""
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     mismatched = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                   if k in weights and weights[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        details = "; ".join(
-            f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)) if items
-        )
-        raise CheckpointError(f"checkpoint {path} was written for a different model ({details})")
+    return "; ".join(
+        f"{label}: {', '.join(items[:shown])}{' ...' if len(items) > shown else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", mismatched)) if items
+    )
 
 
 def rng_state() -> dict:

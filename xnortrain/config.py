@@ -1,6 +1,6 @@
 """The run configuration: typed, frozen, strict.
 
-A YAML file with the sections `model`, `data`, `binop`, `optim`, `schedule`, `train`,
+A YAML file with the sections `model`, `data`, `binop`, `optim`, `schedule`, `train`, `distill`,
 plus `--set section.key=value` overrides (the value parsed as YAML), becomes a frozen
 `Config`. Every key is checked against the dataclass field's type and, where the field
 has a fixed set of choices, against those; an unknown key or a bad value raises a
@@ -28,6 +28,8 @@ from .tensorboard_log import require_tensorboard
 class ModelConfig:
     name: str = "lenet5"  # zoo name | torchvision:<name> | package.module:Class
     kwargs: dict = field(default_factory=dict)
+    init_from: str | None = None  # a checkpoint whose real weights the model starts from (not resume)
+    init_exclude: list[str] = field(default_factory=list)  # globs of state_dict keys that keep their fresh init
 
 
 # The data section is the data module's own spec (validated there): one definition of its keys.
@@ -84,6 +86,13 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    teacher: str | None = None  # a checkpoint this trainer wrote; None: no distillation
+    weight: float = 0.5  # w in (1 - w) * CE + w * T^2 * KL(teacher || student)
+    temperature: float = 1.0  # T, softening both distributions
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -91,6 +100,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -108,9 +118,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 POSITIVE = {"optim.lr", "schedule.step_size", "train.epochs", "train.eval_every", "train.checkpoint_every_steps",
-            "train.grad_clip", "train.log_every"}
+            "train.grad_clip", "train.log_every", "distill.temperature"}
 NON_NEGATIVE = {"optim.weight_decay", "optim.momentum", "schedule.gamma",
                 "schedule.warmup_epochs", "train.label_smoothing"}
+UNIT_INTERVAL = {"distill.weight"}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -206,6 +217,8 @@ def _check_value(path: str, hint, value: Any) -> Any:
         raise ConfigError(f"{path}: must be >= 0, got {value!r}")
     if path == "train.tensorboard" and value:
         require_tensorboard()
+    if path in UNIT_INTERVAL and not 0 <= value <= 1:
+        raise ConfigError(f"{path}: must be between 0 and 1, got {value!r}")
     if path == "binop.quantizer":
         try:
             assign_quantizers([], value, "xnor")  # builds every quantizer and rule: bad options fail here

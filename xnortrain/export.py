@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from .bits import XnorConv2d, XnorLinear, pack_bits, pack_signs, unpack_signs
-from .checkpoint import atomic_write, check_fits_model, load_checkpoint, safe_load
-from .config import ModelConfig, build_config
+from .checkpoint import atomic_write, check_fits_model, safe_load
+from .config import ModelConfig
 from .errors import CheckpointError, UserError
 from .quantizers import Quantizer
 
@@ -35,22 +35,12 @@ FORMAT = "xnortrain.packed/1"
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path) -> dict:
     """Write the packed model of a training checkpoint to `out`; returns both file sizes."""
-    from .models import attach_binop, build_model
+    from .models import model_from_checkpoint
 
-    state = load_checkpoint(checkpoint)
-    config = build_config(state["config"])
-    if not config.binop.enabled:
+    model, binop, config, num_classes, input_shape = model_from_checkpoint(checkpoint)
+    if binop is None:
         raise UserError(f"{checkpoint}: this run trained without BinOp (binop.enabled: false); nothing to pack")
-    shape = state.get("data_shape")
-    if shape is None:
-        raise CheckpointError(f"{checkpoint} does not record its number of classes and input shape (data_shape); "
-                              f"re-save it by resuming it for one more epoch: python -m xnortrain --config "
-                              f"{Path(checkpoint).parent / 'config.yaml'} --resume {checkpoint} "
-                              f"--set train.epochs={state['epoch'] + 1}")
-    model = build_model(config.model, shape["num_classes"], shape["input_shape"][0])
-    binop = attach_binop(config, model)
-    check_fits_model(checkpoint, state["model"], model)
-    model.load_state_dict(state["model"])
+    shape = {"num_classes": num_classes, "input_shape": list(input_shape)}
     packed = {key: pack_weight(binop.quantizers[name], w) for name, w, key in _keyed_weights(binop)}
     tensors = {k: v for k, v in model.state_dict().items() if k not in packed}
     payload = {"format": FORMAT, "model": {"name": config.model.name, "kwargs": dict(config.model.kwargs), **shape},

@@ -10,14 +10,26 @@ The trainer, export and summary all build their model here.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import NamedTuple
 
 from torch import nn
 
 from .binop import BinOp
-from .config import Config, ModelConfig
-from .errors import ConfigError
+from .config import Config, ModelConfig, build_config
+from .errors import CheckpointError, ConfigError
 from .optional import require
 from .zoo import ZOO, create_model
+
+
+class TrainedModel(NamedTuple):
+    """A model rebuilt from a checkpoint: its real weights loaded, BinOp attached as it trained."""
+
+    model: nn.Module
+    binop: BinOp | None  # None where the run trained without it
+    config: Config
+    num_classes: int
+    input_shape: tuple[int, ...]
 
 
 def build_model(config: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
@@ -40,6 +52,25 @@ def attach_binop(config: Config, model: nn.Module) -> BinOp:
                      quantizer=b.quantizer, params=b.params)
     except ValueError as err:  # a selection that matches nothing names the candidates
         raise ConfigError(f"binop ({config.model.name}): {err}") from None
+
+
+def model_from_checkpoint(path: str | Path) -> TrainedModel:
+    """The model a training checkpoint holds, built from the config stored in it (on the CPU)."""
+    from .checkpoint import check_fits_model, load_checkpoint
+
+    state = load_checkpoint(path)
+    config = build_config(state["config"])
+    shape = state.get("data_shape")
+    if shape is None:
+        raise CheckpointError(f"{path} does not record its number of classes and input shape (data_shape); "
+                              f"re-save it by resuming it for one more epoch: python -m xnortrain --config "
+                              f"{Path(path).parent / 'config.yaml'} --resume {path} "
+                              f"--set train.epochs={state['epoch'] + 1}")
+    model = build_model(config.model, shape["num_classes"], shape["input_shape"][0])
+    binop = attach_binop(config, model) if config.binop.enabled else None
+    check_fits_model(path, state["model"], model)
+    model.load_state_dict(state["model"])
+    return TrainedModel(model, binop, config, shape["num_classes"], tuple(shape["input_shape"]))
 
 
 def _torchvision_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:

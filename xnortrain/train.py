@@ -40,12 +40,14 @@ from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, r
                          set_rng_state)
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
 from .data import build_data, derived_seed
+from .distill import Teacher, load_teacher
 from .distributed import (Process, broadcast_buffers, largest_over_processes, process_group, sum_over_processes,
                           wait_for_all)
 from .errors import CheckpointError, ConfigError, TrainingError, UserError
 from .guard import NonFiniteGuard
 from .models import attach_binop, build_model
 from .tensorboard_log import TensorBoardLog
+from .warm_start import init_from_checkpoint_
 
 
 class Interrupted(UserError):
@@ -86,6 +88,7 @@ class Run:
     running: dict = dataclasses.field(default_factory=dict)  # the epoch's metric sums so far (tensors on the device)
     forward: Callable | None = None  # the training forward: model, DDP-wrapped and/or compiled
     process: Process = dataclasses.field(default_factory=Process)  # rank and world under torchrun
+    teacher: Teacher | None = None  # distillation: the frozen teacher whose logits join the loss
 
     def __post_init__(self):
         if self.forward is None:
@@ -170,7 +173,12 @@ def build_run(config: Config, process: Process = Process()) -> Run:
         data = dataclasses.replace(data, train=data.train.shard(process.rank, process.world),
                                    eval=data.eval.shard(process.rank, process.world, pad=False))
     model = build_model(config.model, data.num_classes, data.input_shape[0]).to(device)
+    if config.model.init_from is not None:  # before BinOp, which projects the loaded weights
+        init_from_checkpoint_(model, config.model.init_from, config.model.init_exclude)
     binop = attach_binop(config, model) if config.binop.enabled else None
+    teacher = None
+    if config.distill.teacher is not None:  # not wrapped in DDP: it never trains
+        teacher = load_teacher(config.distill, data.num_classes, data.input_shape, device)
     optimizer = make_optimizer(config.optim, model.parameters())
     if binop is not None:
         binop.project_after(optimizer)
@@ -186,7 +194,7 @@ def build_run(config: Config, process: Process = Process()) -> Run:
     if config.train.compile:
         forward = torch.compile(forward)
     return Run(config, model, binop, optimizer, scheduler, scaler, data, device, Path(config.train.out_dir), guard,
-               forward=forward, process=process)
+               forward=forward, process=process, teacher=teacher)
 
 
 # --- checkpoints --------------------------------------------------------------------------
@@ -314,6 +322,8 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[t
     with autocast(run):
         logits = run.forward(x)
         loss = criterion(logits, y)
+        if run.teacher is not None:
+            loss = run.teacher.loss(x, logits, loss)
     skipped = run.guard.skip_flag(loss, run.position.global_step, run.process)
     run.scaler.scale(loss).backward()
     run.guard.masked_step_(skipped, lambda: optimizer_step(run))

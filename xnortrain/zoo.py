@@ -85,7 +85,7 @@ class BinaryBlock(nn.Module):
 
 def lenet5(num_classes: int = 10, in_channels: int = 1, binary_activations: bool = True,
            act_scale: str = "none") -> nn.Module:
-    """LeNet-5 for 28x28 input: conv 20@5x5, conv 50@5x5, fc 500, fc num_classes."""
+    """LeNet-5 for 28x28 input: conv 20@5x5, conv 50@5x5, fc 500, BatchNorm, fc num_classes."""
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(in_channels, 20, 5)),  # full precision
         ("bn1", _bn(20)),
@@ -95,6 +95,7 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, binary_activations: bool
         ("pool2", nn.MaxPool2d(2)),  # (50, 4, 4)
         ("flatten", nn.Flatten()),
         ("block3", binary_linear(50 * 4 * 4, 500, binary_activations=binary_activations, act_scale=act_scale)),
+        ("bn4", _bn(500, dims=1)),  # as NIN and AlexNet: keeps fc4's input scale steady at high learning rates
         ("fc4", nn.Linear(500, num_classes)),  # full precision
     ]))
 

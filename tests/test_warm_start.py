@@ -1,0 +1,69 @@
+"""model.init_from: a run starting from the real weights of an earlier run (two-stage training)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_train import TESTS, config_for, run_cli, synthetic_args, weights
+from xnortrain.projection import project_
+from xnortrain.train import build_run, fit
+
+CLI = ("--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"))
+LENET = ("model.name=lenet5", "data.synthetic_shape=[1,28,28]", "train.epochs=1")
+
+
+def test_two_stage_training_starts_stage_two_from_the_stage_one_weights(tmp_path):
+    # stage 1: binary activations, real weights; stage 2: BinOp on, from stage 1's weights
+    fit(config_for(tmp_path / "stage1", *LENET, "model.kwargs={binary_activations: true}", "binop.enabled=false"),
+        quiet=True)
+    stage1 = weights(tmp_path / "stage1" / "last.pt")
+    run = build_run(config_for(tmp_path / "stage2", *LENET, "model.kwargs={binary_activations: true}",
+                               f"model.init_from={tmp_path / 'stage1' / 'last.pt'}"))
+    targets = {f"{name}.weight" for name in run.binop.weights}
+    assert targets == {"block2.conv.weight", "block3.linear.weight"}
+    for key, value in run.model.state_dict().items():
+        if key in targets:  # BinOp projects the loaded weights, as it does a fresh init
+            torch.testing.assert_close(value, project_(stage1[key].clone()), msg=key)
+        else:
+            torch.testing.assert_close(value, stage1[key], rtol=0, atol=0, msg=key)
+    assert run.optimizer.state_dict()["state"] == {} and run.position.global_step == 0
+    assert run.scheduler.last_epoch == 0
+
+
+def test_excluded_keys_keep_their_fresh_init(tmp_path):
+    fit(config_for(tmp_path / "five", "model.kwargs={num_classes: 5}", "data.synthetic_classes=5", "train.epochs=1"), quiet=True)
+    start = weights(tmp_path / "five" / "last.pt")
+    fresh = build_run(config_for(tmp_path / "fresh", "binop.enabled=false")).model.state_dict()
+    model = build_run(config_for(tmp_path / "run", f"model.init_from={tmp_path / 'five' / 'last.pt'}",
+                                 "model.init_exclude=[head.*]", "binop.enabled=false")).model.state_dict()
+    for key, value in model.items():
+        expected = fresh[key] if key.startswith("head.") else start[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_of_another_shape_lists_the_keys_that_do_not_fit(tmp_path, capsys):
+    fit(config_for(tmp_path / "five", "model.kwargs={num_classes: 5}", "data.synthetic_classes=5", "train.epochs=1"), quiet=True)
+    code, err = run_cli(capsys, *CLI, *synthetic_args(tmp_path / "run", f"model.init_from={tmp_path / 'five' / 'last.pt'}"))
+    assert code == 2 and len(err) == 1, err
+    assert ("model.init_from: " in err[0] and "does not fit the model (shape: head.weight (5, 32) vs (10, 32), "
+            "head.bias (5,) vs (10,)); leave such keys out with model.init_exclude" in err[0]), err
+
+
+def test_a_checkpoint_of_another_model_lists_missing_and_unexpected_keys(tmp_path, capsys):
+    fit(config_for(tmp_path / "lenet", *LENET), quiet=True)
+    code, err = run_cli(capsys, *CLI, *synthetic_args(tmp_path / "run", f"model.init_from={tmp_path / 'lenet' / 'last.pt'}"))
+    assert code == 2 and len(err) == 1, err
+    assert "missing: stem.weight, stem.bias" in err[0] and "unexpected: conv1.weight, conv1.bias" in err[0], err
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["model.init_from=absent.pt"], "model.init_from: checkpoint absent.pt does not exist"),
+    (["model.init_exclude=[nothing.*]"], "model.init_exclude: 'nothing.*' matches no key of the model"),
+])
+def test_bad_init_settings_are_one_line(tmp_path, capsys, sets, message):
+    if "model.init_exclude=[nothing.*]" in sets:
+        fit(config_for(tmp_path / "first", "train.epochs=1"), quiet=True)
+        sets = [*sets, f"model.init_from={tmp_path / 'first' / 'last.pt'}"]
+    code, err = run_cli(capsys, *CLI, *synthetic_args(tmp_path / "run", *sets))
+    assert code == 2 and len(err) == 1 and message in err[0], err

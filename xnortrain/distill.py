@@ -1,0 +1,64 @@
+"""Knowledge distillation from a trained teacher (`distill` in the config).
+
+Hinton et al., "Distilling the knowledge in a neural network" (2015); for binary networks
+a full-precision teacher is the lever of Real-to-Binary (Martinez et al., ICLR 2020) and
+ReActNet (Liu et al., ECCV 2020). The student's loss on a batch is
+
+    L = (1 - w) * CE(z_s, y) + w * T^2 * KL(p_t || p_s),   p = softmax(z / T)
+
+with z_s, z_t the student's and the teacher's logits of the same batch, KL averaged over
+the batch, and T^2 keeping the gradient of the soft term at the scale of CE's as T grows.
+The teacher is a checkpoint this trainer wrote, rebuilt from the config stored in it,
+frozen and in eval mode; its logits are computed under no_grad.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .config import DistillConfig
+from .errors import CheckpointError
+from .models import model_from_checkpoint
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ce: torch.Tensor,
+                      weight: float, temperature: float) -> torch.Tensor:
+    """(1 - w) * ce + w * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)), KL averaged over the batch."""
+    log_p_student = F.log_softmax(student_logits / temperature, dim=1)  # (N, C)
+    log_p_teacher = F.log_softmax(teacher_logits / temperature, dim=1)  # (N, C)
+    kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+    return (1 - weight) * ce + weight * temperature**2 * kl
+
+
+class Teacher:
+    """A frozen model in eval mode whose logits soften the student's targets."""
+
+    def __init__(self, model: nn.Module, weight: float, temperature: float):
+        self.model = model.eval().requires_grad_(False)
+        self.weight, self.temperature = weight, temperature
+
+    def loss(self, x: torch.Tensor, student_logits: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
+        """The distillation loss of the batch `x`, given the student's logits and its CE loss."""
+        with torch.no_grad():
+            teacher_logits = self.model(x)  # (N, C)
+        return distillation_loss(student_logits, teacher_logits, ce, self.weight, self.temperature)
+
+
+def load_teacher(config: DistillConfig, num_classes: int, input_shape: tuple[int, ...],
+                 device: torch.device) -> Teacher:
+    """The teacher of `config.teacher`, checked against the student's data, on `device`.
+    Building it leaves the global RNG as it was, so the student's run draws the same numbers
+    with or without a teacher."""
+    try:
+        with torch.random.fork_rng(devices=[]):
+            teacher = model_from_checkpoint(config.teacher)
+    except CheckpointError as err:
+        raise CheckpointError(f"distill.teacher: {err}") from None
+    found, wanted = (teacher.num_classes, tuple(teacher.input_shape)), (num_classes, tuple(input_shape))
+    if found != wanted:
+        raise CheckpointError(f"distill.teacher: {config.teacher} was trained on {found[0]} classes of input "
+                              f"{list(found[1])}, this run has {wanted[0]} classes of input {list(wanted[1])}; "
+                              f"give a teacher trained on the same data")
+    return Teacher(teacher.model.to(device), config.weight, config.temperature)
