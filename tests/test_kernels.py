@@ -12,7 +12,7 @@ from xnortrain import kernels
 from xnortrain.activations import bin_active
 from xnortrain.bits import XnorConv2d, XnorLinear
 
-PATHS = {"native": True, "pytorch": False}
+PATHS = {"native": True, "native-scalar": True, "pytorch": False}  # native-scalar: without AVX-512
 CHANNELS = (1, 3, 63, 64, 65, 200)
 KERNELS = (1, 3, 5, 11)
 
@@ -35,9 +35,11 @@ def random_signs(*shape: int, seed: int) -> torch.Tensor:
 
 
 @pytest.fixture(params=sorted(PATHS))
-def native(request) -> bool:
+def native(request, monkeypatch) -> bool:
     if PATHS[request.param]:
         assert kernels.native(), kernels.path_in_use()
+    if request.param == "native-scalar":
+        monkeypatch.setenv("XNORTRAIN_NO_AVX512", "1")
     return PATHS[request.param]
 
 
@@ -49,16 +51,17 @@ def test_xnor_conv_counts_exactly_what_the_float_conv_sums(native, c_in, c_out, 
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
     layer = XnorConv2d(conv, signs >= 0, torch.ones(c_out), None, native=native)
     expected = nn.functional.conv2d(x.double(), signs.double(), None, stride, padding, dilation, groups)
-    torch.testing.assert_close(layer(x.double()), expected, rtol=0, atol=0)  # integer dot products
+    torch.testing.assert_close(layer(x).double(), expected, rtol=0, atol=0)  # integer dot products, exact in float32
 
 
 @pytest.mark.parametrize("features", CHANNELS)
 @pytest.mark.parametrize("batch", [(1,), (7,), (2, 3)])
-def test_xnor_linear_counts_exactly_what_the_float_linear_sums(native, features, batch):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_xnor_linear_counts_exactly_what_the_float_linear_sums(native, features, batch, dtype):
     signs = random_signs(37, features, seed=features)
-    x = random_signs(*batch, features, seed=len(batch))
+    x = random_signs(*batch, features, seed=len(batch)).to(dtype)
     layer = XnorLinear(signs >= 0, torch.ones(37), None, native=native)
-    torch.testing.assert_close(layer(x.double()), x.double() @ signs.double().t(), rtol=0, atol=0)
+    torch.testing.assert_close(layer(x).double(), x.double() @ signs.double().t(), rtol=0, atol=0)
 
 
 def test_alpha_and_bias_scale_the_counts_like_the_float_layers(native):

@@ -27,7 +27,10 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -166,6 +169,13 @@ struct Epilogue {
   int64_t ldo;
 };
 
+template <typename scalar_t>
+inline void finish(const Epilogue<scalar_t>& e, int64_t r, int64_t c, int64_t count) {
+  const int64_t differ = count - (e.padded[r] ? e.padded[r][c] : 0);
+  const scalar_t dot = static_cast<scalar_t>(e.real_bits[r] - 2 * differ);
+  e.out[r * e.ldo + c] = e.alpha[c] * dot + (e.bias ? e.bias[c] : scalar_t(0));
+}
+
 // out for an MR x NR block of patch rows and filters: popcount(A[r] XOR W[c]) accumulated in
 // registers over `depth` words, then the epilogue.
 template <typename scalar_t, int MR, int NR>
@@ -179,15 +189,8 @@ POPCOUNT_TARGET inline void xnor_block(const word_t* a, int64_t lda, const word_
     for (int r = 0; r < MR; ++r)
       for (int c = 0; c < NR; ++c) acc[r][c] += __builtin_popcountll(av[r] ^ wv[c]);
   }
-  for (int r = 0; r < MR; ++r) {
-    const int32_t* padded = e.padded[r0 + r];
-    scalar_t* dst = e.out + (r0 + r) * e.ldo + c0;
-    for (int c = 0; c < NR; ++c) {
-      const int64_t differ = acc[r][c] - (padded ? padded[c0 + c] : 0);
-      const scalar_t dot = static_cast<scalar_t>(e.real_bits[r0 + r] - 2 * differ);
-      dst[c] = e.alpha[c0 + c] * dot + (e.bias ? e.bias[c0 + c] : scalar_t(0));
-    }
-  }
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) finish(e, r0 + r, c0 + c, acc[r][c]);
 }
 
 template <typename scalar_t, int MR>
@@ -207,6 +210,82 @@ POPCOUNT_TARGET void xnor_tile(const word_t* a, int64_t lda, const word_t* w, in
   for (; r + kBlockRows <= rows; r += kBlockRows)
     xnor_rows<scalar_t, kBlockRows>(a + r * lda, lda, w, depth, cols, e, r);
   for (; r < rows; ++r) xnor_rows<scalar_t, 1>(a + r * lda, lda, w, depth, cols, e, r);
+}
+
+#if defined(__x86_64__)
+// AVX-512 VPOPCNTDQ (Ice Lake, Zen 4 and later): eight filters at once, one 512-bit XOR and
+// popcount per word of a patch row, against weights interleaved eight filters a word
+// (blocks, depth, 8). Built with a target attribute and used only where the CPU reports it
+// (and XNORTRAIN_NO_AVX512 is unset); the float32 epilogue runs eight filters at once too.
+#define WIDE_TARGET __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
+constexpr int kWide = 8;
+
+template <typename scalar_t, int MR>
+WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t cols,
+                                 const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
+  __m512i acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
+  for (int64_t d = 0; d < depth; ++d) {
+    const __m512i wv = _mm512_loadu_si512(w8 + d * kWide);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi64(static_cast<long long>(a[r * lda + d]));
+      acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv)));
+    }
+  }
+  const int64_t valid = std::min<int64_t>(kWide, cols - c0);
+  if constexpr (std::is_same_v<scalar_t, float>) {  // the epilogue on eight filters at once
+    const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
+    const __m256 alpha = _mm256_maskz_loadu_ps(lanes, e.alpha + c0);
+    const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      __m512i differ = acc[r];
+      if (e.padded[r0 + r])
+        differ = _mm512_sub_epi64(differ, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, e.padded[r0 + r] + c0)));
+      const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r0 + r]), _mm512_slli_epi64(differ, 1));
+      const __m256 product = _mm256_mul_ps(alpha, _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot)));
+      _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
+    }
+    return;
+  }
+  for (int r = 0; r < MR; ++r) {
+    alignas(64) int64_t counts[kWide];
+    _mm512_store_si512(counts, acc[r]);
+    for (int64_t c = 0; c < valid; ++c) finish(e, r0 + r, c0 + c, counts[c]);
+  }
+}
+
+template <typename scalar_t>
+WIDE_TARGET void xnor_tile_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
+                                int64_t cols, const Epilogue<scalar_t>& e) {
+  for (int64_t c = 0; c < cols; c += kWide) {
+    const word_t* block = w8 + c / kWide * depth * kWide;
+    int64_t r = 0;
+    for (; r + kBlockRows <= rows; r += kBlockRows)
+      xnor_block_wide<scalar_t, kBlockRows>(a + r * lda, lda, block, depth, cols, e, r, c);
+    for (; r < rows; ++r) xnor_block_wide<scalar_t, 1>(a + r * lda, lda, block, depth, cols, e, r, c);
+  }
+}
+
+bool wide_popcount() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512vpopcntdq");
+  const char* off = std::getenv("XNORTRAIN_NO_AVX512");
+  return supported && !(off && *off && std::string(off) != "0");
+}
+#else
+bool wide_popcount() { return false; }
+#endif
+
+// Each group's filters interleaved eight at a time, (groups, blocks, depth, 8), zero filters
+// filling the last block, for the wide kernel.
+std::vector<word_t> interleave_filters(const word_t* w, int64_t groups, int64_t per_group, int64_t depth) {
+  const int64_t blocks = (per_group + 7) / 8;
+  std::vector<word_t> out(groups * blocks * depth * 8, 0);
+  for (int64_t group = 0; group < groups; ++group)
+    for (int64_t f = 0; f < per_group; ++f)
+      for (int64_t d = 0; d < depth; ++d)
+        out[((group * blocks + f / 8) * depth + d) * 8 + f % 8] = w[(group * per_group + f) * depth + d];
+  return out;
 }
 
 POPCOUNT_TARGET void tap_popcounts(const word_t* w, int64_t filters, int64_t taps, int64_t words, int32_t* out) {
@@ -279,6 +358,9 @@ void xnor_conv_kernel(const at::Tensor& x, const Geometry& g, const at::Tensor& 
   const int64_t row_tiles = (pixels + kTileRows - 1) / kTileRows;
   const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
   const int64_t lda = g.groups * g.depth();
+  const bool wide = wide_popcount();
+  const std::vector<word_t> w8 = wide ? interleave_filters(w, g.groups, per_group, g.depth()) : std::vector<word_t>();
+  const int64_t group_blocks = (per_group + 7) / 8;
   at::parallel_for(0, row_tiles * col_tiles * g.groups, 1, [&](int64_t begin, int64_t end) {
     RowTerms terms;
     for (int64_t t = begin; t < end; ++t) {
@@ -289,7 +371,15 @@ void xnor_conv_kernel(const at::Tensor& x, const Geometry& g, const at::Tensor& 
       terms.fill(g, p0, rows, o0, cols, tap_bits.data());
       const Epilogue<scalar_t> e{terms.real_bits.data(), terms.padded.data(), alpha_data + o0,
                                  bias_data ? bias_data + o0 : nullptr, out_data + p0 * filters + o0, filters};
-      xnor_tile<scalar_t>(a + p0 * lda + group * g.depth(), lda, w + o0 * g.depth(), g.depth(), rows, cols, e);
+      const word_t* rows_a = a + p0 * lda + group * g.depth();
+#if defined(__x86_64__)
+      if (wide) {
+        const int64_t block = group * group_blocks + (o0 - group * per_group) / 8;
+        xnor_tile_wide<scalar_t>(rows_a, lda, w8.data() + block * g.depth() * 8, g.depth(), rows, cols, e);
+        continue;
+      }
+#endif
+      xnor_tile<scalar_t>(rows_a, lda, w + o0 * g.depth(), g.depth(), rows, cols, e);
     }
   });
 }
