@@ -19,6 +19,7 @@ other work on the machine slows both alike.
 
     python scripts/bench_inference.py            # NIN, LeNet-5 batch 1, AlexNet batch 1 and 8
     python scripts/bench_inference.py --quick    # LeNet-5 and NIN, fewer repetitions
+    python scripts/bench_inference.py --threads 1
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="LeNet-5 and NIN only, 5 repetitions")
     parser.add_argument("--repeats", type=int, help="repetitions per timing (default 31, AlexNet 9; --quick 5)")
+    parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = ["lenet5", "nin"] if args.quick else list(MODELS)
     clock, threads = clock_hz(), torch.get_num_threads()
 
