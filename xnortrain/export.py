@@ -83,29 +83,35 @@ TEST_SAMPLES = 1000
 
 @torch.no_grad()
 def float16_where_predictions_hold(model: nn.Module, tensors: dict, inputs: torch.Tensor | None) -> dict:
-    """`tensors` (of `model`, which has BinOp attached) with each float32 tensor stored as
-    float16 where the model's predictions on `inputs` stay those of float32: all at once
-    when that holds, else tensor by tensor, largest first. Without inputs, all stay float32.
-    The model holds its own tensors again on return."""
+    """`tensors` (of `model`, which has BinOp attached) with float32 tensors stored as float16
+    where the model's predictions on `inputs` stay those of float32: all of them when that
+    holds, else tensor by tensor, largest first, among those holding at least 1% of the
+    float numbers (the rest stay float32). Without inputs, all stay float32. The model holds
+    its own tensors again on return."""
     floats = sorted((k for k, v in tensors.items() if v.dtype == torch.float32), key=lambda k: -tensors[k].numel())
     if inputs is None or not floats:
         return tensors
     model.eval()
-    reference = model(inputs).argmax(1)
+    reference = _predictions(model, inputs)
     own = {k: tensors[k].clone() for k in floats}  # state_dict tensors share the model's storage
 
     def predictions_hold(halved: list[str]) -> bool:
         model.load_state_dict({k: own[k].half().float() if k in halved else own[k] for k in floats}, strict=False)
-        return torch.equal(model(inputs).argmax(1), reference)
+        return torch.equal(_predictions(model, inputs), reference)
 
     halved = floats
     if not predictions_hold(floats):
+        total = sum(own[k].numel() for k in floats)
         halved = []
-        for key in floats:
+        for key in (k for k in floats if own[k].numel() * 100 >= total):
             if predictions_hold([*halved, key]):
                 halved.append(key)
     predictions_hold([])  # the model's own tensors again
     return {k: own[k].half() if k in halved else v for k, v in tensors.items()}
+
+
+def _predictions(model: nn.Module, inputs: torch.Tensor, batch: int = 100) -> torch.Tensor:
+    return torch.cat([model(inputs[i:i + batch]).argmax(1) for i in range(0, len(inputs), batch)])
 
 
 def evaluation_inputs(config) -> torch.Tensor | None:
