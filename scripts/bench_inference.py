@@ -10,9 +10,10 @@ float32 state_dict, exported file. Then, in eval mode, it times
   `load_exported(path, binary_kernels=True)` (binary blocks as XNOR-popcount layers);
 - the binary layers alone, each on the input it gets inside the model: the float path's
   sign(x) then conv/linear, the part the XNOR-popcount layer replaces, against that layer;
-  with the binary multiply-accumulates per second it achieves, next to the scalar limit of
-  this CPU: 64 binary MACs (one 64-bit XOR + POPCNT + ADD) per cycle per thread, at the
-  clock /proc/cpuinfo reports (AVX2 float32 FMA peaks at 16 MACs per cycle per core).
+  with the binary multiply-accumulates per second it achieves, next to the limits of this
+  CPU at the clock /proc/cpuinfo reports: 64 binary MACs per cycle per thread for the
+  64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
+  (one 512-bit VPOPCNTQ a cycle); float32 FMA peaks at 16 MACs per cycle per core on AVX2.
 
 Float and binary runs alternate, and each figure is the median of the repetitions, so that
 other work on the machine slows both alike.
@@ -45,7 +46,7 @@ from xnortrain.train import fit
 
 MODELS = {"lenet5": [1, 28, 28], "nin": [3, 32, 32], "alexnet": [3, 224, 224]}
 RUNS = {"lenet5": [1], "nin": [1], "alexnet": [1, 8]}  # batch sizes timed per model
-MACS_PER_CYCLE = 64  # one 64-bit XOR + POPCNT + ADD per cycle per thread
+MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
 
 
 def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
@@ -165,8 +166,9 @@ def main() -> None:
                       f"{r['layers_float_ms']:.2f} | {r['layers_binary_ms']:.2f} | {r['layers_speedup']:.2f}x | "
                       f"{r['binary_macs_per_s'] / 1e9:.0f} | {r['same_predictions']} |", flush=True)
     if clock:
-        limit = MACS_PER_CYCLE * clock * threads
-        print(f"\nscalar XNOR-popcount limit: {MACS_PER_CYCLE} binary MACs/cycle x {clock / 1e9:.2f} GHz x {threads} "
+        path = torch.ops.xnortrain.popcount_path() if kernels.native() else "64-bit POPCNT"
+        limit = MACS_PER_CYCLE[path] * clock * threads
+        print(f"\n{path} limit: {MACS_PER_CYCLE[path]} binary MACs/cycle x {clock / 1e9:.2f} GHz x {threads} "
               f"threads = {limit / 1e9:.0f} GMAC/s; best achieved "
               f"{max(r['binary_macs_per_s'] for r in speeds) / 1e9:.0f} GMAC/s "
               f"(float path on the same layers: best {max(r['float_macs_per_s'] for r in speeds) / 1e9:.0f} GMAC/s)")

@@ -37,7 +37,8 @@ def path_in_use() -> str:
     problem = _build()
     if problem is not None:
         return f"binary layers: pure-PyTorch XNOR-popcount path (native kernels unavailable: {problem})"
-    return f"binary layers: native XNOR-popcount kernels, {torch.get_num_threads()} threads"
+    return (f"binary layers: native XNOR-popcount kernels ({torch.ops.xnortrain.popcount_path()}), "
+            f"{torch.get_num_threads()} threads")
 
 
 @functools.cache

@@ -443,6 +443,8 @@ bool hardware_popcount() {
 #endif
 }
 
+std::string popcount_path() { return wide_popcount() ? "AVX-512 VPOPCNTDQ" : "64-bit POPCNT"; }
+
 }  // namespace
 
 TORCH_LIBRARY(xnortrain, m) {
@@ -450,6 +452,7 @@ TORCH_LIBRARY(xnortrain, m) {
         "int[2] dilation, int groups) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias) -> Tensor");
   m.def("hardware_popcount() -> bool", &hardware_popcount);
+  m.def("popcount_path() -> str", &popcount_path);
 }
 
 TORCH_LIBRARY_IMPL(xnortrain, CPU, m) {
