@@ -14,10 +14,10 @@ The exported file (`torch.save`, read with `weights_only=True`) holds
 
 Loading rebuilds W~ = alpha * sign exactly, so the loaded model computes the logits of
 the trained model evaluated with BinOp attached, up to the float16 storage, and predicts
-as it on the inputs the export checked. With
-``binary_kernels=True`` the layers of the zoo's binary blocks whose input is sign(x) run as
-XNOR-popcount layers (`bits.XnorConv2d`, `bits.XnorLinear`, native kernels from
-`kernels.py` where they build). docs/deploy.md describes the file and the kernels.
+as it does on the inputs the export checked. With ``binary_kernels=True`` the layers of
+the zoo's binary blocks whose input is sign(x) run as XNOR-popcount layers
+(`bits.XnorConv2d`, `bits.XnorLinear`, native kernels from `kernels.py` where they build).
+docs/deploy.md describes the file and the kernels.
 """
 
 from __future__ import annotations

@@ -17,9 +17,9 @@
 // target("popcnt"), so the file builds for every x86-64 CPU without -march flags and the
 // builtin becomes the POPCNT instruction; `hardware_popcount` lets the loader refuse the
 // kernels on a CPU without POPCNT (pre-2008), which then runs the PyTorch path. On aarch64
-// the builtin is NEON's CNT, part of the base architecture. Wider vector popcounts
-// (AVX-512 VPOPCNTDQ) would need a second build and a dispatch; scalar POPCNT already
-// issues several per cycle on current cores.
+// the builtin is NEON's CNT, part of the base architecture. No -march=native: the cached
+// library must run on any CPU of its architecture. The wider AVX-512 VPOPCNTDQ path below
+// is compiled with its own target attribute and chosen at run time, by the CPU's report.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
