@@ -1,16 +1,26 @@
-"""Exported 1-bit models: file size against the float checkpoint, and the XNOR-popcount
-path's inference speed against the float path, measured side by side in one process.
+"""Exported 1-bit models: file size against float32, and the inference speed of the binary
+kernels against the float path of the same export, side by side in one process.
 
 For LeNet-5, NIN and AlexNet it trains one step on synthetic data through the normal
-trainer (so the checkpoint holds what a real one holds: weights, Adam state, RNG), exports
-it with `python -m xnortrain export`'s function and prints the sizes: training
-checkpoint, float32 state_dict, exported file. Then, for LeNet-5 and NIN at batch 1 and
-64, it times the exported model's eval forward pass with the float layers
-(`load_exported(path)`) and with the XNOR-popcount kernels (`binary_kernels=True`),
-alternated, and prints the medians and their ratio, whichever way it comes out.
+trainer (so the checkpoint holds what a real one holds), exports it with
+`python -m xnortrain export`'s function and prints the sizes: training checkpoint,
+float32 state_dict, exported file. Then, in eval mode, it times
 
-    python scripts/bench_inference.py            # 7 repetitions
-    python scripts/bench_inference.py --quick    # 3 repetitions, AlexNet's sizes skipped
+- the whole model: `load_exported(path)` (float path: every layer a float op) against
+  `load_exported(path, binary_kernels=True)` (binary blocks as XNOR-popcount layers);
+- the binary layers alone, each on the input it gets inside the model: the float path's
+  sign(x) then conv/linear, the part the XNOR-popcount layer replaces, against that layer;
+  with the binary multiply-accumulates per second it achieves, next to the limits of this
+  CPU at the clock /proc/cpuinfo reports: 64 binary MACs per cycle per thread for the
+  64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
+  (one 512-bit VPOPCNTQ a cycle); float32 FMA peaks at 16 MACs per cycle per core on AVX2.
+
+Float and binary runs alternate, and each figure is the median of the repetitions, so that
+other work on the machine slows both alike.
+
+    python scripts/bench_inference.py            # NIN, LeNet-5 batch 1, AlexNet batch 1 and 8
+    python scripts/bench_inference.py --quick    # LeNet-5 and NIN, fewer repetitions
+    python scripts/bench_inference.py --threads 1
 """
 
 from __future__ import annotations
@@ -18,23 +28,30 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from xnortrain import kernels
+from xnortrain.activations import bin_active
+from xnortrain.bits import XnorConv2d, XnorLinear
 from xnortrain.config import load_config
 from xnortrain.export import export_checkpoint, load_exported
 from xnortrain.train import fit
 
 MODELS = {"lenet5": [1, 28, 28], "nin": [3, 32, 32], "alexnet": [3, 224, 224]}
+RUNS = {"lenet5": [1], "nin": [1], "alexnet": [1, 8]}  # batch sizes timed per model
+MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
 
 
-def export_one(name: str, shape: list[int], workdir: Path) -> tuple[dict, Path]:
+def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
     out_dir = workdir / name
-    config = load_config(None, [f"model.name={name}", "data.name=synthetic", f"data.synthetic_shape={shape}",
+    config = load_config(None, [f"model.name={name}", "data.name=synthetic", f"data.synthetic_shape={MODELS[name]}",
                                 "data.synthetic_train_size=2", "data.synthetic_eval_size=2", "data.batch_size=2",
                                 "train.epochs=1", f"train.out_dir={out_dir}"])
     fit(config, quiet=True)
@@ -45,59 +62,120 @@ def export_one(name: str, shape: list[int], workdir: Path) -> tuple[dict, Path]:
     return {"model": name, **sizes, "float32_state_dict_bytes": buffer.tell()}, exported
 
 
-def time_forward(model, x) -> float:
-    start = time.perf_counter()
-    with torch.no_grad():
-        model(x)
-    return time.perf_counter() - start
-
-
-def bench_speed(name: str, exported: Path, batch: int, repeats: int) -> dict:
-    models = {"float": load_exported(exported), "xnor": load_exported(exported, binary_kernels=True)}
-    x = torch.randn(batch, *MODELS[name])
-    times = {k: [] for k in models}
-    for m in models.values():
-        time_forward(m, x)
+@torch.no_grad()
+def median_times(calls: dict, repeats: int) -> dict:
+    """Median seconds of each zero-argument call, the calls alternated in turn."""
+    for call in calls.values():
+        call()
+    times = {k: [] for k in calls}
     for i in range(repeats):
-        order = list(models) if i % 2 == 0 else list(reversed(models))
-        for k in order:
-            times[k].append(time_forward(models[k], x))
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    return {"model": name, "batch": batch, "float_ms": med["float"], "xnor_ms": med["xnor"],
-            "xnor_over_float": med["xnor"] / med["float"]}
+        for k in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+            start = time.perf_counter()
+            calls[k]()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def binary_layer_pairs(float_model: nn.Module, fast_model: nn.Module, x: torch.Tensor) -> list[tuple]:
+    """(float layer, XNOR-popcount layer, the layer's input in the model, binary MACs) per binary layer."""
+    fast = {name: m for name, m in fast_model.named_modules() if isinstance(m, (XnorConv2d, XnorLinear))}
+    inputs, hooks = {}, []
+    for name, m in float_model.named_modules():
+        if name in fast:
+            hooks.append(m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0])))
+    with torch.no_grad():
+        float_model(x)  # BinActive is the identity's twin here: hooks see sign(x)
+    for h in hooks:
+        h.remove()
+    pairs = []
+    float_layers = dict(float_model.named_modules())
+    for name, layer in fast.items():
+        signs = inputs[name]
+        with torch.no_grad():
+            out = float_layers[name](signs)
+        per_output = (layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+                      if isinstance(layer, XnorConv2d) else layer.in_features)
+        pairs.append((float_layers[name], layer, signs, out.numel() * per_output))
+    return pairs
+
+
+def bench_model(name: str, exported: Path, batch: int, repeats: int) -> dict:
+    float_model, fast_model = load_exported(exported), load_exported(exported, binary_kernels=True)
+    x = torch.randn(batch, *MODELS[name], generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        reference, got = float_model(x), fast_model(x)
+    whole = median_times({"float": lambda: float_model(x), "binary": lambda: fast_model(x)}, repeats)
+    pairs = binary_layer_pairs(float_model, fast_model, x)
+    # the float path runs sign(x) then the layer; the XNOR-popcount layer takes x itself (the
+    # block's BinActive is gone) and binarizes while it packs; sign(sign(x)) = sign(x)
+    layers = median_times({"float": lambda: [f(bin_active(s)) for f, _, s, _ in pairs],
+                           "binary": lambda: [b(s) for _, b, s, _ in pairs]}, repeats)
+    macs = sum(m for *_, m in pairs)
+    return {"model": name, "batch": batch, "float_ms": whole["float"] * 1e3, "binary_ms": whole["binary"] * 1e3,
+            "speedup": whole["float"] / whole["binary"], "layers_float_ms": layers["float"] * 1e3,
+            "layers_binary_ms": layers["binary"] * 1e3, "layers_speedup": layers["float"] / layers["binary"],
+            "binary_macs": macs, "binary_macs_per_s": macs / layers["binary"],
+            "float_macs_per_s": macs / layers["float"],
+            "same_predictions": bool(torch.equal(reference.argmax(1), got.argmax(1))),
+            "max_logit_difference": (reference - got).abs().max().item()}
+
+
+def clock_hz() -> float | None:
+    """The clock /proc/cpuinfo reports for the first CPU (None elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    mhz = [float(line.split(":")[1]) for line in lines if line.startswith("cpu MHz")]
+    return mhz[0] * 1e6 if mhz else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 repetitions; AlexNet's sizes skipped")
+    parser.add_argument("--quick", action="store_true", help="LeNet-5 and NIN only, 5 repetitions")
+    parser.add_argument("--repeats", type=int, help="repetitions per timing (default 31, AlexNet 9; --quick 5)")
+    parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
-    repeats = 3 if args.quick else 7
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = ["lenet5", "nin"] if args.quick else list(MODELS)
+    clock, threads = clock_hz(), torch.get_num_threads()
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {threads} threads; {kernels.path_in_use()}")
     print("| model | training checkpoint B | float32 state_dict B | exported B | vs checkpoint | vs float32 |")
     print("|---|---|---|---|---|---|")
     sizes, speeds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         exported = {}
         for name in names:
-            s, exported[name] = export_one(name, MODELS[name], Path(tmp))
+            s, exported[name] = export_one(name, Path(tmp))
             sizes.append(s)
             print(f"| {name} | {s['checkpoint_bytes']:,} | {s['float32_state_dict_bytes']:,} | {s['exported_bytes']:,} | "
                   f"{s['checkpoint_bytes'] / s['exported_bytes']:.1f}x | "
                   f"{s['float32_state_dict_bytes'] / s['exported_bytes']:.1f}x |", flush=True)
-        print("\n| model | batch | float path ms | XNOR-popcount path ms | XNOR / float (median) |")
-        print("|---|---|---|---|---|")
-        for name in ("lenet5", "nin"):
-            for batch in (1, 64):
-                r = bench_speed(name, exported[name], batch, repeats)
+        print("\n| model | batch | float path ms | binary kernels ms | speedup | binary layers: float ms | "
+              "binary ms | speedup | binary GMAC/s | same predictions |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name in names:
+            for batch in RUNS[name]:
+                repeats = args.repeats or (5 if args.quick else 9 if name == "alexnet" else 31)
+                r = bench_model(name, exported[name], batch, repeats)
                 speeds.append(r)
-                print(f"| {name} | {batch} | {r['float_ms']:.2f} | {r['xnor_ms']:.2f} | {r['xnor_over_float']:.2f} |",
-                      flush=True)
+                print(f"| {name} | {batch} | {r['float_ms']:.2f} | {r['binary_ms']:.2f} | {r['speedup']:.2f}x | "
+                      f"{r['layers_float_ms']:.2f} | {r['layers_binary_ms']:.2f} | {r['layers_speedup']:.2f}x | "
+                      f"{r['binary_macs_per_s'] / 1e9:.0f} | {r['same_predictions']} |", flush=True)
+    if clock:
+        path = torch.ops.xnortrain.popcount_path() if kernels.native() else "64-bit POPCNT"
+        limit = MACS_PER_CYCLE[path] * clock * threads
+        print(f"\n{path} limit: {MACS_PER_CYCLE[path]} binary MACs/cycle x {clock / 1e9:.2f} GHz x {threads} "
+              f"threads = {limit / 1e9:.0f} GMAC/s; best achieved "
+              f"{max(r['binary_macs_per_s'] for r in speeds) / 1e9:.0f} GMAC/s "
+              f"(float path on the same layers: best {max(r['float_macs_per_s'] for r in speeds) / 1e9:.0f} GMAC/s)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                               "sizes": sizes, "speed": speeds}, indent=2))
+        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": threads, "clock_hz": clock,
+                                               "kernels": kernels.path_in_use(), "sizes": sizes, "speed": speeds},
+                                              indent=2))
 
 
 if __name__ == "__main__":

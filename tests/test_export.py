@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 from test_train import config_for
-from torch import nn
 from torch.nn.utils import parametrize
 
 from xnortrain import BinOp
 from xnortrain.__main__ import main
-from xnortrain.bits import XnorConv2d, XnorLinear, pack_bits, popcount64
+from xnortrain.bits import XnorConv2d, XnorLinear, popcount64
 from xnortrain.config import load_config
 from xnortrain.errors import CheckpointError, UserError
-from xnortrain.export import export_checkpoint, load_exported
+from xnortrain.export import evaluation_inputs, export_checkpoint, load_exported
 from xnortrain.summary import summary
 from xnortrain.train import build_run, fit, load_weights
 from xnortrain.zoo import lenet5
@@ -38,10 +37,13 @@ def trained(tmp_path: Path, *sets: str):
     return config, tmp_path / "best.pt"
 
 
-def reference_logits(config, checkpoint: Path, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the trained model evaluated with BinOp attached, as training evaluates it."""
+def reference_logits(config, checkpoint: Path, x: torch.Tensor, stored: dict | None = None) -> torch.Tensor:
+    """Logits of the trained model evaluated with BinOp attached, as training evaluates it;
+    with `stored` (an export's float tensors), those tensors as the export stores them."""
     run = build_run(config)
     load_weights(run, checkpoint)
+    if stored is not None:
+        assert not run.model.load_state_dict(stored, strict=False).unexpected_keys
     with torch.no_grad():
         return run.model.eval()(x)
 
@@ -54,13 +56,14 @@ def test_export_round_trip_gives_the_same_logits_and_predictions(tmp_path, case)
     assert sizes["exported_bytes"] < sizes["checkpoint_bytes"]
     shape = config.data.synthetic_shape
     x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(1))
-    expected = reference_logits(config, checkpoint, x)
+    expected = reference_logits(config, checkpoint, x, torch.load(out, weights_only=True)["tensors"])
     model = load_exported(out)
     assert not any(parametrize.is_parametrized(m) for m in model.modules())  # plain layers holding W~
     with torch.no_grad():
         got = model(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    assert torch.equal(got.argmax(1), expected.argmax(1))
+    checked = evaluation_inputs(config)  # the inputs on which float16 storage keeps every prediction
+    assert torch.equal(model(checked).argmax(1), reference_logits(config, checkpoint, checked).argmax(1))
     if case != "custom":  # the zoo's binary blocks run as XNOR-popcount kernels
         fast = load_exported(out, binary_kernels=True)
         assert any(isinstance(m, (XnorConv2d, XnorLinear)) for m in fast.modules())
@@ -120,41 +123,24 @@ def test_exported_lenet5_matches_the_trained_model_on_real_fashion_mnist(tmp_pat
                          ["train.epochs=1", "data.train_subset=2000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
     fit(config, quiet=True)
     export_checkpoint(tmp_path / "best.pt", tmp_path / "m.xnor.pt")
-    run = build_run(config)
-    load_weights(run, tmp_path / "best.pt")
-    x, _ = next(iter(run.data.eval.batches(0)))
+    x = evaluation_inputs(config)  # the first 1000 test images
+    assert x.shape[0] == 1000
+    stored = torch.load(tmp_path / "m.xnor.pt", weights_only=True)["tensors"]
+    assert any(t.dtype == torch.float16 for t in stored.values())
     with torch.no_grad():
-        expected = run.model.eval()(x)
-        for binary_kernels in (False, True):
-            got = load_exported(tmp_path / "m.xnor.pt", binary_kernels=binary_kernels)(x)
-            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-            assert torch.equal(got.argmax(1), expected.argmax(1))
+        trained_model = reference_logits(config, tmp_path / "best.pt", x)
+        as_stored = reference_logits(config, tmp_path / "best.pt", x, stored)
+        float_path = load_exported(tmp_path / "m.xnor.pt")(x)
+        binary_path = load_exported(tmp_path / "m.xnor.pt", binary_kernels=True)(x)
+    torch.testing.assert_close(float_path, as_stored, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(binary_path, float_path, rtol=1e-4, atol=1e-4)
+    assert torch.equal(float_path.argmax(1), trained_model.argmax(1))
+    assert torch.equal(binary_path.argmax(1), float_path.argmax(1))
 
 
 def test_popcount_matches_python():
     x = torch.randint(-2**62, 2**62, (500,), dtype=torch.int64)
     assert popcount64(x).tolist() == [bin(v & (2**64 - 1)).count("1") for v in x.tolist()]
-
-
-@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), (1, 2), (3, 1)])
-def test_xnor_popcount_conv_equals_the_float_conv_on_binary_input(stride, padding):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(7, 5, 3, stride=stride, padding=padding).double()
-    signs = torch.where(conv.weight >= 0, 1.0, -1.0).double().detach()
-    alpha = conv.weight.detach().abs().flatten(1).mean(1)
-    x = torch.where(torch.randn(3, 7, 11, 10) >= 0, 1.0, -1.0).double()
-    kernel = XnorConv2d(conv, pack_bits(signs.flatten(1) > 0), alpha, conv.bias.detach())
-    expected = nn.functional.conv2d(x, alpha.view(-1, 1, 1, 1) * signs, conv.bias.detach(), stride, padding)
-    torch.testing.assert_close(kernel(x), expected)
-
-
-def test_xnor_popcount_linear_equals_the_float_linear_on_binary_input():
-    torch.manual_seed(0)
-    w = torch.randn(6, 131, dtype=torch.float64)  # 131: not a whole number of bytes or words
-    alpha, bias = w.abs().mean(1), torch.randn(6, dtype=torch.float64)
-    x = torch.where(torch.randn(4, 131) >= 0, 1.0, -1.0).double()
-    kernel = XnorLinear(pack_bits(w >= 0), alpha, bias, 131)
-    torch.testing.assert_close(kernel(x), x @ (alpha[:, None] * torch.where(w >= 0, 1.0, -1.0)).t() + bias)
 
 
 def test_summary_of_lenet5_matches_a_hand_count():

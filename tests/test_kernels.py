@@ -1,0 +1,111 @@
+"""XNOR-popcount layers, native and pure-PyTorch, against the float ops they replace."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from xnortrain import kernels
+from xnortrain.activations import bin_active
+from xnortrain.bits import XnorConv2d, XnorLinear
+
+PATHS = {"native": True, "native-scalar": True, "pytorch": False}  # native-scalar: without AVX-512
+CHANNELS = (1, 3, 63, 64, 65, 200)
+KERNELS = (1, 3, 5, 11)
+
+
+def conv_cases() -> list[tuple]:
+    """Every channel count with every kernel size; stride, padding, dilation, batch and the
+    output channels cycle through their values so that each meets the others."""
+    cases = []
+    for i, (c_in, k) in enumerate(itertools.product(CHANNELS, KERNELS)):
+        stride, padding, dilation, batch = (1, 2)[i % 2], i % 3, (1, 2)[i // 2 % 2], (1, 7)[i // 3 % 2]
+        reach = dilation * (k - 1) + 1
+        size = (max(7, reach - 2 * padding + 3), max(6, reach - 2 * padding + 2))  # not square: H and W differ
+        cases.append((c_in, (5, 67)[i % 2], k, stride, padding, dilation, 1, batch, size))
+    cases += [(64, 6, 3, 1, 1, 1, 2, 7, (9, 8)), (63, 9, 3, 2, 2, 2, 3, 1, (11, 10)), (200, 8, 1, 1, 0, 1, 4, 1, (5, 6))]
+    return cases
+
+
+def random_signs(*shape: int, seed: int) -> torch.Tensor:
+    return torch.where(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) >= 0, 1.0, -1.0)
+
+
+@pytest.fixture(params=sorted(PATHS))
+def native(request, monkeypatch) -> bool:
+    if PATHS[request.param]:
+        assert kernels.native(), kernels.path_in_use()
+    if request.param == "native-scalar":
+        monkeypatch.setenv("XNORTRAIN_NO_AVX512", "1")
+    return PATHS[request.param]
+
+
+@pytest.mark.parametrize("c_in, c_out, k, stride, padding, dilation, groups, batch, size", conv_cases())
+def test_xnor_conv_counts_exactly_what_the_float_conv_sums(native, c_in, c_out, k, stride, padding, dilation,
+                                                           groups, batch, size):
+    signs = random_signs(c_out, c_in // groups, k, k, seed=c_in * k)
+    x = random_signs(batch, c_in, *size, seed=stride + padding)
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    layer = XnorConv2d(conv, signs >= 0, torch.ones(c_out), None, native=native)
+    expected = nn.functional.conv2d(x.double(), signs.double(), None, stride, padding, dilation, groups)
+    torch.testing.assert_close(layer(x).double(), expected, rtol=0, atol=0)  # integer dot products, exact in float32
+
+
+@pytest.mark.parametrize("features", CHANNELS)
+@pytest.mark.parametrize("batch", [(1,), (7,), (2, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_xnor_linear_counts_exactly_what_the_float_linear_sums(native, features, batch, dtype):
+    signs = random_signs(37, features, seed=features)
+    x = random_signs(*batch, features, seed=len(batch)).to(dtype)
+    layer = XnorLinear(signs >= 0, torch.ones(37), None, native=native)
+    torch.testing.assert_close(layer(x).double(), x.double() @ signs.double().t(), rtol=0, atol=0)
+
+
+def test_alpha_and_bias_scale_the_counts_like_the_float_layers(native):
+    conv = nn.Conv2d(65, 12, 3, stride=2, padding=1)
+    signs, alpha = random_signs(12, 65, 3, 3, seed=1), torch.rand(12) + 0.1
+    x = torch.randn(3, 65, 9, 9)
+    layer = XnorConv2d(conv, signs >= 0, alpha, conv.bias.detach(), native=native)
+    expected = nn.functional.conv2d(bin_active(x), alpha.view(-1, 1, 1, 1) * signs, conv.bias, 2, 1)
+    torch.testing.assert_close(layer(x), expected)
+    linear = XnorLinear(signs.flatten(1) >= 0, alpha, conv.bias.detach(), native=native)
+    flat = x[:, :, :3, :3].flatten(1)  # (3, 585)
+    torch.testing.assert_close(linear(flat), bin_active(flat) @ (alpha[:, None] * signs.flatten(1)).t() + conv.bias)
+
+
+def test_exact_zeros_count_as_plus_one(native):
+    x = torch.randn(2, 70, 6, 5)
+    x[x.abs() < 0.7] = 0.0  # about half the input exactly 0
+    x[0, :, 0, 0] = 0.0
+    signs = random_signs(4, 70, 3, 3, seed=3)
+    conv = nn.Conv2d(70, 4, 3, padding=1, bias=False)
+    layer = XnorConv2d(conv, signs >= 0, torch.ones(4), None, native=native)
+    plus_one = torch.where(x >= 0, 1.0, -1.0)
+    torch.testing.assert_close(layer(x), nn.functional.conv2d(plus_one, signs, None, 1, 1), rtol=0, atol=0)
+    linear = XnorLinear(signs.flatten(1) >= 0, torch.ones(4), None, native=native)
+    torch.testing.assert_close(linear(x.flatten(1)[:, :630]), plus_one.flatten(1)[:, :630] @ signs.flatten(1).t(),
+                               rtol=0, atol=0)
+
+
+def test_the_disable_variable_selects_the_pytorch_path(monkeypatch):
+    monkeypatch.setenv(kernels.DISABLE, "1")
+    assert not kernels.native()
+    assert "pure-PyTorch" in kernels.path_in_use()
+    assert not XnorLinear(torch.ones(3, 5, dtype=torch.bool), torch.ones(3), None).native
+    monkeypatch.delenv(kernels.DISABLE)
+    assert kernels.native() and "native" in kernels.path_in_use()
+
+
+def test_native_layers_export_with_torch_export():
+    assert kernels.native(), kernels.path_in_use()
+    conv = nn.Conv2d(8, 4, 3, padding=1)
+    model = nn.Sequential(XnorConv2d(conv, random_signs(4, 8, 3, 3, seed=0) >= 0, torch.rand(4), None), nn.Flatten(),
+                          XnorLinear(random_signs(3, 4 * 25, seed=1) >= 0, torch.rand(3), torch.zeros(3)))
+    x = torch.randn(2, 8, 5, 5)
+    program = torch.export.export(model, (x,))
+    assert {"xnortrain.xnor_conv2d.default", "xnortrain.xnor_linear.default"} <= {
+        str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    torch.testing.assert_close(program.module()(x), model(x))

@@ -1,0 +1,461 @@
+// XNOR-popcount kernels for binary layers: conv2d(sign(x), alpha * sign(W)) + bias and
+// linear(sign(x), alpha * sign(W)) + bias, with sign(0) = +1.
+//
+// Layout (channels-last, 64 channels a word): bit c % 64 of word c / 64 holds the sign of
+// channel c, 1 for +1 and 0 for -1; the bits past the last channel are 0 in both inputs and
+// weights, so their XOR adds nothing. Weights are (C_out, KH, KW, words) int64, the input
+// is packed to (N, H, W, groups, words), output pixel rows are gathered (binary im2col) into
+// (pixels, groups, KH * KW * words) and multiplied by the weights as a packed GEMM:
+//
+//     dot(a, w) = C * taps - 2 * popcount(A XOR W)
+//
+// Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word in A, so its
+// XOR counts the weight's own set bits, which the epilogue takes back out
+// (popcount(W[o, tap]) per padded tap) before out = alpha_o * dot + bias_o.
+//
+// Portability: the popcount loops use __builtin_popcountll. On x86-64 they carry
+// target("popcnt"), so the file builds for every x86-64 CPU without -march flags and the
+// builtin becomes the POPCNT instruction; `hardware_popcount` lets the loader refuse the
+// kernels on a CPU without POPCNT (pre-2008), which then runs the PyTorch path. On aarch64
+// the builtin is NEON's CNT, part of the base architecture. No -march=native: the cached
+// library must run on any CPU of its architecture. The wider AVX-512 VPOPCNTDQ path below
+// is compiled with its own target attribute and chosen at run time, by the CPU's report.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define POPCOUNT_TARGET __attribute__((target("popcnt")))
+#else
+#define POPCOUNT_TARGET
+#endif
+
+namespace {
+
+using word_t = uint64_t;
+constexpr int64_t kBits = 64;
+// A thread's tile: rows of output pixels by output channels; its weights (up to 64 rows of
+// KH * KW * words) stay in L1/L2 while the tile's pixel rows stream past them.
+constexpr int64_t kTileRows = 32, kTileCols = 64;
+constexpr int kBlockRows = 4, kBlockCols = 4;  // register block of popcount accumulators
+
+int64_t words_for(int64_t channels) { return (channels + kBits - 1) / kBits; }
+
+struct Geometry {
+  int64_t groups, channels_per_group, words_per_group;
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t n, h, w, oh, ow;
+
+  int64_t taps() const { return kh * kw; }
+  int64_t depth() const { return taps() * words_per_group; }  // words of one group's patch
+  bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+};
+
+// One word of sign bits from `bits` (<= 64) contiguous channels: bit b = src[b] >= 0.
+template <typename scalar_t>
+inline word_t sign_word(const scalar_t* src, int64_t bits) {
+  word_t word = 0;
+  for (int64_t b = 0; b < bits; ++b) word |= word_t{src[b] >= 0} << b;  // sign(0) = +1
+  return word;
+}
+
+#if defined(__x86_64__)
+// Float32 channels four at a time with SSE2, part of every x86-64 CPU: the comparison
+// x >= 0 counts -0.0 and +0.0 as +1, as the scalar rule does.
+template <>
+inline word_t sign_word<float>(const float* src, int64_t bits) {
+  const __m128 zero = _mm_setzero_ps();
+  word_t word = 0;
+  int64_t b = 0;
+  for (; b + 4 <= bits; b += 4) word |= word_t(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(src + b), zero))) << b;
+  for (; b < bits; ++b) word |= word_t{src[b] >= 0} << b;
+  return word;
+}
+#endif
+
+// Signs of x (N, C, H, W) into words (N, H, W, groups, words_per_group), 64 channels a word.
+// Channels-last input builds each word from contiguous channels; other layouts go an image
+// row at a time, one channel row after another, so that reads stay sequential.
+template <typename scalar_t>
+void pack_signs(const at::Tensor& x, const Geometry& g, word_t* packed) {
+  const scalar_t* data = x.data_ptr<scalar_t>();
+  const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
+  const int64_t pixel_words = g.groups * g.words_per_group;
+  auto word_slots = [&](auto&& fill) {  // fill(src, row, group, k, bits) for each (row, word)
+    at::parallel_for(0, g.n * g.h, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const scalar_t* src = data + row / g.h * sn + row % g.h * sh;
+        for (int64_t group = 0; group < g.groups; ++group)
+          for (int64_t k = 0; k < g.words_per_group; ++k)
+            fill(src + (group * g.channels_per_group + k * kBits) * sc, row, group * g.words_per_group + k,
+                 std::min(kBits, g.channels_per_group - k * kBits));
+      }
+    });
+  };
+  if (sc == 1) {
+    word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t bits) {
+      for (int64_t col = 0; col < g.w; ++col)
+        packed[(row * g.w + col) * pixel_words + word] = sign_word(src + col * sw, bits);
+    });
+    return;
+  }
+  // 32-bit halves, so that the compiler can compare and shift four float32 columns at once
+  word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t bits) {
+    std::vector<uint32_t> low(g.w, 0), high(g.w, 0);
+    for (int64_t b = 0; b < bits; ++b) {
+      uint32_t* half = b < 32 ? low.data() : high.data();
+      const scalar_t* channel = src + b * sc;
+      const int shift = b % 32;
+      if (sw == 1) {
+        for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{channel[col] >= 0} << shift;
+      } else {
+        for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{channel[col * sw] >= 0} << shift;
+      }
+    }
+    for (int64_t col = 0; col < g.w; ++col)
+      packed[(row * g.w + col) * pixel_words + word] = word_t{high[col]} << 32 | low[col];
+  });
+}
+
+// Patch rows (pixels, groups, taps * words) from the packed input; taps outside the image
+// are zero words.
+void gather_patches(const word_t* packed, const Geometry& g, word_t* patches) {
+  const int64_t pixel_words = g.groups * g.words_per_group, row_words = g.groups * g.depth();
+  at::parallel_for(0, g.n * g.oh * g.ow, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const int64_t n = p / (g.oh * g.ow), oy = p / g.ow % g.oh, ox = p % g.ow;
+      word_t* row = patches + p * row_words;
+      std::memset(row, 0, sizeof(word_t) * row_words);
+      for (int64_t i = 0; i < g.kh; ++i) {
+        const int64_t y = oy * g.sh - g.ph + i * g.dh;
+        if (y < 0 || y >= g.h) continue;
+        for (int64_t j = 0; j < g.kw; ++j) {
+          const int64_t x = ox * g.sw - g.pw + j * g.dw;
+          if (x < 0 || x >= g.w) continue;
+          const word_t* src = packed + ((n * g.h + y) * g.w + x) * pixel_words;
+          for (int64_t group = 0; group < g.groups; ++group) {
+            std::memcpy(row + group * g.depth() + (i * g.kw + j) * g.words_per_group,
+                        src + group * g.words_per_group, sizeof(word_t) * g.words_per_group);
+          }
+        }
+      }
+    }
+  });
+}
+
+// What the epilogue of a tile needs per row r and column c (filter o0 + c):
+// out = alpha_o * (real_bits[r] - 2 * (popcount - padded[r][c])) + bias_o, padded[r] null
+// for pixels whose taps all lie inside the image.
+template <typename scalar_t>
+struct Epilogue {
+  const int64_t* real_bits;
+  const int32_t* const* padded;
+  const scalar_t* alpha;
+  const scalar_t* bias;
+  scalar_t* out;  // (pixels, C_out), at the tile's first row and column
+  int64_t ldo;
+};
+
+template <typename scalar_t>
+inline void finish(const Epilogue<scalar_t>& e, int64_t r, int64_t c, int64_t count) {
+  const int64_t differ = count - (e.padded[r] ? e.padded[r][c] : 0);
+  const scalar_t dot = static_cast<scalar_t>(e.real_bits[r] - 2 * differ);
+  e.out[r * e.ldo + c] = e.alpha[c] * dot + (e.bias ? e.bias[c] : scalar_t(0));
+}
+
+// out for an MR x NR block of patch rows and filters: popcount(A[r] XOR W[c]) accumulated in
+// registers over `depth` words, then the epilogue.
+template <typename scalar_t, int MR, int NR>
+POPCOUNT_TARGET inline void xnor_block(const word_t* a, int64_t lda, const word_t* w, int64_t depth,
+                                       const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
+  int64_t acc[MR][NR] = {};
+  for (int64_t d = 0; d < depth; ++d) {
+    word_t av[MR], wv[NR];
+    for (int r = 0; r < MR; ++r) av[r] = a[r * lda + d];
+    for (int c = 0; c < NR; ++c) wv[c] = w[c * depth + d];
+    for (int r = 0; r < MR; ++r)
+      for (int c = 0; c < NR; ++c) acc[r][c] += __builtin_popcountll(av[r] ^ wv[c]);
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int c = 0; c < NR; ++c) finish(e, r0 + r, c0 + c, acc[r][c]);
+}
+
+template <typename scalar_t, int MR>
+POPCOUNT_TARGET void xnor_rows(const word_t* a, int64_t lda, const word_t* w, int64_t depth, int64_t cols,
+                               const Epilogue<scalar_t>& e, int64_t r0) {
+  int64_t c = 0;
+  for (; c + kBlockCols <= cols; c += kBlockCols)
+    xnor_block<scalar_t, MR, kBlockCols>(a, lda, w + c * depth, depth, e, r0, c);
+  for (; c < cols; ++c) xnor_block<scalar_t, MR, 1>(a, lda, w + c * depth, depth, e, r0, c);
+}
+
+// A tile: rows of A (patches) against cols filters of W, `depth` words each.
+template <typename scalar_t>
+POPCOUNT_TARGET void xnor_tile(const word_t* a, int64_t lda, const word_t* w, int64_t depth, int64_t rows,
+                               int64_t cols, const Epilogue<scalar_t>& e) {
+  int64_t r = 0;
+  for (; r + kBlockRows <= rows; r += kBlockRows)
+    xnor_rows<scalar_t, kBlockRows>(a + r * lda, lda, w, depth, cols, e, r);
+  for (; r < rows; ++r) xnor_rows<scalar_t, 1>(a + r * lda, lda, w, depth, cols, e, r);
+}
+
+#if defined(__x86_64__)
+// AVX-512 VPOPCNTDQ (Ice Lake, Zen 4 and later): eight filters at once, one 512-bit XOR and
+// popcount per word of a patch row, against weights interleaved eight filters a word
+// (blocks, depth, 8). Built with a target attribute and used only where the CPU reports it
+// (and XNORTRAIN_NO_AVX512 is unset); the float32 epilogue runs eight filters at once too.
+#define WIDE_TARGET __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
+constexpr int kWide = 8;
+
+template <typename scalar_t, int MR>
+WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t cols,
+                                 const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
+  __m512i acc[MR];
+  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
+  for (int64_t d = 0; d < depth; ++d) {
+    const __m512i wv = _mm512_loadu_si512(w8 + d * kWide);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi64(static_cast<long long>(a[r * lda + d]));
+      acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv)));
+    }
+  }
+  const int64_t valid = std::min<int64_t>(kWide, cols - c0);
+  if constexpr (std::is_same_v<scalar_t, float>) {  // the epilogue on eight filters at once
+    const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
+    const __m256 alpha = _mm256_maskz_loadu_ps(lanes, e.alpha + c0);
+    const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
+    for (int r = 0; r < MR; ++r) {
+      __m512i differ = acc[r];
+      if (e.padded[r0 + r])
+        differ = _mm512_sub_epi64(differ, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, e.padded[r0 + r] + c0)));
+      const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r0 + r]), _mm512_slli_epi64(differ, 1));
+      const __m256 product = _mm256_mul_ps(alpha, _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot)));
+      _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
+    }
+    return;
+  }
+  for (int r = 0; r < MR; ++r) {
+    alignas(64) int64_t counts[kWide];
+    _mm512_store_si512(counts, acc[r]);
+    for (int64_t c = 0; c < valid; ++c) finish(e, r0 + r, c0 + c, counts[c]);
+  }
+}
+
+template <typename scalar_t>
+WIDE_TARGET void xnor_tile_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
+                                int64_t cols, const Epilogue<scalar_t>& e) {
+  for (int64_t c = 0; c < cols; c += kWide) {
+    const word_t* block = w8 + c / kWide * depth * kWide;
+    int64_t r = 0;
+    for (; r + kBlockRows <= rows; r += kBlockRows)
+      xnor_block_wide<scalar_t, kBlockRows>(a + r * lda, lda, block, depth, cols, e, r, c);
+    for (; r < rows; ++r) xnor_block_wide<scalar_t, 1>(a + r * lda, lda, block, depth, cols, e, r, c);
+  }
+}
+
+bool wide_popcount() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512vpopcntdq");
+  const char* off = std::getenv("XNORTRAIN_NO_AVX512");
+  return supported && !(off && *off && std::string(off) != "0");
+}
+#else
+bool wide_popcount() { return false; }
+#endif
+
+// Each group's filters interleaved eight at a time, (groups, blocks, depth, 8), zero filters
+// filling the last block, for the wide kernel.
+std::vector<word_t> interleave_filters(const word_t* w, int64_t groups, int64_t per_group, int64_t depth) {
+  const int64_t blocks = (per_group + 7) / 8;
+  std::vector<word_t> out(groups * blocks * depth * 8, 0);
+  for (int64_t group = 0; group < groups; ++group)
+    for (int64_t f = 0; f < per_group; ++f)
+      for (int64_t d = 0; d < depth; ++d)
+        out[((group * blocks + f / 8) * depth + d) * 8 + f % 8] = w[(group * per_group + f) * depth + d];
+  return out;
+}
+
+POPCOUNT_TARGET void tap_popcounts(const word_t* w, int64_t filters, int64_t taps, int64_t words, int32_t* out) {
+  for (int64_t t = 0; t < filters * taps; ++t) {
+    int32_t bits = 0;
+    for (int64_t k = 0; k < words; ++k) bits += __builtin_popcountll(w[t * words + k]);
+    out[t] = bits;
+  }
+}
+
+// The padded taps of output pixel p, and how many taps lie inside the image.
+int64_t padded_taps(const Geometry& g, int64_t p, std::vector<int64_t>& padded) {
+  padded.clear();
+  const int64_t oy = p / g.ow % g.oh, ox = p % g.ow;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t y = oy * g.sh - g.ph + i * g.dh;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t x = ox * g.sw - g.pw + j * g.dw;
+      if (y < 0 || y >= g.h || x < 0 || x >= g.w) padded.push_back(i * g.kw + j);
+    }
+  }
+  return g.taps() - static_cast<int64_t>(padded.size());
+}
+
+// The epilogue's row terms for pixels p0 .. p0 + rows and filters o0 .. o0 + cols: the real
+// bits of each patch, and for a patch with padded taps the set bits of each filter there,
+// which its zero words made count as differing.
+struct RowTerms {
+  std::vector<int64_t> real_bits, taps;
+  std::vector<int32_t> padded_bits;
+  std::vector<const int32_t*> padded;
+
+  void fill(const Geometry& g, int64_t p0, int64_t rows, int64_t o0, int64_t cols, const int32_t* tap_bits) {
+    real_bits.resize(rows);
+    padded.assign(rows, nullptr);
+    padded_bits.resize(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      real_bits[r] = g.channels_per_group * padded_taps(g, p0 + r, taps);
+      if (taps.empty()) continue;
+      int32_t* bits = padded_bits.data() + r * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        bits[c] = 0;
+        for (int64_t t : taps) bits[c] += tap_bits[(o0 + c) * g.taps() + t];
+      }
+      padded[r] = bits;
+    }
+  }
+};
+
+template <typename scalar_t>
+void xnor_conv_kernel(const at::Tensor& x, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
+                      const c10::optional<at::Tensor>& bias, at::Tensor& out) {
+  const int64_t filters = weight.size(0), per_group = filters / g.groups, pixels = g.n * g.oh * g.ow;
+  auto words = at::empty({g.n * g.h * g.w * g.groups * g.words_per_group}, x.options().dtype(at::kLong));
+  pack_signs<scalar_t>(x, g, reinterpret_cast<word_t*>(words.data_ptr<int64_t>()));
+  at::Tensor patches = words;
+  if (!g.pointwise()) {
+    patches = at::empty({pixels * g.groups * g.depth()}, words.options());
+    gather_patches(reinterpret_cast<const word_t*>(words.data_ptr<int64_t>()), g,
+                   reinterpret_cast<word_t*>(patches.data_ptr<int64_t>()));
+  }
+  const word_t* a = reinterpret_cast<const word_t*>(patches.data_ptr<int64_t>());
+  const word_t* w = reinterpret_cast<const word_t*>(weight.data_ptr<int64_t>());
+  std::vector<int32_t> tap_bits(filters * g.taps());
+  tap_popcounts(w, filters, g.taps(), g.words_per_group, tap_bits.data());
+  const scalar_t* alpha_data = alpha.data_ptr<scalar_t>();
+  const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
+  scalar_t* out_data = out.data_ptr<scalar_t>();
+
+  const int64_t row_tiles = (pixels + kTileRows - 1) / kTileRows;
+  const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
+  const int64_t lda = g.groups * g.depth();
+  const bool wide = wide_popcount();
+  const std::vector<word_t> w8 = wide ? interleave_filters(w, g.groups, per_group, g.depth()) : std::vector<word_t>();
+  const int64_t group_blocks = (per_group + 7) / 8;
+  at::parallel_for(0, row_tiles * col_tiles * g.groups, 1, [&](int64_t begin, int64_t end) {
+    RowTerms terms;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t group = t / (row_tiles * col_tiles), tile = t % (row_tiles * col_tiles);
+      const int64_t p0 = tile / col_tiles * kTileRows, rows = std::min(kTileRows, pixels - p0);
+      const int64_t o0 = group * per_group + tile % col_tiles * kTileCols;
+      const int64_t cols = std::min(kTileCols, (group + 1) * per_group - o0);
+      terms.fill(g, p0, rows, o0, cols, tap_bits.data());
+      const Epilogue<scalar_t> e{terms.real_bits.data(), terms.padded.data(), alpha_data + o0,
+                                 bias_data ? bias_data + o0 : nullptr, out_data + p0 * filters + o0, filters};
+      const word_t* rows_a = a + p0 * lda + group * g.depth();
+#if defined(__x86_64__)
+      if (wide) {
+        const int64_t block = group * group_blocks + (o0 - group * per_group) / 8;
+        xnor_tile_wide<scalar_t>(rows_a, lda, w8.data() + block * g.depth() * 8, g.depth(), rows, cols, e);
+        continue;
+      }
+#endif
+      xnor_tile<scalar_t>(rows_a, lda, w + o0 * g.depth(), g.depth(), rows, cols, e);
+    }
+  });
+}
+
+void check_layer(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                 const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(x.device().is_cpu(), "xnortrain XNOR kernels run on the CPU");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "input must be float32 or float64");
+  TORCH_CHECK(weight.scalar_type() == at::kLong && weight.is_contiguous(), "packed weights must be contiguous int64");
+  TORCH_CHECK(alpha.scalar_type() == x.scalar_type() && alpha.is_contiguous() && alpha.numel() == weight.size(0),
+              "alpha must hold one contiguous value of the input's dtype per output channel");
+  TORCH_CHECK(!bias || (bias->scalar_type() == x.scalar_type() && bias->is_contiguous() &&
+                        bias->numel() == weight.size(0)),
+              "bias must hold one contiguous value of the input's dtype per output channel");
+}
+
+at::Tensor run_conv(const at::Tensor& x, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
+                    const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(g.oh > 0 && g.ow > 0, "the kernel does not fit the padded input");
+  auto out = at::empty({g.n, weight.size(0), g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "xnor_conv2d", [&] {
+    xnor_conv_kernel<scalar_t>(x, g, weight, alpha, bias, out);
+  });
+  return out;
+}
+
+at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t groups) {
+  check_layer(x, weight, alpha, bias);
+  TORCH_CHECK(x.dim() == 4 && weight.dim() == 4, "xnor_conv2d takes input (N, C, H, W) and weights (O, KH, KW, words)");
+  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0 && weight.size(0) % groups == 0,
+              "groups must divide the input and output channels");
+  Geometry g{groups, x.size(1) / groups, weight.size(3), weight.size(1), weight.size(2), stride[0], stride[1],
+             padding[0], padding[1], dilation[0], dilation[1], x.size(0), x.size(2), x.size(3), 0, 0};
+  TORCH_CHECK(g.words_per_group == words_for(g.channels_per_group), "packed weights do not fit the input's channels");
+  g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
+  g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  return run_conv(x, g, weight, alpha, bias);
+}
+
+at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                       const c10::optional<at::Tensor>& bias) {
+  check_layer(x, weight, alpha, bias);
+  TORCH_CHECK(weight.dim() == 2 && x.dim() >= 1, "xnor_linear takes input (*, F) and weights (O, words)");
+  const int64_t features = x.size(-1);
+  TORCH_CHECK(weight.size(1) == words_for(features), "packed weights do not fit the input's features");
+  auto rows = x.reshape({-1, features, 1, 1});  // a linear layer is a 1x1 conv on 1x1 images
+  Geometry g{1, features, weight.size(1), 1, 1, 1, 1, 0, 0, 1, 1, rows.size(0), 1, 1, 1, 1};
+  auto out = run_conv(rows, g, weight.view({weight.size(0), 1, 1, weight.size(1)}), alpha, bias);
+  auto shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  return out.view(shape);
+}
+
+bool hardware_popcount() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("popcnt");
+#else
+  return true;
+#endif
+}
+
+std::string popcount_path() { return wide_popcount() ? "AVX-512 VPOPCNTDQ" : "64-bit POPCNT"; }
+
+}  // namespace
+
+TORCH_LIBRARY(xnortrain, m) {
+  m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias) -> Tensor");
+  m.def("hardware_popcount() -> bool", &hardware_popcount);
+  m.def("popcount_path() -> str", &popcount_path);
+}
+
+TORCH_LIBRARY_IMPL(xnortrain, CPU, m) {
+  m.impl("xnor_conv2d", &xnor_conv2d);
+  m.impl("xnor_linear", &xnor_linear);
+}
