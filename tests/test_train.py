@@ -557,4 +557,4 @@ def test_tensorboard_without_the_package_is_one_line(tmp_path, capsys, monkeypat
     code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
                         *synthetic_args(tmp_path, "train.tensorboard=true"))
     assert code == 2 and len(err) == 1, err
-    assert "train.tensorboard: the tensorboard package is not installed; pip install 'xnortrain[tensorboard]'" in err[0]
+    assert "train.tensorboard needs tensorboard, which is not installed; pip install 'xnortrain[tensorboard]'" in err[0]

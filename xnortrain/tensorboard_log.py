@@ -17,16 +17,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from .optional import require
 
 
 def require_tensorboard() -> None:
-    """One ConfigError line where the tensorboard package is missing."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        raise ConfigError("train.tensorboard: the tensorboard package is not installed; "
-                          "pip install 'xnortrain[tensorboard]', or set train.tensorboard: false") from None
+    """One line where the tensorboard package is missing, naming the extra."""
+    require("tensorboard", "tensorboard", "train.tensorboard")
 
 
 class TensorBoardLog:
