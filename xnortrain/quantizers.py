@@ -7,20 +7,20 @@ to W after each optimizer step, and, for export and summary, the bits a weight t
 its packed form alpha * signs. `QUANTIZERS` maps names to classes; adding a quantizer is a
 new `Quantizer` subclass here, decorated with `@registered`.
 
-=============  ===========================================  =======================  =======================  ====
-name           W~                                           gradient dL/dW           projection               bits
-=============  ===========================================  =======================  =======================  ====
-xnor           alpha * sign(W); alpha = mean |W| per        grad mode xnor|exact|ste  centre across C_in,     1
-               filter (scale filter), over the tensor       (layer: exact|ste;        clamp to [-1, 1]
-               (layer), 1 (none)                            none: clipped STE)        (layer, none: clamp)
-sign           sign(W)                                      G * 1{|W| <= 1}          clamp to [-1, 1]         1
-binary01       1{W >= threshold}                            G * 1{0 <= W <= 1}       clamp to [0, 1]          1
-binaryconnect  sign(W); stochastic: +1 with probability     G                        clamp to [-1, 1]         1
+=============  ==========================================  ========================  ====================  ====
+name           W~                                          gradient dL/dW            projection            bits
+=============  ==========================================  ========================  ====================  ====
+xnor           alpha * sign(W); alpha = mean |W| per       grad mode xnor|exact|ste  centre across C_in,   1
+               filter (scale filter), over the tensor      (layer: exact|ste;        clamp to [-1, 1]
+               (layer), 1 (none)                           none: clipped STE)        (layer, none: clamp)
+sign           sign(W)                                     G * 1{|W| <= 1}           clamp to [-1, 1]      1
+binary01       1{W >= threshold}                           G * 1{0 <= W <= 1}        clamp to [0, 1]       1
+binaryconnect  sign(W); stochastic: +1 with probability    G                         clamp to [-1, 1]      1
                hard_sigmoid(W) = clip((W + 1) / 2, 0, 1)
-codebook       nearest entry of `values` (ties: the         G                        clamp to [min, max]      32
+codebook       nearest entry of `values` (ties: the        G                         clamp to [min, max]   32
                larger); scale filter: alpha * nearest(W /                            (scale none only)
                alpha)
-=============  ===========================================  =======================  =======================  ====
+=============  ==========================================  ========================  ====================  ====
 
 sign(0) = +1 throughout, also for -0.0. Sources: Rastegari et al., "XNOR-Net: ImageNet
 Classification Using Binary Convolutional Neural Networks" (ECCV 2016), section 3.1, for
