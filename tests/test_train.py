@@ -27,7 +27,7 @@ TESTS = Path(__file__).parent
 def synthetic_args(out_dir: Path, *extra: str) -> list[str]:
     sets = ["model.name=models_for_tests:TinyNet", "model.kwargs={}", "data.name=synthetic", "data.synthetic_shape=[1,8,8]",
             "data.synthetic_train_size=96", "data.synthetic_eval_size=64", "data.batch_size=16",
-            "train.epochs=3", "train.deterministic=true", "optim.lr=0.01", "schedule.milestones=[2]",
+            "train.epochs=3", "train.deterministic=true", "optim.lr=0.01", "schedule.name=multistep", "schedule.milestones=[2]",
             f"train.out_dir={out_dir}", *extra]
     return [a for s in sets for a in ("--set", s)]
 
