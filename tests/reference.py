@@ -1,4 +1,4 @@
-"""A reference BinOp written from DESIGN.md section 1, in the step-by-step swap style.
+"""A reference BinOp written from the formulas of docs/maths.md, in the step-by-step swap style.
 
 It is deliberately the naive procedure (centre, clamp, save, binarize by overwriting the
 weights, forward/backward, restore, rescale the gradient, step), with the formulas typed

@@ -1,6 +1,6 @@
 """The training run: config -> model + BinOp -> optimizer, schedule, data -> epochs.
 
-DESIGN.md section 2. `fit` reads like the algorithm:
+`fit` reads like the algorithm:
 
     build model, attach BinOp (before the optimizer), optimizer, LR schedule, data
     [resume: real weights, optimizer, scheduler, scaler, position, RNG, best]
