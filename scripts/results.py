@@ -66,7 +66,7 @@ def section(name: str, command: list[str], output: str, seconds: float) -> str:
 
 
 def page(sections: list[str], quick: bool, when: datetime.datetime, where: str) -> str:
-    size = "the `--quick` forms (short runs: for checking, not for quoting)" if quick else "full size"
+    size = "each benchmark's `--quick` form (fewer repetitions and models)" if quick else "full size"
     return (f"# Results\n\nWritten by `python scripts/results.py{' --quick' if quick else ''}` on "
             f"{when:%Y-%m-%d %H:%M} UTC, {size}.\n\nMachine: {where}.\n\n"
             f"Re-running the command replaces this page. Each section gives the command that printed it.\n\n"
