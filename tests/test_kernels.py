@@ -65,15 +65,20 @@ def test_xnor_linear_counts_exactly_what_the_float_linear_sums(native, features,
 
 
 def test_alpha_and_bias_scale_the_counts_like_the_float_layers(native):
+    """The kernels count exactly and round twice (alpha * count + bias); the reference sums in
+    float64, so that only the kernels' float32 rounding is measured, at float32's tolerance."""
+    torch.manual_seed(0)
     conv = nn.Conv2d(65, 12, 3, stride=2, padding=1)
     signs, alpha = random_signs(12, 65, 3, 3, seed=1), torch.rand(12) + 0.1
     x = torch.randn(3, 65, 9, 9)
     layer = XnorConv2d(conv, signs >= 0, alpha, conv.bias.detach(), native=native)
-    expected = nn.functional.conv2d(bin_active(x), alpha.view(-1, 1, 1, 1) * signs, conv.bias, 2, 1)
-    torch.testing.assert_close(layer(x), expected)
+    weight, bias = (alpha.view(-1, 1, 1, 1) * signs).double(), conv.bias.detach().double()
+    expected = nn.functional.conv2d(bin_active(x).double(), weight, bias, 2, 1)
+    torch.testing.assert_close(layer(x).double(), expected, rtol=1.3e-6, atol=1e-5)
     linear = XnorLinear(signs.flatten(1) >= 0, alpha, conv.bias.detach(), native=native)
     flat = x[:, :, :3, :3].flatten(1)  # (3, 585)
-    torch.testing.assert_close(linear(flat), bin_active(flat) @ (alpha[:, None] * signs.flatten(1)).t() + conv.bias)
+    expected = bin_active(flat).double() @ weight.flatten(1).t() + bias
+    torch.testing.assert_close(linear(flat).double(), expected, rtol=1.3e-6, atol=1e-5)
 
 
 def test_exact_zeros_count_as_plus_one(native):
