@@ -375,6 +375,12 @@ def read_sums(run: Run, over_processes: bool = False) -> dict[str, float]:
     return sum_over_processes(run.running, run.process if over_processes else Process())  # Process(): alone
 
 
+def train_means(sums: dict[str, float]) -> tuple[float, float]:
+    """Mean loss and top-1 of the steps summed so far (NaN where every step was skipped)."""
+    count = sums["count"] or math.nan
+    return sums["loss"] / count, sums["correct"] / count
+
+
 def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool, board: TensorBoardLog | None = None) -> None:
     """The epoch's steps from the run's position on; the host reads the device every
     `train.log_every` steps, before each checkpoint and at a stop, not per step."""
@@ -398,13 +404,10 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool, board: Tensor
             bar.close()
             stop_at_signal(run, signum)
         if run.position.global_step % log_every == 0:
-            progress = read_sums(run)
-            count = progress["count"] or math.nan
-            bar.set_postfix(loss=f"{progress['loss'] / count:.4f}", acc=f"{progress['correct'] / count:.2%}",
-                            refresh=False)
+            loss, acc1 = train_means(read_sums(run))
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc1:.2%}", refresh=False)
             if board is not None:
-                board.log_progress(run.position.global_step, progress["loss"] / count, progress["correct"] / count,
-                                   run.optimizer.param_groups[0]["lr"])
+                board.log_progress(run.position.global_step, loss, acc1, run.optimizer.param_groups[0]["lr"])
         if every is not None and run.position.global_step % every == 0:
             read_sums(run)  # no checkpoint after a non-finite loss under nonfinite: stop
             save(run, "last.pt")
@@ -465,9 +468,8 @@ def finish_epoch(run: Run, epoch_time: float, lr: float, board: TensorBoardLog |
     cfg, epoch = run.config.train, run.position.epoch
     due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
     sums = read_sums(run, over_processes=True)
-    count = sums["count"] or math.nan  # every step skipped: no train metrics
-    metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr,
-               "train_loss": sums["loss"] / count, "train_acc1": sums["correct"] / count}
+    loss, acc1 = train_means(sums)
+    metrics = {"epoch": epoch + 1, "step": run.position.global_step, "lr": lr, "train_loss": loss, "train_acc1": acc1}
     if sums.get("skipped"):
         metrics["skipped_steps"] = int(sums["skipped"])
     if due:
