@@ -32,6 +32,15 @@ def test_overrides_are_parsed_as_yaml_and_typed(tmp_path):
     assert c.data.train_subset is None and c.train.grad_clip == 2.0 and isinstance(c.train.grad_clip, float)
 
 
+def test_an_exponent_without_a_decimal_point_is_a_number(tmp_path):
+    """PyYAML alone reads 1e-5 as a string; the config reads it as YAML 1.2 does."""
+    path = tmp_path / "run.yaml"
+    path.write_text("optim:\n  weight_decay: 1e-5\n")
+    assert load_config(path).optim.weight_decay == 1e-5
+    c = load_config(None, ["optim.lr=3E-3", "train.grad_clip=1e1", "binop.include=[1e2x]"])
+    assert (c.optim.lr, c.train.grad_clip, c.binop.include) == (3e-3, 10.0, ["1e2x"])
+
+
 def test_quantizer_keys_accept_a_name_a_mapping_and_rules():
     rules = '[{match: "block2.*", quantizer: sign}, {match: "*", quantizer: codebook, values: [1, -1, 0.5, -0.5]}]'
     config = load_config(None, ["binop.quantizer=" + rules, "binop.params=[v]"])

@@ -10,6 +10,7 @@ has a fixed set of choices, against those; an unknown key or a bad value raises 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -160,11 +161,24 @@ def dump_config(config: Config, path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading an exponent without a decimal point (`1e-5`) as the
+    number it is in YAML 1.2, not as the string PyYAML's YAML 1.1 makes of it."""
+
+
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789"))
+
+
+def _parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _parse_yaml(path.read_text())
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -184,7 +198,7 @@ def _apply_override(raw: dict, override: str) -> None:
     if len(parts) != 2:
         raise ConfigError(f"--set key {key!r} must be section.key, e.g. optim.lr")
     try:
-        value = yaml.safe_load(text)
+        value = _parse_yaml(text)
     except yaml.YAMLError:
         raise ConfigError(f"--set {key}: value {text!r} is not valid YAML") from None
     section = raw.setdefault(parts[0], {})
