@@ -16,6 +16,7 @@ table gives each variant's mean, range and mean gap.
 
     python scripts/bench_accuracy.py                  # 15 epochs each, 5 runs
     python scripts/bench_accuracy.py --seeds 0 1 2    # three times as long
+    python scripts/bench_accuracy.py --seeds 0 1 2 --jobs 2   # two runs at a time, cores split between them
     python scripts/bench_accuracy.py --epochs 3       # shorter runs (the cosine decay spans them)
     python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
 """
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -50,7 +53,8 @@ VARIANTS = {
 }
 
 
-def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int | None, out_dir: Path) -> dict:
+def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int | None, out_dir: Path,
+                threads: int) -> dict:
     seed_dir = out_dir / f"seed{seed}"
     run_dir = seed_dir / name.replace(" ", "_").lower()
     common = [f"train.epochs={epochs}", f"train.seed={seed}", f"train.out_dir={run_dir}"]
@@ -60,12 +64,37 @@ def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int 
     for s in [*common, *with_seed_dir(sets, seed_dir)]:
         cmd += ["--set", s]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     wall = time.perf_counter() - start
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"variant": name, "seed": seed, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
             "epochs": epochs, "wall_s": wall, "mean_epoch_s": sum(m["epoch_time_s"] for m in metrics) / len(metrics),
-            "run_dir": str(run_dir)}
+            "threads": threads, "run_dir": str(run_dir)}
+
+
+def run_all(variants: dict[str, list[str]], seeds: list[int], epochs: int, subset: int | None, out_dir: Path,
+            jobs: int) -> list[dict]:
+    """Every variant for every seed, `jobs` runs at a time on the machine's cores split evenly.
+
+    The full-precision runs go first in the queue: the distilled runs of a seed wait for
+    theirs, which is their teacher.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    order = sorted(((seed, name) for seed in seeds for name in variants), key=lambda sn: sn[1] != FULL_PRECISION)
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {}
+        for seed, name in order:
+            teacher = futures.get((seed, FULL_PRECISION)) if DISTILLED[0] in variants[name] else None
+            futures[seed, name] = pool.submit(_after, teacher, run_variant, name, variants[name], seed, epochs, subset,
+                                              out_dir, threads)
+        return [futures[seed, name].result() for seed in seeds for name in variants]
+
+
+def _after(first, work, *args):
+    """`work(*args)` once the future `first` (if any) has finished; its failure stops `work`."""
+    if first is not None:
+        first.result()
+    return work(*args)
 
 
 def with_seed_dir(sets: list[str], seed_dir: Path) -> list[str]:
@@ -79,7 +108,7 @@ def gap_points(row: dict, rows: list[dict]) -> float:
     return 100 * (row["test_top1"] - fp["test_top1"])
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], jobs: int) -> str:
     lines = ["| variant | seed | test top-1 | vs full precision | epochs | wall time s | train s/epoch |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -97,6 +126,8 @@ def markdown(rows: list[dict]) -> str:
     if any(r["variant"].endswith("distilled") for r in rows) and teachers:
         lines += ["", "Teacher of the distilled rows: the full-precision run of the same seed, trained in "
                   + ", ".join(f"{r['wall_s']:.0f} s (seed {r['seed']})" for r in teachers) + "."]
+    lines += ["", f"{jobs} run(s) at a time, {rows[0]['threads']} thread(s) each, on {os.cpu_count()} CPU cores; "
+              "wall times are under that sharing."]
     return "\n".join(lines)
 
 
@@ -105,12 +136,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch on the first 10,000 training images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each round (default: 0)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of each run (default: 15)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at a time, the CPU cores split between them (default: 1)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
     args = parser.parse_args()
     epochs, subset = (1, 10_000) if args.quick else (args.epochs, None)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     out_dir = Path(args.out)
-    rows = [run_variant(name, sets, seed, epochs, subset, out_dir) for seed in args.seeds for name, sets in VARIANTS.items()]
-    table = markdown(rows)
+    rows = run_all(VARIANTS, args.seeds, epochs, subset, out_dir, args.jobs)
+    table = markdown(rows, args.jobs)
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "accuracy.md").write_text(table + "\n")

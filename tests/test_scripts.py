@@ -16,14 +16,15 @@ def load_script(name: str):
 
 
 def accuracy_row(variant: str, seed: int, top1: float) -> dict:
-    return {"variant": variant, "seed": seed, "test_top1": top1, "epochs": 15, "wall_s": 400.0, "mean_epoch_s": 25.0}
+    return {"variant": variant, "seed": seed, "test_top1": top1, "epochs": 15, "wall_s": 400.0, "mean_epoch_s": 25.0,
+            "threads": 1}
 
 
 def test_bench_accuracy_takes_each_gap_against_full_precision_of_the_same_seed():
     bench = load_script("bench_accuracy")
     rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("BWN", 0, 0.915), accuracy_row("XNOR-Net", 0, 0.90),
             accuracy_row("full precision", 1, 0.93), accuracy_row("BWN", 1, 0.92), accuracy_row("XNOR-Net", 1, 0.91)]
-    lines = bench.markdown(rows).splitlines()
+    lines = bench.markdown(rows, 2).splitlines()
     assert "| XNOR-Net | 0 | 90.00% | -2.00 pt | 15 | 400 | 25.0 |" in lines
     assert "| BWN | 1 | 92.00% | -1.00 pt | 15 | 400 | 25.0 |" in lines
     # the table over seeds: mean, range, and the mean of the per-seed gaps
@@ -37,18 +38,40 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
     rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("XNOR-Net", 0, 0.90),
             accuracy_row("XNOR-Net distilled", 0, 0.915)]
     rows[0]["wall_s"] = 321.0
-    lines = bench.markdown(rows).splitlines()
+    lines = bench.markdown(rows, 2).splitlines()
     assert "| XNOR-Net distilled | 0 | 91.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
-    assert lines[-1] == "Teacher of the distilled rows: the full-precision run of the same seed, trained in 321 s (seed 0)."
+    assert "Teacher of the distilled rows: the full-precision run of the same seed, trained in 321 s (seed 0)." in lines
+    assert lines[-1].startswith("2 run(s) at a time, 1 thread(s) each, on ")
     assert bench.with_seed_dir(bench.VARIANTS["BWN distilled"], Path("out/seed0")) == [
         "binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002",
         "distill.teacher=out/seed0/full_precision/last.pt", "distill.weight=0.5", "distill.temperature=1.0"]
 
 
+def test_bench_accuracy_runs_the_teachers_first_and_each_student_after_its_own(monkeypatch, tmp_path):
+    import threading
+    import time
+
+    bench = load_script("bench_accuracy")
+    finished, lock = [], threading.Lock()
+
+    def fake_run(name, sets, seed, epochs, subset, out_dir, threads):
+        if "distilled" in name:
+            assert (seed, bench.FULL_PRECISION) in finished  # its teacher's run is complete
+        time.sleep(0.05 if name == bench.FULL_PRECISION and seed == 1 else 0.0)  # a slow teacher
+        with lock:
+            finished.append((seed, name))
+        return {"variant": name, "seed": seed, "threads": threads}
+
+    monkeypatch.setattr(bench, "run_variant", fake_run)
+    rows = bench.run_all(bench.VARIANTS, [0, 1], 15, None, tmp_path, jobs=3)
+    assert [(r["seed"], r["variant"]) for r in rows] == [(seed, name) for seed in (0, 1) for name in bench.VARIANTS]
+    assert finished.index((1, bench.FULL_PRECISION)) < finished.index((1, "XNOR-Net distilled"))
+
+
 def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
     bench = load_script("bench_accuracy")
     rows = [accuracy_row("full precision", 3, 0.92), accuracy_row("BWN", 3, 0.91), accuracy_row("XNOR-Net", 3, 0.90)]
-    table = bench.markdown(rows)
+    table = bench.markdown(rows, 2)
     assert "mean test top-1" not in table
     assert "| BWN | 3 | 91.00% | -1.00 pt |" in table
 
