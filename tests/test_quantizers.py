@@ -250,3 +250,17 @@ def test_gradient_reaching_the_real_weight_follows_the_quantizers_formula(spec, 
     expected = expected_gradient(w.detach(), g)
     assert expected.abs().sum() > 0
     assert_close(w.grad, expected)
+
+
+@pytest.mark.parametrize("spec", [spec for spec, _ in GRADIENT_CASES], ids=[str(spec) for spec, _ in GRADIENT_CASES])
+def test_a_second_backward_through_the_same_graph_gives_the_same_gradient(spec):
+    """The rules keep what they save from the forward pass unchanged (retain_graph=True)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3).double()
+    binop = BinOp(layer, skip_first_last=False, quantizer=spec)
+    loss = (layer(torch.randn(4, 5, dtype=torch.float64)) * torch.randn(4, 3, dtype=torch.float64)).sum()
+    loss.backward(retain_graph=True)
+    first = binop.weights[""].grad.clone()
+    binop.weights[""].grad = None
+    loss.backward()
+    assert_close(binop.weights[""].grad, first, rtol=0, atol=0)
