@@ -139,6 +139,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, the CPU cores split between them (default: 1)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
+    parser.add_argument("--json", help="also write accuracy.json's rows to this file")
     args = parser.parse_args()
     epochs, subset = (1, 10_000) if args.quick else (args.epochs, None)
     if args.jobs < 1:
@@ -149,7 +150,10 @@ def main() -> None:
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "accuracy.md").write_text(table + "\n")
-    (out_dir / "accuracy.json").write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+    result = json.dumps({"torch": torch.__version__, "rows": rows}, indent=2) + "\n"
+    (out_dir / "accuracy.json").write_text(result)
+    if args.json:
+        Path(args.json).write_text(result)
     try:
         first = [r for r in rows if r["seed"] == args.seeds[0]]
         print(plot_runs([r["run_dir"] for r in first], out_dir / "accuracy.png", [r["variant"] for r in first]))

@@ -2,11 +2,12 @@
 
     python scripts/results.py            # every benchmark, full size (hours: accuracy trains 3 seeds)
     python scripts/results.py --quick    # every benchmark's --quick form (minutes)
-    python scripts/results.py --only binop inference
+    python scripts/results.py --only binop inference   # re-runs these, keeps the other sections
 
-The page is replaced whole on every run: it holds the numbers of this code on this machine
-only, each benchmark's printed tables under the exact command that produced them, with the
-date, the machine (CPU model, cores, OS) and the torch version.
+Each benchmark's section (its printed tables under the exact command that produced them,
+with the date, the machine (CPU model, cores, OS) and the torch version) is written to
+docs/results/<name>.md beside its JSON, and the page is put together from the sections
+there, in a fixed order. A run replaces the sections of the benchmarks it ran.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 # name: (title, full arguments, quick arguments); every script also takes --json PATH
 BENCHMARKS = {
     "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net",
-                 ["--seeds", "0", "1", "2"], ["--quick"]),
+                 ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick"]),
     "binop": ("BinOp's cost in a training step (BinOp / plain step time)", [], ["--quick"]),
     "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", [], ["--quick"]),
     "epoch": ("Trainer epoch time against a plain PyTorch loop", [], ["--quick"]),
@@ -59,38 +60,38 @@ def run_benchmark(command: list[str], json_path: Path) -> str:
     return done.stdout.rstrip()
 
 
-def section(name: str, command: list[str], output: str, seconds: float) -> str:
+def section(name: str, command: list[str], output: str, seconds: float, when: datetime.datetime, where: str) -> str:
     title = BENCHMARKS[name][0]
-    return (f"## {title}\n\n`{' '.join(command)}` ({seconds / 60:.1f} min; JSON: `results/{name}.json`)\n\n"
-            f"```\n{output}\n```\n")
+    return (f"## {title}\n\n`{' '.join(command)}` ({seconds / 60:.1f} min, {when:%Y-%m-%d %H:%M} UTC; "
+            f"JSON: `results/{name}.json`)\n\nMachine: {where}.\n\n```\n{output}\n```\n")
 
 
-def page(sections: list[str], quick: bool, when: datetime.datetime, where: str) -> str:
-    size = "each benchmark's `--quick` form (fewer repetitions and models)" if quick else "full size"
-    return (f"# Results\n\nWritten by `python scripts/results.py{' --quick' if quick else ''}` on "
-            f"{when:%Y-%m-%d %H:%M} UTC, {size}.\n\nMachine: {where}.\n\n"
-            f"Re-running the command replaces this page. Each section gives the command that printed it.\n\n"
-            + "\n".join(sections))
+def page(sections: list[str]) -> str:
+    return ("# Results\n\nWritten by `python scripts/results.py`: each section is the output of the command "
+            "above it, on the machine and at the time it names. `python scripts/results.py --only NAME` "
+            "re-runs one benchmark and replaces its section.\n\n" + "\n".join(sections))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's --quick form")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
-                        help="run only these benchmarks (the page then holds only them)")
+                        help="run only these benchmarks (the page keeps the other sections as they are)")
     parser.add_argument("--out", default=str(REPO / "docs" / "results.md"), help="page to write")
     args = parser.parse_args()
     out = Path(args.out)
-    json_dir = out.parent / "results"
-    json_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
+    section_dir = out.parent / "results"
+    section_dir.mkdir(parents=True, exist_ok=True)
     for name in args.only:
         command = command_of(name, args.quick)
         print(f"running {' '.join(command)}", file=sys.stderr, flush=True)
         start = datetime.datetime.now()
-        output = run_benchmark(command, json_dir / f"{name}.json")
-        sections.append(section(name, command, output, (datetime.datetime.now() - start).total_seconds()))
-    out.write_text(page(sections, args.quick, datetime.datetime.now(datetime.timezone.utc), machine()))
+        output = run_benchmark(command, section_dir / f"{name}.json")
+        seconds = (datetime.datetime.now() - start).total_seconds()
+        text = section(name, command, output, seconds, datetime.datetime.now(datetime.timezone.utc), machine())
+        (section_dir / f"{name}.md").write_text(text)
+    sections = [(section_dir / f"{name}.md").read_text() for name in BENCHMARKS if (section_dir / f"{name}.md").is_file()]
+    out.write_text(page(sections))
     print(f"wrote {out}", file=sys.stderr)
 
 

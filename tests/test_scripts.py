@@ -84,12 +84,30 @@ def test_results_page_names_the_date_machine_torch_and_each_command():
 
     results = load_script("results")
     command = results.command_of("binop", quick=True)
-    text = results.page([results.section("binop", command, "LeNet-5 eager 1.02", 90.0)], True,
-                        datetime.datetime(2026, 1, 2, 3, 4), results.machine())
-    assert "`python scripts/bench_binop.py --quick` (1.5 min" in text
-    assert "LeNet-5 eager 1.02" in text and "2026-01-02 03:04 UTC" in text
+    text = results.section("binop", command, "LeNet-5 eager 1.02", 90.0, datetime.datetime(2026, 1, 2, 3, 4),
+                           results.machine())
+    assert "`python scripts/bench_binop.py --quick` (1.5 min, 2026-01-02 03:04 UTC" in text
+    assert "LeNet-5 eager 1.02" in text
     assert f"torch {torch.__version__}" in text and f"{os.cpu_count()} cores" in text
-    assert results.command_of("accuracy", quick=False)[1:] == ["scripts/bench_accuracy.py", "--seeds", "0", "1", "2"]
+    assert results.command_of("accuracy", quick=False)[1:] == ["scripts/bench_accuracy.py", "--seeds", "0", "1", "2",
+                                                                "--jobs", "2"]
+
+
+def test_results_replaces_the_sections_it_runs_and_keeps_the_others(monkeypatch, tmp_path):
+    import sys
+
+    results = load_script("results")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "accuracy.md").write_text("## Accuracy, kept\n")
+    (tmp_path / "results" / "binop.md").write_text("## BinOp, old\n")
+    monkeypatch.setattr(results, "run_benchmark", lambda command, json_path: f"output of {command[1]}")
+    monkeypatch.setattr(sys, "argv", ["results.py", "--quick", "--only", "inference", "binop", "--out",
+                                      str(tmp_path / "results.md")])
+    results.main()
+    page = (tmp_path / "results.md").read_text()
+    assert "BinOp, old" not in page and "output of scripts/bench_binop.py" in page
+    order = [page.index(text) for text in ("Accuracy, kept", "bench_binop.py", "bench_inference.py")]
+    assert order == sorted(order)  # the page's fixed order, not the order of --only
 
 
 def test_bench_binop_rotates_which_trainer_starts_each_round():
