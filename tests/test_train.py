@@ -205,9 +205,16 @@ def checkpoint_errors(tmp_path: Path) -> list[tuple[Path, str]]:
         pickle.dump({"version": 1, "x": RunsCode()}, f)
     foreign = tmp_path / "foreign.pt"
     torch.save({"not": "ours"}, foreign)
+    text = tmp_path / "text.pt"
+    text.write_text("junk\n")  # the legacy loader's path: a KeyError from its memo
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"weights": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:2000])
     return [
         (tmp_path / "absent.pt", "absent.pt does not exist"),
         (damaged, "damaged.pt is damaged or not a PyTorch file"),
+        (text, "text.pt is damaged or not a PyTorch file"),
+        (truncated, "truncated.pt is damaged or not a PyTorch file"),
         (evil, "was refused by the safe loader"),
         (foreign, "is not an xnortrain checkpoint"),
     ]
