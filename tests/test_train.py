@@ -169,6 +169,8 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
         (["--set", "train.log_every=0"], "train.log_every: must be > 0, got 0"),
         (["--set", "model.name=lenet5", "--set", "model.kwargs={act_scale: k}"],
          "model.kwargs: lenet5: act_scale 'k' is not one of none, channel_mean, K"),
+        (["--set", "model.name=lenet5", "--set", "model.kwargs={widht: 3}"],
+         "model.kwargs: lenet5: lenet5() got an unexpected keyword argument 'widht'"),
         (["--set", "binop.quantizer=[{match: stem, quantizer: sign}]"], "quantizer rules match no rule for conv"),
         (["--set", "binop.params=[nope]"], "has no parameter 'nope'; parameters: stem.weight"),
     ],

@@ -95,9 +95,7 @@ def _import_class(spec: str):
 def _construct(label: str, factory, *args, **kwargs) -> nn.Module:
     try:
         model = factory(*args, **kwargs)
-    except TypeError as err:
-        raise ConfigError(f"model.kwargs: {label} rejects {sorted(kwargs)}: {err}") from None
-    except ValueError as err:  # a kwarg of the right name with a value the model refuses
+    except (TypeError, ValueError) as err:  # a kwarg the model does not take, or a value it refuses
         raise ConfigError(f"model.kwargs: {label}: {err}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model.name: {label} built a {type(model).__name__}, not an nn.Module")
