@@ -213,57 +213,68 @@ POPCOUNT_TARGET void xnor_tile(const word_t* a, int64_t lda, const word_t* w, in
 }
 
 #if defined(__x86_64__)
-// AVX-512 VPOPCNTDQ (Ice Lake, Zen 4 and later): eight filters at once, one 512-bit XOR and
+// AVX-512 VPOPCNTDQ (Ice Lake, Zen 4 and later): eight filters a vector, one 512-bit XOR and
 // popcount per word of a patch row, against weights interleaved eight filters a word
-// (blocks, depth, 8). Built with a target attribute and used only where the CPU reports it
-// (and XNORTRAIN_NO_AVX512 is unset); the float32 epilogue runs eight filters at once too.
+// (blocks, depth, 8). A register block is MR patch rows by NB vectors of eight filters.
+// Built with a target attribute and used only where the CPU reports it (and
+// XNORTRAIN_NO_AVX512 is unset); the float32 epilogue runs eight filters at once too.
 #define WIDE_TARGET __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
-constexpr int kWide = 8;
+constexpr int kWide = 8, kWideBlocks = 2;
 
-template <typename scalar_t, int MR>
-WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t cols,
-                                 const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
-  __m512i acc[MR];
-  for (int r = 0; r < MR; ++r) acc[r] = _mm512_setzero_si512();
-  for (int64_t d = 0; d < depth; ++d) {
-    const __m512i wv = _mm512_loadu_si512(w8 + d * kWide);
-    for (int r = 0; r < MR; ++r) {
-      const __m512i av = _mm512_set1_epi64(static_cast<long long>(a[r * lda + d]));
-      acc[r] = _mm512_add_epi64(acc[r], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv)));
-    }
-  }
+// The epilogue of one vector of eight filters c0 .. c0 + 8 for patch row r.
+template <typename scalar_t>
+WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r, int64_t c0, int64_t cols, __m512i count) {
   const int64_t valid = std::min<int64_t>(kWide, cols - c0);
-  if constexpr (std::is_same_v<scalar_t, float>) {  // the epilogue on eight filters at once
+  if constexpr (std::is_same_v<scalar_t, float>) {
     const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
     const __m256 alpha = _mm256_maskz_loadu_ps(lanes, e.alpha + c0);
     const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
-    for (int r = 0; r < MR; ++r) {
-      __m512i differ = acc[r];
-      if (e.padded[r0 + r])
-        differ = _mm512_sub_epi64(differ, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, e.padded[r0 + r] + c0)));
-      const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r0 + r]), _mm512_slli_epi64(differ, 1));
-      const __m256 product = _mm256_mul_ps(alpha, _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot)));
-      _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
-    }
-    return;
-  }
-  for (int r = 0; r < MR; ++r) {
+    if (e.padded[r])
+      count = _mm512_sub_epi64(count, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, e.padded[r] + c0)));
+    const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r]), _mm512_slli_epi64(count, 1));
+    const __m256 product = _mm256_mul_ps(alpha, _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot)));
+    _mm256_mask_storeu_ps(e.out + r * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
+  } else {
     alignas(64) int64_t counts[kWide];
-    _mm512_store_si512(counts, acc[r]);
-    for (int64_t c = 0; c < valid; ++c) finish(e, r0 + r, c0 + c, counts[c]);
+    _mm512_store_si512(counts, count);
+    for (int64_t c = 0; c < valid; ++c) finish(e, r, c0 + c, counts[c]);
   }
+}
+
+template <typename scalar_t, int MR, int NB>
+WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t cols,
+                                 const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
+  __m512i acc[MR][NB];
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
+  for (int64_t d = 0; d < depth; ++d) {
+    __m512i wv[NB];
+    for (int b = 0; b < NB; ++b) wv[b] = _mm512_loadu_si512(w8 + (b * depth + d) * kWide);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi64(static_cast<long long>(a[r * lda + d]));
+      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_add_epi64(acc[r][b], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv[b])));
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int b = 0; b < NB; ++b) finish_wide(e, r0 + r, c0 + b * kWide, cols, acc[r][b]);
+}
+
+template <typename scalar_t, int NB>
+WIDE_TARGET void xnor_rows_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
+                                int64_t cols, const Epilogue<scalar_t>& e, int64_t c) {
+  int64_t r = 0;
+  for (; r + kBlockRows <= rows; r += kBlockRows)
+    xnor_block_wide<scalar_t, kBlockRows, NB>(a + r * lda, lda, w8, depth, cols, e, r, c);
+  for (; r < rows; ++r) xnor_block_wide<scalar_t, 1, NB>(a + r * lda, lda, w8, depth, cols, e, r, c);
 }
 
 template <typename scalar_t>
 WIDE_TARGET void xnor_tile_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
                                 int64_t cols, const Epilogue<scalar_t>& e) {
-  for (int64_t c = 0; c < cols; c += kWide) {
-    const word_t* block = w8 + c / kWide * depth * kWide;
-    int64_t r = 0;
-    for (; r + kBlockRows <= rows; r += kBlockRows)
-      xnor_block_wide<scalar_t, kBlockRows>(a + r * lda, lda, block, depth, cols, e, r, c);
-    for (; r < rows; ++r) xnor_block_wide<scalar_t, 1>(a + r * lda, lda, block, depth, cols, e, r, c);
-  }
+  int64_t c = 0;
+  for (; c + kWide * kWideBlocks <= cols; c += kWide * kWideBlocks)
+    xnor_rows_wide<scalar_t, kWideBlocks>(a, lda, w8 + c / kWide * depth * kWide, depth, rows, cols, e, c);
+  for (; c < cols; c += kWide) xnor_rows_wide<scalar_t, 1>(a, lda, w8 + c / kWide * depth * kWide, depth, rows, cols, e, c);
 }
 
 bool wide_popcount() {
