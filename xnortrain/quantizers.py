@@ -87,14 +87,14 @@ def binarize(w: torch.Tensor) -> torch.Tensor:
     return (filter_alpha(w2) * sign_pm1(w2)).view_as(w)
 
 
-def exact_gradient(w: torch.Tensor, grad_out: torch.Tensor, signs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+def exact_gradient(w: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """exact_i = alpha_o * inside_i * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j,
-    with inside_i = 1{|W_i| <= 1}, for W (C_out, ...) and G = dL/dW~ of its shape, given
-    sign(W) (C_out, n) and alpha (C_out, 1) of the forward pass (left unchanged)."""
+    with inside_i = 1{|W_i| <= 1}, for W (C_out, ...) and G = dL/dW~ of its shape."""
     w2, g2 = w.flatten(1), grad_out.reshape(w.shape[0], -1)  # (C_out, n)
+    signs = sign_pm1(w2)  # (C_out, n)
     mean_sign_g = (signs * g2).mean(1, keepdim=True)  # (C_out, 1)
     inside_g = w2.abs().le_(1).mul_(g2)  # (C_out, n); le_ writes 1.0 or 0.0, no bool tensor
-    return inside_g.mul_(alpha).addcmul_(signs, mean_sign_g).view_as(w)
+    return inside_g.mul_(filter_alpha(w2)).add_(signs.mul_(mean_sign_g)).view_as(w)
 
 
 def xnor_factor(shape: torch.Size) -> float:
@@ -120,20 +120,17 @@ class ExactRule(torch.autograd.Function):
 
         g_i = alpha_o * 1{|W_i| <= 1} * G_i + sign(W_i) * (1/n) * sum_{j in o} sign(W_j) * G_j
 
-    It saves W, sign(W) and alpha, so that the backward pass recomputes neither, and no copy
-    of W~ (the layer keeps W~ for its own backward pass)."""
+    It saves W and no copy of W~ (the layer keeps W~ for its own backward pass)."""
 
     @staticmethod
     def forward(ctx, w: torch.Tensor) -> torch.Tensor:
-        w2 = w.flatten(1)  # (C_out, n)
-        signs, alpha = sign_pm1(w2), filter_alpha(w2)  # (C_out, n), (C_out, 1)
-        ctx.save_for_backward(w, signs, alpha)
-        return (alpha * signs).view_as(w)
+        ctx.save_for_backward(w)
+        return binarize(w)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
-        w, signs, alpha = ctx.saved_tensors
-        return exact_gradient(w, grad_out, signs, alpha)
+        (w,) = ctx.saved_tensors
+        return exact_gradient(w, grad_out)
 
 
 class XnorRule(ExactRule):
@@ -144,8 +141,8 @@ class XnorRule(ExactRule):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
-        w, signs, alpha = ctx.saved_tensors
-        return exact_gradient(w, grad_out, signs, alpha).mul_(xnor_factor(w.shape))
+        (w,) = ctx.saved_tensors
+        return exact_gradient(w, grad_out).mul_(xnor_factor(w.shape))
 
 
 class ClippedStraightThrough(torch.autograd.Function):
