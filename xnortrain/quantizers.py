@@ -94,7 +94,7 @@ def exact_gradient(w: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     signs = sign_pm1(w2)  # (C_out, n)
     mean_sign_g = (signs * g2).mean(1, keepdim=True)  # (C_out, 1)
     inside_g = w2.abs().le_(1).mul_(g2)  # (C_out, n); le_ writes 1.0 or 0.0, no bool tensor
-    return inside_g.mul_(filter_alpha(w2)).add_(signs.mul_(mean_sign_g)).view_as(w)
+    return inside_g.mul_(filter_alpha(w2)).addcmul_(signs, mean_sign_g).view_as(w)
 
 
 def xnor_factor(shape: torch.Size) -> float:
