@@ -56,9 +56,9 @@ def process_group() -> Iterator[Process]:
     Without the destroy, gloo's (and NCCL's) threads are torn down during interpreter
     finalisation, where a process that ran to the end can abort ("terminate called
     without an active exception"). The run's DistributedDataParallel, which holds the
-    group, must be gone by then too, and the processes meet in a barrier first: the process
-    that finished first (not rank 0, which writes the last files) aborted when it took the
-    group down alone. A group that the caller made stays theirs."""
+    group, must be gone by then too, and the processes meet in a barrier first, so that the
+    process that finishes first (not rank 0, which writes the last files) does not take the
+    group down while another still uses it. A group that the caller made stays theirs."""
     joins = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     yield join_from_env()
     if joins:
