@@ -19,6 +19,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+# Imported before any group is joined, for `process_group`: the default argument
+# `group=group.WORLD` of its functions is evaluated at import, so imported while a group is
+# up (DistributedDataParallel imports it, through torch.compile's modules) it would hold
+# the default group for good, and destroy_process_group() could not free it.
+import torch.distributed.nn.functional  # noqa: F401
+
 
 @dataclass(frozen=True)
 class Process:
@@ -53,16 +59,16 @@ def process_group() -> Iterator[Process]:
     joined is destroyed when the run ends without an exception; on an exception the process
     exits leaving it, since destroying a group is collective and the others may never get there.
 
-    Without the destroy, gloo's (and NCCL's) threads are torn down during interpreter
-    finalisation, where a process that ran to the end can abort ("terminate called
-    without an active exception"). The run's DistributedDataParallel, which holds the
-    group, must be gone by then too, and the processes meet in a barrier first, so that the
-    process that finishes first (not rank 0, which writes the last files) does not take the
-    group down while another still uses it. A group that the caller made stays theirs."""
+    Destroying the group frees it, which joins gloo's worker threads. Left alive, those
+    threads race interpreter finalisation: one that frees a finished collective's tensors
+    takes the GIL, and during finalisation that aborts the process ("terminate called
+    without an active exception"). For the destroy to free the group nothing may still hold
+    it: the run's DistributedDataParallel is gone by then, and torch.distributed.nn.functional
+    was imported before the group was joined (top of this module). A group that the caller
+    made stays theirs."""
     joins = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
     yield join_from_env()
     if joins:
-        dist.barrier()  # no process takes its end of the group down while another still uses it
         dist.destroy_process_group()
 
 
