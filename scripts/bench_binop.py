@@ -3,8 +3,10 @@
 For LeNet-5 (batch 128) and NIN (batch 32), a plain full-precision training step and the
 same step with BinOp attached (same architecture, batch, Adam optimizer, BinOp projecting
 after each step) run alternately in one process, the starting one rotating every round;
-the ratio is the median over rounds of BinOp's step time over the plain step's. The
-compiled pair compiles each model with torch.compile (as ``train.compile: true`` does);
+the ratio is the median over rounds of BinOp's step time over the plain step's. Each
+step's minor page faults (memory the kernel maps afresh, as glibc's heap gives freed memory
+back and takes it again) are counted too, since on a CPU they cost more than BinOp's maths
+(docs/trainer.md, "Training on a CPU"). The compiled pair compiles each model with torch.compile (as ``train.compile: true`` does);
 the time of its first steps, which compile, is printed on a line of its own. The script
 prints the four ratios with their targets.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -70,14 +73,24 @@ def seconds(fn, *args) -> float:
     return time.perf_counter() - start
 
 
-def alternate(steps: dict[str, Callable], x, y, rounds: int) -> dict[str, list[float]]:
+def minor_faults() -> int:
+    """This process's minor page faults so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def alternate(steps: dict[str, Callable], x, y, rounds: int,
+              faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
     """Step times of each trainer, run round-robin; the starting trainer rotates every round,
-    so none always runs on a cache the other left warm."""
+    so none always runs on a cache the other left warm. `faults`, if given, collects each
+    step's minor page faults (one list per trainer)."""
     names = list(steps)
     times = {name: [] for name in names}
     for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
+            before = minor_faults()
             times[name].append(seconds(steps[name], x, y))
+            if faults is not None:
+                faults.setdefault(name, []).append(minor_faults() - before)
     return times
 
 
@@ -91,11 +104,14 @@ def bench_pair(name: str, mode: str, rounds: int) -> dict:
     x, y = torch.randn(shape), torch.randint(0, 10, (shape[0],))
     steps = {kind: make_step(build, binop=kind == "binop", compiled=mode == "compiled") for kind in ("plain", "binop")}
     warmup_s = {kind: sum(seconds(step, x, y) for _ in range(WARMUP)) for kind, step in steps.items()}
-    times = alternate(steps, x, y, rounds)
+    faults = {}
+    times = alternate(steps, x, y, rounds, faults)
     ratio = paired_ratio(times["binop"], times["plain"])
     return {"model": name, "batch": shape[0], "mode": mode, "rounds": rounds,
             "plain_step_ms": statistics.median(times["plain"]) * 1e3,
             "binop_step_ms": statistics.median(times["binop"]) * 1e3,
+            "plain_faults_per_step": statistics.mean(faults["plain"]),
+            "binop_faults_per_step": statistics.mean(faults["binop"]),
             "ratio": ratio, "target": TARGETS[name, mode], "met": ratio <= TARGETS[name, mode],
             "warmup_s": warmup_s}
 
@@ -126,15 +142,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rounds = args.rounds or (20 if args.quick else 200)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print("| model | batch | mode | plain step ms | BinOp step ms | BinOp / plain (median of pairs) | target |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | batch | mode | plain step ms | BinOp step ms | BinOp / plain (median of pairs) | target "
+          "| page faults per step, plain / BinOp (mean) |")
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for mode in args.modes:
         for name in args.models:
             r = bench_pair(name, mode, rounds)
             results.append(r)
             print(f"| {name} | {r['batch']} | {mode} | {r['plain_step_ms']:.2f} | {r['binop_step_ms']:.2f} | "
-                  f"{r['ratio']:.3f} | <= {r['target']:.2f} {'met' if r['met'] else 'MISSED'} |", flush=True)
+                  f"{r['ratio']:.3f} | <= {r['target']:.2f} {'met' if r['met'] else 'MISSED'} | "
+                  f"{r['plain_faults_per_step']:.0f} / {r['binop_faults_per_step']:.0f} |", flush=True)
     for r in results:
         if r["mode"] == "compiled":
             print(f"compile time ({r['model']}, first {WARMUP} steps): plain {r['warmup_s']['plain']:.1f} s, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import torch
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
@@ -80,8 +82,6 @@ def test_results_page_names_the_date_machine_torch_and_each_command():
     import datetime
     import os
 
-    import torch
-
     results = load_script("results")
     command = results.command_of("binop", quick=True)
     text = results.section("binop", command, "LeNet-5 eager 1.02", 90.0, datetime.datetime(2026, 1, 2, 3, 4),
@@ -114,9 +114,21 @@ def test_bench_binop_rotates_which_trainer_starts_each_round():
     bench = load_script("bench_binop")
     order = []
     steps = {name: (lambda x, y, name=name: order.append(name)) for name in ("plain", "binop")}
-    times = bench.alternate(steps, None, None, rounds=3)
+    faults = {}
+    times = bench.alternate(steps, None, None, rounds=3, faults=faults)
     assert order == ["plain", "binop", "binop", "plain", "plain", "binop"]
     assert [len(t) for t in times.values()] == [3, 3]
+    assert [len(f) for f in faults.values()] == [3, 3] and all(n >= 0 for f in faults.values() for n in f)
+
+
+def test_bench_binop_counts_the_page_faults_of_fresh_memory():
+    bench = load_script("bench_binop")
+    before = bench.minor_faults()
+    block = torch.ones(64 * 2**20 // 4)  # 64 MiB from mmap: its pages fault on first touch
+    fresh = bench.minor_faults() - before
+    before = bench.minor_faults()
+    block.add_(1)  # the same pages again: mapped already
+    assert fresh > 0 and bench.minor_faults() - before < fresh
 
 
 def test_bench_binop_ratio_is_the_median_of_paired_ratios():
@@ -128,4 +140,5 @@ def test_bench_binop_prints_the_ratio_against_its_target(capsys):
     bench = load_script("bench_binop")
     (result,) = bench.main(["--models", "lenet5", "--modes", "eager", "--rounds", "2"])
     assert result["ratio"] > 0 and result["target"] == 1.10 and result["rounds"] == 2
+    assert result["plain_faults_per_step"] >= 0 and result["binop_faults_per_step"] >= 0
     assert "| lenet5 | 128 | eager |" in capsys.readouterr().out
