@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -205,6 +206,9 @@ def checkpoint_errors(tmp_path: Path) -> list[tuple[Path, str]]:
 
     with open(evil, "wb") as f:
         pickle.dump({"version": 1, "x": RunsCode()}, f)
+    evil_protocol_2 = tmp_path / "evil2.pt"  # torch.save's protocol: the loader names the global
+    with open(evil_protocol_2, "wb") as f:
+        pickle.dump({"version": 1, "x": RunsCode()}, f, protocol=2)
     foreign = tmp_path / "foreign.pt"
     torch.save({"not": "ours"}, foreign)
     text = tmp_path / "text.pt"
@@ -218,6 +222,8 @@ def checkpoint_errors(tmp_path: Path) -> list[tuple[Path, str]]:
         (text, "text.pt is damaged or not a PyTorch file"),
         (truncated, "truncated.pt is damaged or not a PyTorch file"),
         (evil, "was refused by the safe loader"),
+        (evil_protocol_2, "was refused by the safe loader (it is damaged, or it holds objects that could run "
+                          "code on load): Unsupported global: GLOBAL print was not an allowed global"),
         (foreign, "is not an xnortrain checkpoint"),
     ]
 
@@ -225,9 +231,12 @@ def checkpoint_errors(tmp_path: Path) -> list[tuple[Path, str]]:
 def test_bad_checkpoints_are_refused_with_one_line(tmp_path, capsys):
     for path, message in checkpoint_errors(tmp_path):
         for mode in (["--resume", str(path)], ["--eval-only", "--resume", str(path)]):
-            code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
-                                *synthetic_args(tmp_path / "run"), *mode)
+            with warnings.catch_warnings(record=True) as warned:  # a warning would print beside the line
+                warnings.simplefilter("always")
+                code, err = run_cli(capsys, "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
+                                    *synthetic_args(tmp_path / "run"), *mode)
             assert code == 2 and len(err) == 1 and message in err[0], (mode, err)
+            assert [str(w.message) for w in warned] == [], (path.name, mode)
     assert not (tmp_path / "run").exists()  # nothing written for a refused checkpoint
 
 

@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -70,13 +71,23 @@ def safe_load(path: Path, what: str):
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of any pickle protocol above 2, loadable or not
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{what} {path} was refused by the safe loader (it is damaged, or it holds "
-                              f"objects that could run code on load): {first}") from None
+                              f"objects that could run code on load): {_refusal_reason(err)}") from None
     except Exception as err:  # the loader parses any bytes it is given: each failure means a bad file
         raise CheckpointError(f"{what} {path} is damaged or not a PyTorch file ({type(err).__name__})") from None
+
+
+def _refusal_reason(err: pickle.UnpicklingError) -> str:
+    """The safe loader's own reason, the first line after "WeightsUnpickler error:" in torch's
+    message (past its advice to load unsafely); the message's first line otherwise."""
+    text = str(err)
+    _, marker, reason = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (reason if marker else text).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def check_fits_model(path: str | Path, weights: dict, model: nn.Module) -> None:
