@@ -5,10 +5,11 @@ same step with BinOp attached (same architecture, batch, Adam optimizer, BinOp p
 after each step) run alternately in one process, the starting one rotating every round;
 the ratio is the median over rounds of BinOp's step time over the plain step's. Each
 step's minor page faults (memory the kernel maps afresh, as glibc's heap gives freed memory
-back and takes it again) are counted too, since on a CPU they cost more than BinOp's maths
-(docs/trainer.md, "Training on a CPU"). The compiled pair compiles each model with torch.compile (as ``train.compile: true`` does);
-the time of its first steps, which compile, is printed on a line of its own. The script
-prints the four ratios with their targets.
+back and takes it again) are counted too: on a CPU they can cost more than BinOp's maths
+(docs/trainer.md, "Training on a CPU"). The compiled pair compiles each model with
+torch.compile (as ``train.compile: true`` does); the time of its first steps, which
+compile, is printed on a line of its own. The script prints the four ratios with their
+targets.
 
     python scripts/bench_binop.py                  # 200 rounds per pair
     python scripts/bench_binop.py --quick          # 20 rounds per pair

@@ -118,7 +118,7 @@ def test_bench_binop_rotates_which_trainer_starts_each_round():
     times = bench.alternate(steps, None, None, rounds=3, faults=faults)
     assert order == ["plain", "binop", "binop", "plain", "plain", "binop"]
     assert [len(t) for t in times.values()] == [3, 3]
-    assert [len(f) for f in faults.values()] == [3, 3] and all(n >= 0 for f in faults.values() for n in f)
+    assert [len(f) for f in faults.values()] == [3, 3]
 
 
 def test_bench_binop_counts_the_page_faults_of_fresh_memory():
@@ -140,5 +140,5 @@ def test_bench_binop_prints_the_ratio_against_its_target(capsys):
     bench = load_script("bench_binop")
     (result,) = bench.main(["--models", "lenet5", "--modes", "eager", "--rounds", "2"])
     assert result["ratio"] > 0 and result["target"] == 1.10 and result["rounds"] == 2
-    assert result["plain_faults_per_step"] >= 0 and result["binop_faults_per_step"] >= 0
-    assert "| lenet5 | 128 | eager |" in capsys.readouterr().out
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| lenet5 | 128 | eager |")]
+    assert row.endswith(f"| {result['plain_faults_per_step']:.0f} / {result['binop_faults_per_step']:.0f} |")
