@@ -20,9 +20,9 @@ import torch
 import torch.distributed as dist
 
 # Imported before any group is joined, for `process_group`: the default argument
-# `group=group.WORLD` of its functions is evaluated at import, so imported while a group is
-# up (DistributedDataParallel imports it, through torch.compile's modules) it would hold
-# the default group for good, and destroy_process_group() could not free it.
+# `group=group.WORLD` of its functions is evaluated at import (PyTorch 2.14), so imported
+# while a group is up (DistributedDataParallel imports it, through torch.compile's modules)
+# it would hold the default group for good, and destroy_process_group() could not free it.
 import torch.distributed.nn.functional  # noqa: F401
 
 
