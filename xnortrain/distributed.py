@@ -23,7 +23,9 @@ import torch.distributed as dist
 # `group=group.WORLD` of its functions is evaluated at import (PyTorch 2.14), so imported
 # while a group is up (DistributedDataParallel imports it, through torch.compile's modules)
 # it would hold the default group for good, and destroy_process_group() could not free it.
-import torch.distributed.nn.functional  # noqa: F401
+# (A torch built without distributed support has no such module and no groups.)
+if dist.is_available():
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 @dataclass(frozen=True)
