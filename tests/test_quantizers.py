@@ -18,6 +18,7 @@ from xnortrain.quantizers import (
     Sign,
     Xnor,
     make_quantizer,
+    sign_pm1,
 )
 
 
@@ -36,6 +37,18 @@ def test_sign_values_and_clipped_straight_through_gradient():
     out, grad = forward_and_grad(Sign(), W, G)
     assert out.tolist() == [[-1, -1, 1, 1, 1, 1, 1, 1]]  # sign(0) = sign(-0.0) = +1
     assert grad.tolist() == [[0, 2, 3, 4, 5, 6, 7, 0]]  # G * 1{|W| <= 1}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_sign_pm1_is_the_same_function_eager_and_compiled(dtype):
+    """sign_pm1 has one spelling for eager mode and one for torch.compile: the same values,
+    sign(+-0) = +1, NaN -> +1, and the input's dtype."""
+    torch.compiler.reset()
+    w = torch.tensor([-math.inf, -1.5, -1e-30, -0.0, 0.0, 1e-30, 0.7, math.inf, math.nan], dtype=dtype)
+    expected = torch.tensor([-1, -1, -1, 1, 1, 1, 1, 1, 1], dtype=dtype)
+    eager, compiled = sign_pm1(w.clone()), torch.compile(sign_pm1, fullgraph=True)(w.clone())
+    assert eager.dtype == compiled.dtype == dtype
+    assert torch.equal(eager, expected) and torch.equal(compiled, expected)
 
 
 def test_binary01_thresholds_and_clips_the_gradient_to_0_1():
