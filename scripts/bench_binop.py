@@ -5,11 +5,18 @@ same step with BinOp attached (same architecture, batch, Adam optimizer, BinOp p
 after each step) run alternately in one process, the starting one rotating every round;
 the ratio is the median over rounds of BinOp's step time over the plain step's. Each
 step's minor page faults (memory the kernel maps afresh, as glibc's heap gives freed memory
-back and takes it again) are counted too: on a CPU they can cost more than BinOp's maths
-(docs/trainer.md, "Training on a CPU"). The compiled pair compiles each model with
+back and takes it again) are counted too. The compiled pair compiles each model with
 torch.compile (as ``train.compile: true`` does); the time of its first steps, which
 compile, is printed on a line of its own. The script prints the four ratios with their
-targets.
+targets, and the heap they ran on.
+
+The heap: with glibc's default settings, whether an eager step's memory is given back and
+faulted in again changes from process to process, for the plain step as much as for BinOp's,
+and moves the eager LeNet-5 ratio by more than BinOp costs (docs/trainer.md, "Training on a
+CPU"). `scripts/results.py` therefore runs this script with the heap kept:
+
+    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824 \
+        python scripts/bench_binop.py
 
     python scripts/bench_binop.py                  # 200 rounds per pair
     python scripts/bench_binop.py --quick          # 20 rounds per pair
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -77,6 +85,14 @@ def seconds(fn, *args) -> float:
 def minor_faults() -> int:
     """This process's minor page faults so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def heap() -> str:
+    """The glibc heap settings this process runs with (GLIBC_TUNABLES, read at start-up)."""
+    tunables = os.environ.get("GLIBC_TUNABLES")
+    if tunables:
+        return f"GLIBC_TUNABLES={tunables}"
+    return "glibc's default (eager ratios vary from process to process with its page faults; docs/trainer.md)"
 
 
 def alternate(steps: dict[str, Callable], x, y, rounds: int,
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rounds = args.rounds or (20 if args.quick else 200)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(f"heap: {heap()}")
     print("| model | batch | mode | plain step ms | BinOp step ms | BinOp / plain (median of pairs) | target "
           "| page faults per step, plain / BinOp (mean) |")
     print("|---|---|---|---|---|---|---|---|")
@@ -168,8 +185,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 print(f"| {name} | {phase} | {p['plain_ms']:.3f} | {p['added_ms']:.3f} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "pairs": results,
-                       "phases": phases}, f, indent=2)
+            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "heap": heap(),
+                       "pairs": results, "phases": phases}, f, indent=2)
     return results
 
 
