@@ -71,13 +71,13 @@ def check_grad_mode(grad: str) -> str:
 def sign_pm1(w: torch.Tensor) -> torch.Tensor:
     """sign(W) in {-1, +1} with sign(0) = sign(-0.0) = +1 (and NaN -> +1), in W's dtype.
 
-    Two spellings of the same values. Eager: sign(sign(W) + 1/2), where sign(W) is -1, 0 or +1
-    and adding 1/2 moves the zeros to the + side; arithmetic rather than a comparison, since
-    bool tensors are several times slower than float maths on CPU. Under torch.compile:
-    where(W < 0, -1, +1), a compare and select that inductor fuses into the consumer's loop,
-    where the arithmetic form costs four compares and selects per element."""
+    Two spellings of the same values, each the faster one where it runs. Eager:
+    sign(sign(W) + 1/2), where sign(W) is -1, 0 or +1 and adding 1/2 moves the zeros to the +
+    side; float arithmetic, since a bool tensor costs about four times as much on CPU. Under
+    torch.compile: 1 - 2 * 1{W < 0}, one compare that inductor fuses into the consumer's loop
+    and that the backward pass recomputes from W instead of keeping a copy of sign(W)."""
     if torch.compiler.is_compiling():
-        return torch.where(w < 0, -1.0, 1.0).to(w.dtype)
+        return 1 - 2 * (w < 0).to(w.dtype)
     return torch.sign(w).add_(0.5).sign_()
 
 
