@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from xnortrain.errors import UserError
-from xnortrain.plot import plot_runs
+from xnortrain.train.plot import plot_runs
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
 FULL_PRECISION = "full precision"

@@ -7,16 +7,14 @@ the ratio is the median over rounds of BinOp's step time over the plain step's. 
 step's minor page faults (memory the kernel maps afresh, as glibc's heap gives freed memory
 back and takes it again) are counted too. The compiled pair compiles each model with
 torch.compile (as ``train.compile: true`` does); the time of its first steps, which
-compile, is printed on a line of its own. The script prints the four ratios with their
-targets, and the heap they ran on.
+compile, is printed on a line of its own. The script prints the four ratios and the heap
+they ran on.
 
 The heap: with glibc's default settings, whether an eager step's memory is given back and
 faulted in again changes from process to process, for the plain step as much as for BinOp's,
-and moves the eager LeNet-5 ratio by more than BinOp costs (docs/trainer.md, "Training on a
-CPU"). `scripts/results.py` therefore runs this script with the heap kept:
-
-    GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824 \
-        python scripts/bench_binop.py
+and moves the eager LeNet-5 ratio from run to run (the fault columns show it); a setting
+that keeps the heap, and its measured effect, is a tip in docs/trainer.md ("Training on a
+CPU"). `scripts/results.py` runs this script with the default heap.
 
     python scripts/bench_binop.py                  # 200 rounds per pair
     python scripts/bench_binop.py --quick          # 20 rounds per pair
@@ -44,7 +42,6 @@ from xnortrain.zoo import lenet5, nin
 
 CASES = {"lenet5": (lenet5, (128, 1, 28, 28)), "nin": (nin, (32, 3, 32, 32))}
 MODES = ("eager", "compiled")
-TARGETS = {("lenet5", "eager"): 1.10, ("nin", "eager"): 1.03, ("lenet5", "compiled"): 1.03, ("nin", "compiled"): 1.03}
 PHASES = ("forward", "backward", "optimizer step and projection")
 WARMUP = 3  # steps before timing; under torch.compile the first ones compile
 
@@ -92,7 +89,7 @@ def heap() -> str:
     tunables = os.environ.get("GLIBC_TUNABLES")
     if tunables:
         return f"GLIBC_TUNABLES={tunables}"
-    return "glibc's default (eager ratios vary from process to process with its page faults; docs/trainer.md)"
+    return "glibc's default (eager ratios vary from process to process with its page faults; docs/trainer.md has a tip)"
 
 
 def alternate(steps: dict[str, Callable], x, y, rounds: int,
@@ -129,8 +126,7 @@ def bench_pair(name: str, mode: str, rounds: int) -> dict:
             "binop_step_ms": statistics.median(times["binop"]) * 1e3,
             "plain_faults_per_step": statistics.mean(faults["plain"]),
             "binop_faults_per_step": statistics.mean(faults["binop"]),
-            "ratio": ratio, "target": TARGETS[name, mode], "met": ratio <= TARGETS[name, mode],
-            "warmup_s": warmup_s}
+            "ratio": ratio, "warmup_s": warmup_s}
 
 
 def bench_phases(name: str, rounds: int) -> dict:
@@ -160,16 +156,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(f"heap: {heap()}")
-    print("| model | batch | mode | plain step ms | BinOp step ms | BinOp / plain (median of pairs) | target "
+    print("| model | batch | mode | plain step ms | BinOp step ms | BinOp / plain (median of pairs) "
           "| page faults per step, plain / BinOp (mean) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     results = []
     for mode in args.modes:
         for name in args.models:
             r = bench_pair(name, mode, rounds)
             results.append(r)
             print(f"| {name} | {r['batch']} | {mode} | {r['plain_step_ms']:.2f} | {r['binop_step_ms']:.2f} | "
-                  f"{r['ratio']:.3f} | <= {r['target']:.2f} {'met' if r['met'] else 'MISSED'} | "
+                  f"{r['ratio']:.3f} | "
                   f"{r['plain_faults_per_step']:.0f} / {r['binop_faults_per_step']:.0f} |", flush=True)
     for r in results:
         if r["mode"] == "compiled":

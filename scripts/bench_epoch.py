@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xnortrain.config import load_config
-from xnortrain.idx import DEBIAN_FASHION_MNIST
-from xnortrain.train import Position, StopFlag, build_run, train_one_epoch
+from xnortrain.train.config import load_config
+from xnortrain.train.idx import DEBIAN_FASHION_MNIST
+from xnortrain.train.loop import Position, StopFlag, build_run, train_one_epoch
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
 

@@ -4,7 +4,9 @@ kernels against the float path of the same export, side by side in one process.
 For LeNet-5, NIN and AlexNet it trains one step on synthetic data through the normal
 trainer (so the checkpoint holds what a real one holds), exports it with
 `python -m xnortrain export`'s function and prints the sizes: training checkpoint,
-float32 state_dict, exported file. Then, in eval mode, it times
+float32 state_dict, exported file as exported by default (float parts in float32) and with
+`--check-data` (float parts in float16 where the predictions on the run's evaluation
+inputs hold). Then, in eval mode, it times
 
 - the whole model: `load_exported(path)` (float path: every layer a float op) against
   `load_exported(path, binary_kernels=True)` (binary blocks as XNOR-popcount layers);
@@ -37,12 +39,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xnortrain import kernels
 from xnortrain.activations import bin_active
-from xnortrain.bits import XnorConv2d, XnorLinear
-from xnortrain.config import load_config
-from xnortrain.export import export_checkpoint, load_exported
-from xnortrain.train import fit
+from xnortrain.deploy import kernels, load_exported
+from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
+from xnortrain.train.config import load_config
+from xnortrain.train.deployment import export_checkpoint
+from xnortrain.train.loop import fit
 
 MODELS = {"lenet5": [1, 28, 28], "nin": [3, 32, 32], "alexnet": [3, 224, 224]}
 RUNS = {"lenet5": [1], "nin": [1], "alexnet": [1, 8]}  # batch sizes timed per model
@@ -57,9 +59,11 @@ def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
     fit(config, quiet=True)
     exported = out_dir / f"{name}.xnor.pt"
     sizes = export_checkpoint(out_dir / "best.pt", exported)
+    checked = export_checkpoint(out_dir / "best.pt", out_dir / f"{name}.checked.xnor.pt", check_data=True)
     buffer = io.BytesIO()
     torch.save(load_exported(exported).state_dict(), buffer)  # the float32 model, W~ as floats
-    return {"model": name, **sizes, "float32_state_dict_bytes": buffer.tell()}, exported
+    return {"model": name, **sizes, "checked_bytes": checked["exported_bytes"],
+            "float32_state_dict_bytes": buffer.tell()}, exported
 
 
 @torch.no_grad()
@@ -143,8 +147,9 @@ def main() -> None:
     clock, threads = clock_hz(), torch.get_num_threads()
 
     print(f"torch {torch.__version__}, {threads} threads; {kernels.path_in_use()}")
-    print("| model | training checkpoint B | float32 state_dict B | exported B | vs checkpoint | vs float32 |")
-    print("|---|---|---|---|---|---|")
+    print("| model | training checkpoint B | float32 state_dict B | exported B | vs checkpoint | vs float32 "
+          "| exported with --check-data B | vs float32 |")
+    print("|---|---|---|---|---|---|---|---|")
     sizes, speeds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         exported = {}
@@ -153,7 +158,8 @@ def main() -> None:
             sizes.append(s)
             print(f"| {name} | {s['checkpoint_bytes']:,} | {s['float32_state_dict_bytes']:,} | {s['exported_bytes']:,} | "
                   f"{s['checkpoint_bytes'] / s['exported_bytes']:.1f}x | "
-                  f"{s['float32_state_dict_bytes'] / s['exported_bytes']:.1f}x |", flush=True)
+                  f"{s['float32_state_dict_bytes'] / s['exported_bytes']:.1f}x | {s['checked_bytes']:,} | "
+                  f"{s['float32_state_dict_bytes'] / s['checked_bytes']:.1f}x |", flush=True)
         print("\n| model | batch | float path ms | binary kernels ms | speedup | binary layers: float ms | "
               "binary ms | speedup | binary GMAC/s | same predictions |")
         print("|---|---|---|---|---|---|---|---|---|---|")
@@ -166,7 +172,7 @@ def main() -> None:
                       f"{r['layers_float_ms']:.2f} | {r['layers_binary_ms']:.2f} | {r['layers_speedup']:.2f}x | "
                       f"{r['binary_macs_per_s'] / 1e9:.0f} | {r['same_predictions']} |", flush=True)
     if clock:
-        path = torch.ops.xnortrain.popcount_path() if kernels.native() else "64-bit POPCNT"
+        path = torch.ops.xnortrain.popcount_path() if kernels.load() is None else "64-bit POPCNT"
         limit = MACS_PER_CYCLE[path] * clock * threads
         print(f"\n{path} limit: {MACS_PER_CYCLE[path]} binary MACs/cycle x {clock / 1e9:.2f} GHz x {threads} "
               f"threads = {limit / 1e9:.0f} GMAC/s; best achieved "

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from xnortrain import BinOp
-from xnortrain.data import DataSpec, build_data
+from xnortrain.train.data import DataSpec, build_data
 from xnortrain.zoo import lenet5
 
 

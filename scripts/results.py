@@ -24,18 +24,14 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-# glibc keeps the memory a step frees instead of giving it back and faulting it in again next
-# step (docs/trainer.md, "Training on a CPU"): bench_binop then measures BinOp, not the heap.
-KEPT_HEAP = "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824"
-
-# name: (title, full arguments, quick arguments, environment settings); every script also takes --json PATH
+# name: (title, full arguments, quick arguments); every script also takes --json PATH
 BENCHMARKS = {
     "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net",
-                 ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick"], []),
-    "binop": ("BinOp's cost in a training step (BinOp / plain step time)", [], ["--quick"], [KEPT_HEAP]),
-    "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", [], ["--quick"], []),
-    "epoch": ("Trainer epoch time against a plain PyTorch loop", [], ["--quick"], []),
-    "memory": ("Memory of a training step with and without BinOp", [], ["--quick"], []),
+                 ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick"]),
+    "binop": ("BinOp's cost in a training step (BinOp / plain step time)", [], ["--quick"]),
+    "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", [], ["--quick"]),
+    "epoch": ("Trainer epoch time against a plain PyTorch loop", [], ["--quick"]),
+    "memory": ("Memory of a training step with and without BinOp", [], ["--quick"]),
 }
 
 
@@ -51,17 +47,15 @@ def machine() -> str:
 
 
 def command_of(name: str, quick: bool) -> list[str]:
-    """The benchmark's command as a shell runs it: NAME=value settings, then python and its arguments."""
-    _, full, quick_args, settings = BENCHMARKS[name]
-    return [*settings, "python", f"scripts/bench_{name}.py", *(quick_args if quick else full)]
+    """The benchmark's command as a shell runs it, under the default environment."""
+    _, full, quick_args = BENCHMARKS[name]
+    return ["python", f"scripts/bench_{name}.py", *(quick_args if quick else full)]
 
 
 def run_benchmark(command: list[str], json_path: Path) -> str:
     """The benchmark's printed output; a failed benchmark stops the page from being written."""
-    python = command.index("python")
-    settings = dict(setting.split("=", 1) for setting in command[:python])
-    done = subprocess.run([sys.executable, *command[python + 1:], "--json", str(json_path)], cwd=REPO,
-                          env={**os.environ, **settings}, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, *command[1:], "--json", str(json_path)], cwd=REPO,
+                          capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout.rstrip()

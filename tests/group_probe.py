@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from xnortrain import train
 from xnortrain.__main__ import main
+from xnortrain.train import loop as train
 
 report_dir, argv = Path(sys.argv[1]), sys.argv[2:]
 seen = {"during": False}

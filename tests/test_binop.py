@@ -10,11 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models_for_tests import train_losses
+from reference import alpha_of, rescaled_gradient, sign
 from torch import nn
 from torch.testing import assert_close
 
-from models_for_tests import train_losses
-from reference import alpha_of, rescaled_gradient, sign
 from xnortrain import BinOp, binarize, binarize_weight
 from xnortrain.zoo import lenet5
 
@@ -327,7 +327,16 @@ class OutOfOrder(nn.Module):
         return self.head(self.norm(self.body(x)).mean((2, 3)))
 
 
-def test_default_selection_excludes_first_and_last_by_registration_order():
+def test_default_selection_excludes_first_and_last_by_execution_order_given_an_example():
+    model = OutOfOrder()
+    statistics = copy.deepcopy(dict(model.named_buffers()))
+    assert list(BinOp(model, example_input=torch.randn(2, 3, 8, 8)).targets) == ["body.1", "body.2"]
+    assert model.training  # the pass ran in eval mode: BatchNorm's statistics are as they were
+    for name, value in model.named_buffers():
+        assert torch.equal(value, statistics[name]), name
+
+
+def test_default_selection_falls_back_to_registration_order_without_an_example():
     assert list(BinOp(OutOfOrder()).targets) == ["body.0", "body.1"]
     assert list(BinOp(OutOfOrder(), skip_first_last=False).targets) == ["head", "body.0", "body.1", "body.2"]
 

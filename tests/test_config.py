@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xnortrain.config import Config, build_config, load_config
 from xnortrain.errors import ConfigError
+from xnortrain.train.config import Config, build_config, load_config
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -20,10 +20,10 @@ import torchvision
 from torch import nn
 from torch.testing import assert_close
 
-from xnortrain import data
-from xnortrain.data import DataSpec, build_data
 from xnortrain.errors import ConfigError, DataError
-from xnortrain.idx import DEBIAN_FASHION_MNIST
+from xnortrain.train import data
+from xnortrain.train.data import DataSpec, build_data
+from xnortrain.train.idx import DEBIAN_FASHION_MNIST
 
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 # name: (folder, training files, test file, meta file, meta key, label key, classes)
@@ -318,7 +318,7 @@ def test_synthetic_labels_are_learnable():
 def test_import_and_synthetic_data_work_without_torchvision():
     code = (
         "import sys; sys.modules['torchvision'] = None\n"
-        "from xnortrain.data import DataSpec, build_data\n"
+        "from xnortrain.train.data import DataSpec, build_data\n"
         "print(len(build_data(DataSpec('synthetic'), seed=0).train))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,10 +6,19 @@ import math
 
 import pytest
 import torch
+from test_train import (
+    TESTS,
+    assert_same_weights,
+    config_for,
+    interrupt_at,
+    run_cli,
+    strip_times,
+    synthetic_args,
+    weights,
+)
 
-from test_train import TESTS, assert_same_weights, config_for, interrupt_at, run_cli, strip_times, synthetic_args, weights
-from xnortrain.distill import distillation_loss
-from xnortrain.train import Interrupted, build_run, fit
+from xnortrain.train.distill import distillation_loss
+from xnortrain.train.loop import Interrupted, build_run, fit
 
 CLI = ("--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"))
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_train import assert_same_weights, cli_env, synthetic_args, weights
 
-from xnortrain.config import load_config
-from xnortrain.train import evaluate_checkpoint
+from xnortrain.train.config import load_config
+from xnortrain.train.loop import evaluate_checkpoint
 
 TESTS = Path(__file__).parent
 CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")

@@ -14,12 +14,14 @@ from torch.nn.utils import parametrize
 
 from xnortrain import BinOp
 from xnortrain.__main__ import main
-from xnortrain.bits import XnorConv2d, XnorLinear, popcount64
-from xnortrain.config import load_config
+from xnortrain.deploy import load_exported
+from xnortrain.deploy.bitpack import popcount64
+from xnortrain.deploy.summary import summary
+from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 from xnortrain.errors import CheckpointError, UserError
-from xnortrain.export import evaluation_inputs, export_checkpoint, load_exported
-from xnortrain.summary import summary
-from xnortrain.train import build_run, fit, load_weights
+from xnortrain.train.config import load_config
+from xnortrain.train.deployment import evaluation_inputs, export_checkpoint
+from xnortrain.train.loop import build_run, fit, load_weights
 from xnortrain.zoo import lenet5
 
 TESTS = Path(__file__).parent
@@ -62,13 +64,41 @@ def test_export_round_trip_gives_the_same_logits_and_predictions(tmp_path, case)
     with torch.no_grad():
         got = model(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    checked = evaluation_inputs(config)  # the inputs on which float16 storage keeps every prediction
-    assert torch.equal(model(checked).argmax(1), reference_logits(config, checkpoint, checked).argmax(1))
+    assert all(v.dtype != torch.float16 for v in torch.load(out, weights_only=True)["tensors"].values())
     if case != "custom":  # the zoo's binary blocks run as XNOR-popcount kernels
         fast = load_exported(out, binary_kernels=True)
         assert any(isinstance(m, (XnorConv2d, XnorLinear)) for m in fast.modules())
         with torch.no_grad():
             torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_check_data_stores_float16_where_the_predictions_on_the_evaluation_inputs_hold(tmp_path):
+    config, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    out = tmp_path / "model.xnor.pt"
+    export_checkpoint(checkpoint, out, check_data=True)
+    assert any(v.dtype == torch.float16 for v in torch.load(out, weights_only=True)["tensors"].values())
+    checked = evaluation_inputs(config)  # the inputs on which float16 storage keeps every prediction
+    with torch.no_grad():
+        assert torch.equal(load_exported(out)(checked).argmax(1),
+                           reference_logits(config, checkpoint, checked).argmax(1))
+
+
+def test_the_same_checkpoint_exports_to_the_same_bytes_with_or_without_its_data(tmp_path, monkeypatch):
+    import xnortrain.train.data as data
+    import xnortrain.train.deployment as deployment
+
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    export_checkpoint(checkpoint, tmp_path / "with.xnor.pt")
+
+    def missing(*args, **kwargs):
+        raise data.DataError("the data set is not on this machine")
+
+    monkeypatch.setattr(deployment, "build_data", missing)
+    monkeypatch.setattr(data, "build_data", missing)
+    export_checkpoint(checkpoint, tmp_path / "without.xnor.pt")
+    assert (tmp_path / "with.xnor.pt").read_bytes() == (tmp_path / "without.xnor.pt").read_bytes()
+    with pytest.raises(UserError, match="not on this machine"):  # --check-data needs the data
+        export_checkpoint(checkpoint, tmp_path / "checked.xnor.pt", check_data=True)
 
 
 def test_packed_file_holds_one_bit_per_binarized_weight(tmp_path):
@@ -89,14 +119,14 @@ def test_packed_file_holds_one_bit_per_binarized_weight(tmp_path):
 
 
 def test_export_of_a_checkpoint_without_data_shape_says_how_to_re_save_it(tmp_path, monkeypatch):
-    import xnortrain.data
+    import xnortrain.train.deployment as deployment
 
     _, checkpoint = trained(tmp_path, *CASES["lenet5"])
     state = torch.load(checkpoint, weights_only=True)
     del state["data_shape"]
     old = tmp_path / "old.pt"
     torch.save(state, old)
-    monkeypatch.setattr(xnortrain.data, "build_data", None)  # export reads no data set
+    monkeypatch.setattr(deployment, "build_data", None)  # export reads no data set
     with pytest.raises(CheckpointError, match="data_shape") as err:
         export_checkpoint(old, tmp_path / "x.pt")
     assert "\n" not in str(err.value) and not (tmp_path / "x.pt").exists()
@@ -107,11 +137,12 @@ def test_export_of_a_checkpoint_without_data_shape_says_how_to_re_save_it(tmp_pa
     assert (tmp_path / "x.pt").exists()
 
 
-def test_export_and_summary_do_not_load_the_trainer(tmp_path):
+def test_loading_an_exported_model_and_its_summary_do_not_load_the_trainer(tmp_path):
     _, checkpoint = trained(tmp_path, *CASES["lenet5"])
-    probe = (f"import sys; from xnortrain.export import export_checkpoint; from xnortrain.summary import summary; "
-             f"export_checkpoint({str(checkpoint)!r}, {str(tmp_path / 'x.pt')!r}); "
-             f"assert 'xnortrain.train' not in sys.modules, 'trainer loaded'")
+    export_checkpoint(checkpoint, tmp_path / "x.pt")
+    probe = (f"import sys, torch; from xnortrain.deploy import load_exported; from xnortrain.deploy.summary import summary; "
+             f"print(summary(load_exported({str(tmp_path / 'x.pt')!r}, binary_kernels=True), torch.zeros(1, 1, 28, 28))); "
+             f"assert not [m for m in sys.modules if m.startswith('xnortrain.train')], 'trainer loaded'")
     subprocess.run([sys.executable, "-c", probe], check=True, cwd=TESTS.parent)
 
 
@@ -122,7 +153,7 @@ def test_exported_lenet5_matches_the_trained_model_on_real_fashion_mnist(tmp_pat
     config = load_config(TESTS.parent / "configs" / "fashion_mnist_lenet.yaml",
                          ["train.epochs=1", "data.train_subset=2000", f"data.root={tmp_path}", f"train.out_dir={tmp_path}"])
     fit(config, quiet=True)
-    export_checkpoint(tmp_path / "best.pt", tmp_path / "m.xnor.pt")
+    export_checkpoint(tmp_path / "best.pt", tmp_path / "m.xnor.pt", check_data=True)
     x = evaluation_inputs(config)  # the first 1000 test images
     assert x.shape[0] == 1000
     stored = torch.load(tmp_path / "m.xnor.pt", weights_only=True)["tensors"]
@@ -169,6 +200,19 @@ def test_cli_export_and_summary(tmp_path, capsys):
     assert main(["summary", "--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"),
                  "--set", "data.name=synthetic", "--set", "data.synthetic_shape=[1,28,28]"]) == 0
     assert "binary MACs: 87.2% of 2,293,000" in capsys.readouterr().out
+    assert main(["summary", "--checkpoint", str(checkpoint)]) == 0
+    assert "binary MACs: 87.2% of 2,293,000" in capsys.readouterr().out
+
+
+def test_summary_of_a_config_reads_no_data(tmp_path, monkeypatch, capsys):
+    import xnortrain.train.data as data
+
+    monkeypatch.setattr(data, "build_data", None)
+    assert main(["summary", "--config", str(TESTS.parent / "configs" / "cifar_nin.yaml"),
+                 "--set", f"data.root={tmp_path / 'absent'}"]) == 0
+    assert "conv9" in capsys.readouterr().out
+    assert main(["summary"]) == 2
+    assert "give --config FILE or --checkpoint PATH" in capsys.readouterr().err
 
 
 def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_train import assert_same_weights, cli_env, synthetic_args, weights
 
-from xnortrain.checkpoint import load_checkpoint
+from xnortrain.train.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).parent
 CONFIG = str(TESTS.parent / "configs" / "mnist_lenet.yaml")

@@ -1,16 +1,25 @@
-"""XNOR-popcount layers, native and pure-PyTorch, against the float ops they replace."""
+"""XNOR-popcount layers, native and pure-PyTorch, against the float ops they replace.
+
+The native tests skip, naming the reason, where the kernels cannot be built (no C++
+compiler); the pure-PyTorch ones run everywhere, as a simulated machine without a compiler
+checks."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from xnortrain import kernels
 from xnortrain.activations import bin_active
-from xnortrain.bits import XnorConv2d, XnorLinear
+from xnortrain.deploy import kernels
+from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 
 PATHS = {"native": True, "native-scalar": True, "pytorch": False}  # native-scalar: without AVX-512
 CHANNELS = (1, 3, 63, 64, 65, 200)
@@ -34,10 +43,16 @@ def random_signs(*shape: int, seed: int) -> torch.Tensor:
     return torch.where(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) >= 0, 1.0, -1.0)
 
 
+def require_native_kernels() -> None:
+    problem = kernels.load()
+    if problem is not None:
+        pytest.skip(f"native kernels unavailable: {problem}")
+
+
 @pytest.fixture(params=sorted(PATHS))
 def native(request, monkeypatch) -> bool:
     if PATHS[request.param]:
-        assert kernels.native(), kernels.path_in_use()
+        require_native_kernels()
     if request.param == "native-scalar":
         monkeypatch.setenv("XNORTRAIN_NO_AVX512", "1")
     return PATHS[request.param]
@@ -97,20 +112,49 @@ def test_exact_zeros_count_as_plus_one(native):
 
 def test_the_disable_variable_selects_the_pytorch_path(monkeypatch):
     monkeypatch.setenv(kernels.DISABLE, "1")
-    assert not kernels.native()
-    assert "pure-PyTorch" in kernels.path_in_use()
-    assert not XnorLinear(torch.ones(3, 5, dtype=torch.bool), torch.ones(3), None).native
+    assert kernels.load() == f"{kernels.DISABLE} is set"
+    assert kernels.path_in_use().startswith("pure-PyTorch")
     monkeypatch.delenv(kernels.DISABLE)
-    assert kernels.native() and "native" in kernels.path_in_use()
+    require_native_kernels()
+    assert kernels.path_in_use().startswith("native")
+
+
+def test_a_layer_never_builds_the_kernels_and_runs_the_pytorch_path_by_default(monkeypatch):
+    monkeypatch.setattr(kernels, "_build_and_load", None)  # any call would fail
+    assert not XnorLinear(torch.ones(3, 5, dtype=torch.bool), torch.ones(3), None).native
+    assert not XnorConv2d(nn.Conv2d(2, 3, 1), torch.ones(3, 2, 1, 1, dtype=torch.bool), torch.ones(3), None).native
 
 
 def test_native_layers_export_with_torch_export():
-    assert kernels.native(), kernels.path_in_use()
+    require_native_kernels()
     conv = nn.Conv2d(8, 4, 3, padding=1)
-    model = nn.Sequential(XnorConv2d(conv, random_signs(4, 8, 3, 3, seed=0) >= 0, torch.rand(4), None), nn.Flatten(),
-                          XnorLinear(random_signs(3, 4 * 25, seed=1) >= 0, torch.rand(3), torch.zeros(3)))
+    model = nn.Sequential(XnorConv2d(conv, random_signs(4, 8, 3, 3, seed=0) >= 0, torch.rand(4), None, native=True),
+                          nn.Flatten(),
+                          XnorLinear(random_signs(3, 4 * 25, seed=1) >= 0, torch.rand(3), torch.zeros(3), native=True))
     x = torch.randn(2, 8, 5, 5)
     program = torch.export.export(model, (x,))
     assert {"xnortrain.xnor_conv2d.default", "xnortrain.xnor_linear.default"} <= {
         str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip_naming_why(tmp_path):
+    """A machine without a C++ compiler: every compiler on PATH fails, and the kernel cache is
+    empty, so `kernels.load` must build and cannot."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for compiler in ("c++", "g++", "gcc", "cc", "clang", "clang++"):
+        (fake_bin / compiler).write_text("#!/bin/sh\necho 'no compiler on this machine' >&2\nexit 1\n")
+        (fake_bin / compiler).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX", kernels.DISABLE)}
+    env.update(PATH=f"{fake_bin}{os.pathsep}{env['PATH']}", XNORTRAIN_CACHE=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__,
+                           "-k", "not without_a_compiler"], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parent.parent, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:]
+    passed = int(re.search(r"(\d+) passed", done.stdout).group(1))
+    skipped = int(re.search(r"(\d+) skipped", done.stdout).group(1))
+    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 1  # conv, linear, alpha/bias, zeros, no-build
+    assert passed == pytorch_tests, done.stdout[-3000:]
+    assert skipped == 2 * (pytorch_tests - 1) + 2  # both native paths of each, torch.export and the disable test
+    assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout

@@ -8,11 +8,10 @@ import sys
 import pytest
 import torch
 
-from xnortrain.config import ModelConfig
-from xnortrain.data import DataSpec, build_data
 from xnortrain.errors import MissingDependency
-from xnortrain.idx import DEBIAN_FASHION_MNIST
-from xnortrain.models import build_model
+from xnortrain.model_factory import build_model
+from xnortrain.train.data import DataSpec, build_data
+from xnortrain.train.idx import DEBIAN_FASHION_MNIST
 
 
 @pytest.fixture
@@ -38,7 +37,7 @@ def test_binop_and_the_zoo_work_without_torchvision():
 
 def test_a_torchvision_model_without_torchvision_is_one_line(without_torchvision):
     with pytest.raises(MissingDependency, match=r"torchvision:resnet18 needs torchvision.*xnortrain\[vision\]"):
-        build_model(ModelConfig(name="torchvision:resnet18"), 10, 3)
+        build_model("torchvision:resnet18", {}, 10, 3)
 
 
 def test_a_torchvision_data_set_without_torchvision_is_one_line(tmp_path, without_torchvision):

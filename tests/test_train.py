@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import xnortrain.train as train_module
+import xnortrain.train.loop as train_module
 from xnortrain.__main__ import main
-from xnortrain.config import load_config
 from xnortrain.errors import CheckpointError, TrainingError
-from xnortrain.train import Interrupted, build_run, fit
+from xnortrain.train.config import load_config
+from xnortrain.train.loop import Interrupted, build_run, fit
 
 TESTS = Path(__file__).parent
 
@@ -298,7 +298,7 @@ def test_nonfinite_loss_is_skipped_when_asked(tmp_path):
 
 
 def test_failed_checkpoint_write_is_one_error_and_leaves_the_previous_intact(tmp_path, monkeypatch):
-    import xnortrain.checkpoint as checkpoint_module
+    import xnortrain.train.checkpoint as checkpoint_module
 
     fit(config_for(tmp_path, "train.epochs=1"), quiet=True)
     before = (tmp_path / "last.pt").read_bytes()
@@ -440,7 +440,7 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0
-    assert "{plot,export,summary}" in capsys.readouterr().out
+    assert "{plot,export,summary,kernels}" in capsys.readouterr().out
 
 
 def test_training_without_a_config_is_one_usage_error(capsys):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from test_train import TESTS, config_for, run_cli, synthetic_args, weights
+
 from xnortrain.quantizers import centre_and_clamp_
-from xnortrain.train import build_run, fit
+from xnortrain.train.loop import build_run, fit
 
 CLI = ("--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"))
 LENET = ("model.name=lenet5", "data.synthetic_shape=[1,28,28]", "train.epochs=1")

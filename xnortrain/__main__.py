@@ -2,8 +2,9 @@
 
     python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]
     python -m xnortrain plot RUN_DIR [RUN_DIR ...] --out curves.png [--labels A B ...]
-    python -m xnortrain export --checkpoint runs/x/best.pt --out model.xnor.pt
-    python -m xnortrain summary --config FILE [--set KEY=VALUE ...]
+    python -m xnortrain export --checkpoint runs/x/best.pt --out model.xnor.pt [--check-data]
+    python -m xnortrain summary (--config FILE [--set KEY=VALUE ...] | --checkpoint PATH)
+    python -m xnortrain kernels
 
 User errors (config, data, checkpoint) print one line on stderr and exit 2; SIGINT/SIGTERM
 finish the step, write last.pt and exit 128 + the signal number (under torchrun every
@@ -43,23 +44,31 @@ def build_parser() -> argparse.ArgumentParser:
                                         description="Write a packed 1-bit model file.")
     export_parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/x/best.pt)")
     export_parser.add_argument("--out", required=True, help="file to write (e.g. model.xnor.pt)")
+    export_parser.add_argument("--check-data", action="store_true",
+                               help="store the float tensors as float16 where the predictions on the run's first "
+                                    "1000 evaluation inputs stay the same (reads the data set; default: float32)")
 
-    summary_parser = commands.add_parser("summary", help="per-layer sizes and operations of a configured model",
-                                         description="Per-layer sizes and operations.")
-    add_config_args(summary_parser, "YAML config file (see configs/)", required=True)
+    summary_parser = commands.add_parser("summary", help="per-layer sizes and operations of a model",
+                                         description="Per-layer sizes and operations of a configured or trained model.")
+    add_config_args(summary_parser, "YAML config file (see configs/)")
+    summary_parser.add_argument("--checkpoint", help="a training checkpoint, instead of --config")
+
+    commands.add_parser("kernels", help="build (once) and load the native XNOR-popcount kernels",
+                        description="Build the native XNOR-popcount kernels where this machine has not yet, "
+                                    "and say which path the binary layers run.")
     return parser
 
 
-def add_config_args(parser: argparse.ArgumentParser, help: str, required: bool = False) -> None:
-    parser.add_argument("--config", required=required, help=help)
+def add_config_args(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--config", help=help)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key by its dotted path, value parsed as YAML (repeatable)")
 
 
 def export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from .train.deployment import export_checkpoint
 
-    sizes = export_checkpoint(args.checkpoint, args.out)
+    sizes = export_checkpoint(args.checkpoint, args.out, check_data=args.check_data)
     ratio = sizes["checkpoint_bytes"] / sizes["exported_bytes"]
     print(f"{args.out}: {sizes['exported_bytes']:,} bytes; checkpoint {args.checkpoint}: "
           f"{sizes['checkpoint_bytes']:,} bytes ({ratio:.1f}x smaller)")
@@ -67,15 +76,28 @@ def export(args: argparse.Namespace) -> int:
 
 
 def summarize(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .summary import summary_of_config
+    from .train.config import load_config
+    from .train.deployment import summary_of_checkpoint, summary_of_config
 
-    print(summary_of_config(load_config(args.config, args.overrides)))
+    if (args.config is None) == (args.checkpoint is None):
+        raise UserError("summary: give --config FILE or --checkpoint PATH (one of them)")
+    if args.checkpoint is not None:
+        print(summary_of_checkpoint(args.checkpoint))
+    else:
+        print(summary_of_config(load_config(args.config, args.overrides)))
     return 0
 
 
+def build_kernels(args: argparse.Namespace) -> int:
+    from .deploy import kernels
+
+    problem = kernels.load()
+    print(f"binary layers run the {kernels.path_in_use()}")
+    return 0 if problem is None else 1
+
+
 def plot(args: argparse.Namespace) -> int:
-    from .plot import plot_runs
+    from .train.plot import plot_runs
 
     if args.labels is not None and len(args.labels) != len(args.run_dirs):
         raise UserError(f"--labels: {len(args.labels)} labels for {len(args.run_dirs)} run directories")
@@ -84,8 +106,8 @@ def plot(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .train import evaluate_checkpoint, fit
+    from .train.config import load_config
+    from .train.loop import evaluate_checkpoint, fit
 
     config = load_config(args.config, args.overrides)
     out_dir = Path(config.train.out_dir)
@@ -102,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None and args.config is None:
-        parser.error("--config is required to train (or give a command: plot, export, summary)")
-    command = {"plot": plot, "export": export, "summary": summarize, None: run}[args.command]
-    from .train import Interrupted
+        parser.error("--config is required to train (or give a command: plot, export, summary, kernels)")
+    command = {"plot": plot, "export": export, "summary": summarize, "kernels": build_kernels, None: run}[args.command]
+    from .train.loop import Interrupted
 
     try:
         return command(args)

@@ -53,8 +53,9 @@ class BinOp:
             :meth:`detach`.
         include, exclude: glob patterns (any iterable, or one string) over fully qualified
             module names.
-        skip_first_last: keep the first and last conv/linear layer (registration order)
-            in full precision, as the paper does.
+        skip_first_last: keep the first and last conv/linear layer in full precision, as
+            the paper does: the first and last that a forward pass of `example_input` runs,
+            or the first and last registered without one.
         grad: gradient rule of the ``xnor`` quantizer, ``"xnor"`` (default), ``"exact"``
             or ``"ste"``.
         quantizer: ``"xnor"`` (default), another quantizer of `quantizers.QUANTIZERS`
@@ -65,6 +66,9 @@ class BinOp:
             vector, a 0/1 matrix): any shape, with a quantizer that needs no filters.
             With `params`, an empty layer selection (``include=[]``) is allowed.
         optimizer: if given, :meth:`project_` runs after each of its steps.
+        example_input: a batch the model takes (one sample is enough), for
+            `skip_first_last` by execution order; the pass runs in eval mode without
+            gradients and changes nothing in the model.
 
     The model's ``state_dict()`` keeps the plain model's keys and holds the real
     weights, so checkpoints load into the model with or without BinOp attached.
@@ -81,6 +85,7 @@ class BinOp:
         quantizer="xnor",
         params: Iterable[str] = (),
         optimizer: torch.optim.Optimizer | None = None,
+        example_input: torch.Tensor | None = None,
     ):
         self.grad = check_grad_mode(grad)
         self.model = model
@@ -88,7 +93,7 @@ class BinOp:
         include, exclude = as_patterns("include", include), as_patterns("exclude", exclude)
         self.targets: dict[str, nn.Module] = (
             {} if self.params and include == []
-            else select_targets(model, include, exclude, skip_first_last))
+            else select_targets(model, include, exclude, skip_first_last, example_input))
         self._slots = {**{n: (m, "weight") for n, m in self.targets.items()},
                        **{n: (self.params[n], n.rpartition(".")[2]) for n in self.params}}
         self.quantizers: dict[str, Quantizer] = assign_quantizers(list(self._slots), quantizer, self.grad)

@@ -1,9 +1,11 @@
 """Which layers BinOp binarizes: selection by fully qualified name.
 
-Candidates are every nn.Conv1d/2d/3d and nn.Linear in registration order
-(`model.named_modules()`). By default all of them except the first and the last,
-which stay full precision as in the XNOR-Net paper. `include` / `exclude` take glob
-patterns (`fnmatch`) over the fully qualified names.
+Candidates are every nn.Conv1d/2d/3d and nn.Linear of the model (`model.named_modules()`).
+By default all of them except the first and the last, which stay full precision as in the
+XNOR-Net paper. First and last are by execution order where an example input is given (a
+forward pass in eval mode, without gradients, records the order the layers run in; the
+trainer always gives one), by registration order otherwise. `include` / `exclude` take
+glob patterns (`fnmatch`) over the fully qualified names.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 
+import torch
 from torch import nn
 
 TARGET_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -26,8 +29,11 @@ def select_targets(
     include: Iterable[str] | None = None,
     exclude: Iterable[str] | None = None,
     skip_first_last: bool = True,
+    example_input: torch.Tensor | None = None,
 ) -> dict[str, nn.Module]:
-    """The layers to binarize, in registration order.
+    """The layers to binarize, in registration order; with `skip_first_last`, the first and
+    last layer that a forward pass of `example_input` runs stay out (by registration order
+    without one).
 
     Raises ValueError, listing the candidate names, when a pattern matches no conv/linear
     layer or when the selection comes out empty.
@@ -46,7 +52,8 @@ def select_targets(
     if include is not None:
         names = [n for n in names if _matches_any(n, include)]
     if skip_first_last:
-        ends = {next(iter(candidates)), next(reversed(candidates))}
+        order = list(candidates) if example_input is None else execution_order(model, candidates, example_input)
+        ends = {order[0], order[-1]}
         names = [n for n in names if n not in ends]
     if exclude:
         names = [n for n in names if not _matches_any(n, exclude)]
@@ -57,6 +64,24 @@ def select_targets(
             f"candidates: {_listing(candidates)}"
         )
     return {n: candidates[n] for n in names}
+
+
+@torch.no_grad()
+def execution_order(model: nn.Module, candidates: dict[str, nn.Module], example_input: torch.Tensor) -> list[str]:
+    """The candidates in the order a forward pass of `example_input` first runs them (eval
+    mode, no gradients: no running statistic or weight changes); registration order where the
+    pass runs none of them."""
+    order: dict[str, None] = {}
+    handles = [m.register_forward_pre_hook(lambda *_, name=name: order.setdefault(name)) for name, m in candidates.items()]
+    was_training = model.training
+    try:
+        model.eval()
+        model(example_input)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return list(order) or list(candidates)
 
 
 def as_patterns(kind: str, patterns: Iterable[str] | None) -> list[str] | None:

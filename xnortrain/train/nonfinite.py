@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import torch
 
+from .devices import accumulator_dtype
 from .distributed import Process, any_over_processes
 
 
@@ -34,7 +35,7 @@ class NonFiniteGuard:
     def __init__(self, mode: str, params: list[torch.nn.Parameter], device: torch.device):
         self.mode, self.params = mode, params
         self.first_step = torch.full((), -1, dtype=torch.int64, device=device)  # global step of the first, -1: none
-        self.first_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_loss = torch.zeros((), dtype=accumulator_dtype(device), device=device)
 
     def skip_flag(self, loss: torch.Tensor, global_step: int, process: Process) -> torch.Tensor:
         """Whether this step must not update the weights (a bool on the device); records the
@@ -43,7 +44,7 @@ class NonFiniteGuard:
         met_before = self.first_step >= 0
         first = bad & ~met_before
         self.first_step = torch.where(first, global_step, self.first_step)
-        self.first_loss = torch.where(first, loss.detach().double(), self.first_loss)
+        self.first_loss = torch.where(first, loss.detach().to(self.first_loss.dtype), self.first_loss)
         return bad | met_before if self.mode == "stop" else bad
 
     @torch.no_grad()
@@ -62,5 +63,5 @@ class NonFiniteGuard:
         """(global step, loss) of the first non-finite loss under `stop`, else None: one host read."""
         if self.mode != "stop":
             return None
-        step, loss = torch.stack([self.first_step.double(), self.first_loss]).tolist()
+        step, loss = torch.stack([self.first_step.to(self.first_loss.dtype), self.first_loss]).tolist()
         return None if step < 0 else (int(step), loss)

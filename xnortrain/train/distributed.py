@@ -75,9 +75,10 @@ def process_group() -> Iterator[Process]:
 
 
 def sum_over_processes(sums: dict[str, torch.Tensor], process: Process) -> dict[str, float]:
-    """The metric sums (tensors on the training device) of all processes, read to the host in one transfer."""
+    """The metric sums (tensors on the training device, in its accumulator dtype) of all
+    processes, read to the host in one transfer."""
     names = sorted(sums)
-    stacked = torch.stack([sums[n].double() for n in names])  # (len(names),)
+    stacked = torch.stack([sums[n] for n in names])  # (len(names),)
     if process.world > 1:
         dist.all_reduce(stacked)
     return dict(zip(names, stacked.tolist()))

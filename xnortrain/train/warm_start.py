@@ -14,8 +14,9 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import load_checkpoint, state_dict_differences
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..serialization import state_dict_differences
+from .checkpoint import load_checkpoint
 
 
 def init_from_checkpoint_(model: nn.Module, path: str | Path, exclude: list[str] = ()) -> list[str]:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .quantizers import Quantizer
+from ..quantizers import Quantizer
 
 
 @dataclass
@@ -86,18 +86,6 @@ class Summary:
         text.append(f"compression (float32 / packed): {self.compression:.2f}x; "
                     f"binary MACs: {self.binary_mac_share:.1%} of {self.binary_macs + self.float_macs:,}")
         return "\n".join(text)
-
-
-def summary_of_config(config) -> Summary:
-    """The summary of a config's model (BinOp attached as the config says), on one sample."""
-    from .data import build_data
-    from .models import attach_binop, build_model
-
-    data = build_data(config.data, seed=config.train.seed)
-    model = build_model(config.model, data.num_classes, data.input_shape[0])
-    if config.binop.enabled:
-        attach_binop(config, model)
-    return summary(model, torch.zeros(1, *data.input_shape).normal_(generator=torch.Generator().manual_seed(0)))
 
 
 def summary(model: nn.Module, sample: torch.Tensor) -> Summary:

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from ..errors import ConfigError
+from ..quantizers import assign_quantizers
 from .data import DATA_SETS, DataSpec
-from .errors import ConfigError
-from .quantizers import assign_quantizers
 from .tensorboard_log import require_tensorboard
 
 
@@ -156,7 +156,7 @@ def build_config(raw: dict) -> Config:
 
 def dump_config(config: Config, path: Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from .checkpoint import atomic_write_text
+    from ..serialization import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import CheckpointError
 from .config import DistillConfig
-from .errors import CheckpointError
-from .models import model_from_checkpoint
+from .configured_model import model_from_checkpoint
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ce: torch.Tensor,

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ConfigError, DataError, MissingDependency
+from ..errors import ConfigError, DataError, MissingDependency
+from ..optional import require
 from .idx import DEBIAN_FASHION_MNIST, load_idx_split
-from .optional import require
 
 DATA_SETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "imagenet", "synthetic")
 
@@ -258,6 +258,20 @@ def build_data(spec: DataSpec, seed: int) -> TrainData:
     return _small_data(spec, int(seed))
 
 
+IMAGENET_CLASSES, IMAGENET_INPUT = 1000, (3, 224, 224)
+
+
+def declared_shape(spec: DataSpec) -> tuple[int, tuple[int, ...]]:
+    """(number of classes, input shape) of `spec`'s data set as it is declared, without reading
+    any file (ImageNet: its 1000 classes; a folder tree with other classes has its own count)."""
+    if spec.name == "synthetic":
+        return spec.synthetic_classes, spec.synthetic_shape
+    if spec.name == "imagenet":
+        return IMAGENET_CLASSES, IMAGENET_INPUT
+    info = _SMALL_SETS[spec.name]
+    return info.num_classes, info.input_shape
+
+
 # --- small data sets, in memory -------------------------------------------------------
 
 
@@ -268,6 +282,7 @@ class _SmallSet:
     torchvision_class: str  # its class in torchvision.datasets
     layout: str  # the files torchvision reads, under root
     num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W) of one sample
     mean: tuple[float, ...]  # per channel, of pixel values in [0, 1]
     std: tuple[float, ...]
     crop_padding: int  # of the training augmentation; 0: not augmented
@@ -275,13 +290,13 @@ class _SmallSet:
 
 _SMALL_SETS = {
     "mnist": _SmallSet("MNIST", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-                       10, (0.1307,), (0.3081,), 0),
+                       10, (1, 28, 28), (0.1307,), (0.3081,), 0),
     "fashion_mnist": _SmallSet("FashionMNIST", "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-                               10, (0.2860,), (0.3530,), 0),
+                               10, (1, 28, 28), (0.2860,), (0.3530,), 0),
     "cifar10": _SmallSet("CIFAR10", "cifar-10-batches-py/{data_batch_1,...,data_batch_5,test_batch,batches.meta}",
-                         10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4),
+                         10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4),
     "cifar100": _SmallSet("CIFAR100", "cifar-100-python/{train,test,meta}",
-                          100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4),
+                          100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4),
 }
 
 
@@ -450,7 +465,7 @@ def _imagenet_data(spec: DataSpec, seed: int) -> TrainData:
     num_train = min(len(train_set), spec.train_subset or len(train_set))
     return TrainData(
         num_classes=len(train_set.classes),
-        input_shape=(3, 224, 224),
+        input_shape=IMAGENET_INPUT,
         train=_FolderBatches(train_set, num_train, spec.batch_size, spec.workers, seed),
         eval=_FolderBatches(eval_set, len(eval_set), spec.eval_batch_size, spec.workers, None),
     )

@@ -13,7 +13,7 @@ records how many batches are done and the running sums of the epoch's metrics; s
 CPU with `train.deterministic`, a resumed run ends bit-identical to an uninterrupted one.
 
 No host sync per step: the epoch's sums stay on the device and the non-finite guard
-(`guard.py`) masks a step on the device; the host reads them every `train.log_every`
+(`nonfinite.py`) masks a step on the device; the host reads them every `train.log_every`
 steps, before a checkpoint, at a signal stop and at epoch end.
 """
 
@@ -35,17 +35,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .binop import BinOp
-from .checkpoint import (atomic_write_text, check_fits_model, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from ..binop import BinOp
+from ..errors import CheckpointError, ConfigError, TrainingError, UserError
+from ..serialization import atomic_write_text, check_fits_model
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
+from .configured_model import attach_binop, configured_model
 from .data import build_data, derived_seed
+from .devices import accumulator_dtype, select_device
 from .distill import Teacher, load_teacher
-from .distributed import (Process, broadcast_buffers, largest_over_processes, process_group, sum_over_processes,
-                          wait_for_all)
-from .errors import CheckpointError, ConfigError, TrainingError, UserError
-from .guard import NonFiniteGuard
-from .models import attach_binop, build_model
+from .distributed import (
+    Process,
+    broadcast_buffers,
+    largest_over_processes,
+    process_group,
+    sum_over_processes,
+    wait_for_all,
+)
+from .nonfinite import NonFiniteGuard
 from .tensorboard_log import TensorBoardLog
 from .warm_start import init_from_checkpoint_
 
@@ -96,20 +103,6 @@ class Run:
 
 
 # --- building ---------------------------------------------------------------------
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
-    if not available[name]:
-        raise ConfigError(f"train.device: {name!r} is not available on this machine (use auto or cpu)")
-    return torch.device(name)
 
 
 def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
@@ -172,10 +165,10 @@ def build_run(config: Config, process: Process = Process()) -> Run:
     if process.world > 1:  # data.batch_size stays the per-process batch
         data = dataclasses.replace(data, train=data.train.shard(process.rank, process.world),
                                    eval=data.eval.shard(process.rank, process.world, pad=False))
-    model = build_model(config.model, data.num_classes, data.input_shape[0]).to(device)
+    model = configured_model(config, data.num_classes, data.input_shape).to(device)
     if config.model.init_from is not None:  # before BinOp, which projects the loaded weights
         init_from_checkpoint_(model, config.model.init_from, config.model.init_exclude)
-    binop = attach_binop(config, model) if config.binop.enabled else None
+    binop = attach_binop(config, model, data.input_shape) if config.binop.enabled else None
     teacher = None
     if config.distill.teacher is not None:  # not wrapped in DDP: it never trains
         teacher = load_teacher(config.distill, data.num_classes, data.input_shape, device)
@@ -315,7 +308,7 @@ def seed_process_draws(run: Run) -> None:
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One optimizer step; returns the loss, the number of correct top-1 predictions and whether
-    the step was skipped for a non-finite loss (no update made; see `guard.py`), all on the
+    the step was skipped for a non-finite loss (no update made; see `nonfinite.py`), all on the
     device, unread."""
     seed_process_draws(run)
     run.optimizer.zero_grad(set_to_none=True)
@@ -339,15 +332,10 @@ def optimizer_step(run: Run) -> None:
     run.scaler.update()
 
 
-def sum_dtype(device: torch.device) -> torch.dtype:
-    """Metric sums add up in float64, or float32 on a device without float64 (MPS)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def epoch_sums(run: Run) -> dict[str, torch.Tensor]:
     """The epoch's running sums on the device, restored from a mid-epoch checkpoint where there
-    is one. float64 (where the device has it): a resumed epoch adds up exactly."""
-    return {k: torch.as_tensor(run.running.get(k, 0.0), dtype=sum_dtype(run.device)).to(run.device)
+    is one, in the accumulator dtype (`devices.py`): a resumed epoch adds up exactly."""
+    return {k: torch.full((), run.running.get(k, 0.0), dtype=accumulator_dtype(run.device), device=run.device)
             for k in ("loss", "correct", "count", "skipped")}
 
 
@@ -355,7 +343,7 @@ def add_step_(sums: dict[str, torch.Tensor], loss: torch.Tensor, correct: torch.
               count: int) -> None:
     """Add one step to the sums, on the device; a skipped step counts in `skipped` alone."""
     kept = ~skipped
-    sums["loss"] += torch.where(kept, loss.double() * count, 0.0)
+    sums["loss"] += torch.where(kept, loss.to(sums["loss"].dtype) * count, 0.0)
     sums["correct"] += torch.where(kept, correct, 0)
     sums["count"] += torch.where(kept, count, 0)
     sums["skipped"] += skipped
@@ -447,7 +435,7 @@ def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int, 
     are added up over the processes. The sums stay on the device until the end: one host read."""
     model.eval()
     broadcast_buffers(model, process)
-    sums = {k: torch.zeros((), dtype=sum_dtype(device), device=device) for k in ("loss", "correct1", "correct5", "count")}
+    sums = {k: torch.zeros((), dtype=accumulator_dtype(device), device=device) for k in ("loss", "correct1", "correct5", "count")}
     for x, y in batches.batches(0, device=device):
         with amp_context or contextlib.nullcontext():
             logits = model(x)

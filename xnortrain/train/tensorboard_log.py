@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .optional import require
+from ..optional import require
 
 
 def require_tensorboard() -> None:

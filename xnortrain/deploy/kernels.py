@@ -1,0 +1,104 @@
+"""The native XNOR-popcount kernels (`csrc/xnor_kernels.cpp`) as torch custom ops.
+
+`load()` compiles the C++ source with `torch.utils.cpp_extension.load` the first time a
+machine asks for the kernels (tens of seconds, announced by one line on stderr before it
+starts) into a cache folder named by a hash of the source, the torch version and the
+flags; later processes load the built library in a fraction of a second. Nothing builds on
+import or inside a layer's constructor: `load_exported(..., binary_kernels=True)` and
+``python -m xnortrain kernels`` call `load`. Once loaded, the library registers
+
+    torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups)
+    torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias)
+
+with fake implementations, so `torch.export` and `torch.compile` can trace a model that
+calls them. Without a compiler, when the build fails, on a CPU without POPCNT, or with
+``XNORTRAIN_NO_KERNELS=1``, `load` returns the reason in one line and the binary layers run
+the pure-PyTorch path of `xnor_layers.py`, which computes the same integers.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "xnor_kernels.cpp"
+NAME = "xnortrain_kernels"
+DISABLE = "XNORTRAIN_NO_KERNELS"
+CACHE = "XNORTRAIN_CACHE"  # where the built library goes (default ~/.cache/xnortrain)
+
+
+def load() -> str | None:
+    """Build the kernels where this machine has not built them yet, and load them (once per
+    process); None when they run, else the one-line reason the pure-PyTorch path runs."""
+    if os.environ.get(DISABLE, "") not in ("", "0"):
+        return f"{DISABLE} is set"
+    return _build_and_load()
+
+
+def path_in_use() -> str:
+    """One line naming the path the binary layers run (after `load`)."""
+    problem = load()
+    if problem is not None:
+        return f"pure-PyTorch XNOR-popcount path (native kernels unavailable: {problem})"
+    return (f"native XNOR-popcount kernels ({torch.ops.xnortrain.popcount_path()}), "
+            f"{torch.get_num_threads()} threads")
+
+
+def build_directory() -> Path:
+    """The cache folder of this source, torch version and set of flags."""
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(), platform.machine().encode(),
+                                     " ".join(_flags()).encode()])).hexdigest()[:16]
+    root = Path(os.environ.get(CACHE) or Path.home() / ".cache" / "xnortrain")
+    return root / f"kernels-{key}"
+
+
+@functools.cache
+def _build_and_load() -> str | None:
+    from torch.utils import cpp_extension
+
+    directory = build_directory()
+    if not (directory / f"{NAME}.so").is_file():
+        print(f"xnortrain: building the XNOR-popcount kernels in {directory} (once per machine and torch "
+              f"version, about a minute)", file=sys.stderr, flush=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(name=NAME, sources=[str(SOURCE)], build_directory=str(directory),
+                           extra_cflags=_flags(), extra_ldflags=_openmp_flags(),
+                           is_python_module=False, verbose=False)
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:  # no or a broken compiler
+        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not torch.ops.xnortrain.hardware_popcount():
+        return "this CPU has no POPCNT instruction"
+    _register_fakes()
+    return None
+
+
+def _flags() -> list[str]:
+    return ["-O3", *_openmp_flags()]
+
+
+def _openmp_flags() -> list[str]:
+    """-fopenmp where torch's own threads are OpenMP's, so at::parallel_for in the kernels
+    uses torch's thread pool (the extension links to the libgomp torch has loaded)."""
+    openmp = "parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return ["-fopenmp"] if openmp and platform.system() == "Linux" else []
+
+
+def _register_fakes() -> None:
+    from .xnor_layers import conv_output_shape
+
+    @torch.library.register_fake("xnortrain::xnor_conv2d")
+    def _(x, weight, alpha, bias, stride, padding, dilation, groups):
+        shape = conv_output_shape(x, weight, stride, padding, dilation)
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+    @torch.library.register_fake("xnortrain::xnor_linear")
+    def _(x, weight, alpha, bias):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
