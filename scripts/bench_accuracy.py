@@ -40,12 +40,12 @@ from xnortrain.train.plot import plot_runs
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
 FULL_PRECISION = "full precision"
-BINARY_WEIGHTS = ["binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002"]
-XNOR = ["binop.enabled=true", "model.kwargs={binary_activations: true}", "optim.lr=0.003"]
+BINARY_WEIGHTS = ["binop.enabled=true", "binop.activations=none", "optim.lr=0.002"]
+XNOR = ["binop.enabled=true", "binop.activations=sign", "optim.lr=0.003"]
 TEACHER = "{seed_dir}/full_precision/last.pt"  # the full-precision run of the same seed
 DISTILLED = [f"distill.teacher={TEACHER}", "distill.weight=0.5", "distill.temperature=1.0"]
 VARIANTS = {
-    FULL_PRECISION: ["binop.enabled=false", "model.kwargs={binary_activations: false}", "optim.lr=0.001"],
+    FULL_PRECISION: ["binop.enabled=false", "optim.lr=0.001"],
     "BWN": BINARY_WEIGHTS,
     "XNOR-Net": XNOR,
     "BWN distilled": [*BINARY_WEIGHTS, *DISTILLED],

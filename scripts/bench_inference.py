@@ -1,8 +1,10 @@
 """Exported 1-bit models: file size against float32, and the inference speed of the binary
 kernels against the float path of the same export, side by side in one process.
 
-For LeNet-5, NIN and AlexNet it trains one step on synthetic data through the normal
-trainer (so the checkpoint holds what a real one holds), exports it with
+For LeNet-5, NIN, AlexNet (XNOR-Net), the zoo's ResNet-20 in its Bi-Real flavour and
+torchvision's ResNet-18 (binary inputs in every conv but the first; its inputs follow
+ReLUs, so it does not learn, but it runs as users' ResNets do) it trains one step on
+synthetic data through the normal trainer (so the checkpoint holds what a real one holds), exports it with
 `python -m xnortrain export`'s function and prints the sizes: training checkpoint,
 float32 state_dict, exported file as exported by default (float parts in float32) and with
 `--check-data` (float parts in float16 where the predictions on the run's evaluation
@@ -20,7 +22,7 @@ inputs hold). Then, in eval mode, it times
 Float and binary runs alternate, and each figure is the median of the repetitions, so that
 other work on the machine slows both alike.
 
-    python scripts/bench_inference.py            # NIN, LeNet-5 batch 1, AlexNet batch 1 and 8
+    python scripts/bench_inference.py            # LeNet-5, NIN batch 1; AlexNet, the ResNets batch 1 and 8
     python scripts/bench_inference.py --quick    # LeNet-5 and NIN, fewer repetitions
     python scripts/bench_inference.py --threads 1
 """
@@ -39,21 +41,29 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xnortrain.activations import bin_active
 from xnortrain.deploy import kernels, load_exported
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 from xnortrain.train.config import load_config
 from xnortrain.train.deployment import export_checkpoint
 from xnortrain.train.loop import fit
 
-MODELS = {"lenet5": [1, 28, 28], "nin": [3, 32, 32], "alexnet": [3, 224, 224]}
-RUNS = {"lenet5": [1], "nin": [1], "alexnet": [1, 8]}  # batch sizes timed per model
+SIGN = "binop.activations=sign"
+# name: (the trainer's --set overrides, input shape, batch sizes timed)
+MODELS = {
+    "lenet5": (["model.name=lenet5", SIGN], [1, 28, 28], [1]),
+    "nin": (["model.name=nin", SIGN], [3, 32, 32], [1]),
+    "alexnet": (["model.name=alexnet", SIGN], [3, 224, 224], [1, 8]),
+    "resnet20-bireal": (["model.name=resnet", "model.kwargs={depth: 20, width: 16, flavour: bireal}",
+                         "binop.activations=approx_sign", "binop.exclude=['*.shortcut.*']"], [3, 32, 32], [1, 8]),
+    "torchvision-resnet18": (["model.name=torchvision:resnet18", SIGN], [3, 32, 32], [1, 8]),
+}
 MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
 
 
 def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
     out_dir = workdir / name
-    config = load_config(None, [f"model.name={name}", "data.name=synthetic", f"data.synthetic_shape={MODELS[name]}",
+    sets, shape, _ = MODELS[name]
+    config = load_config(None, [*sets, "data.name=synthetic", f"data.synthetic_shape={shape}",
                                 "data.synthetic_train_size=2", "data.synthetic_eval_size=2", "data.batch_size=2",
                                 "train.epochs=1", f"train.out_dir={out_dir}"])
     fit(config, quiet=True)
@@ -88,7 +98,7 @@ def binary_layer_pairs(float_model: nn.Module, fast_model: nn.Module, x: torch.T
         if name in fast:
             hooks.append(m.register_forward_pre_hook(lambda m, args, name=name: inputs.__setitem__(name, args[0])))
     with torch.no_grad():
-        float_model(x)  # BinActive is the identity's twin here: hooks see sign(x)
+        float_model(x)  # after the float path's own pre-hook: these hooks see sign(x)
     for h in hooks:
         h.remove()
     pairs = []
@@ -105,14 +115,14 @@ def binary_layer_pairs(float_model: nn.Module, fast_model: nn.Module, x: torch.T
 
 def bench_model(name: str, exported: Path, batch: int, repeats: int) -> dict:
     float_model, fast_model = load_exported(exported), load_exported(exported, binary_kernels=True)
-    x = torch.randn(batch, *MODELS[name], generator=torch.Generator().manual_seed(batch))
+    x = torch.randn(batch, *MODELS[name][1], generator=torch.Generator().manual_seed(batch))
     with torch.no_grad():
         reference, got = float_model(x), fast_model(x)
     whole = median_times({"float": lambda: float_model(x), "binary": lambda: fast_model(x)}, repeats)
     pairs = binary_layer_pairs(float_model, fast_model, x)
-    # the float path runs sign(x) then the layer; the XNOR-popcount layer takes x itself (the
-    # block's BinActive is gone) and binarizes while it packs; sign(sign(x)) = sign(x)
-    layers = median_times({"float": lambda: [f(bin_active(s)) for f, _, s, _ in pairs],
+    # the float path runs sign(x) (its pre-hook) then the layer; the XNOR-popcount layer
+    # binarizes while it packs; sign(sign(x)) = sign(x)
+    layers = median_times({"float": lambda: [f(s) for f, _, s, _ in pairs],
                            "binary": lambda: [b(s) for _, b, s, _ in pairs]}, repeats)
     macs = sum(m for *_, m in pairs)
     return {"model": name, "batch": batch, "float_ms": whole["float"] * 1e3, "binary_ms": whole["binary"] * 1e3,
@@ -138,12 +148,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="LeNet-5 and NIN only, 5 repetitions")
     parser.add_argument("--repeats", type=int, help="repetitions per timing (default 31, AlexNet 9; --quick 5)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), help="these models only")
     parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = ["lenet5", "nin"] if args.quick else list(MODELS)
+    names = args.models or (["lenet5", "nin"] if args.quick else list(MODELS))
     clock, threads = clock_hz(), torch.get_num_threads()
 
     print(f"torch {torch.__version__}, {threads} threads; {kernels.path_in_use()}")
@@ -164,7 +175,7 @@ def main() -> None:
               "binary ms | speedup | binary GMAC/s | same predictions |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for name in names:
-            for batch in RUNS[name]:
+            for batch in MODELS[name][2]:
                 repeats = args.repeats or (5 if args.quick else 9 if name == "alexnet" else 31)
                 r = bench_model(name, exported[name], batch, repeats)
                 speeds.append(r)

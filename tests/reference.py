@@ -88,3 +88,37 @@ class SwapBinOp:
             centre_and_clamp_(w)
             out.append(w)
         return out
+
+
+class SignWithClippedGradient(torch.autograd.Function):
+    """Binary activation: sign(x) with sign(0) = +1; backward G * 1{|x| <= 1}."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x.abs() <= 1).to(g.dtype)
+
+
+class SignWithApproxGradient(torch.autograd.Function):
+    """Bi-Real Net's ApproxSign: sign(x) forward; backward G * (2 + 2x) for -1 <= x < 0,
+    G * (2 - 2x) for 0 <= x < 1, 0 elsewhere."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return sign(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        left = ((x >= -1) & (x < 0)).to(g.dtype) * (2 + 2 * x)
+        right = ((x >= 0) & (x < 1)).to(g.dtype) * (2 - 2 * x)
+        return g * (left + right)
+
+
+INPUT_SIGNS = {"ste_sign": SignWithClippedGradient, "approx_sign": SignWithApproxGradient}

@@ -385,10 +385,13 @@ def test_attaching_twice_is_refused():
 
 
 def test_repr_lists_targets_with_shapes():
-    text = repr(BinOp(lenet5()))
-    assert text.splitlines()[0] == "BinOp(grad='xnor', 2 layers, 0 params, 425,000 binarized weights)"
+    text = repr(BinOp(lenet5(), activations=[{"match": "block2.*", "activation": "sign"},
+                                             {"match": "*", "activation": "none"}]))
+    assert text.splitlines()[0] == ("BinOp(grad='xnor', 2 layers, 0 params, 425,000 binarized weights, "
+                                    "1 binary inputs)")
     rows = [line.split(None, 2) for line in text.splitlines()[1:]]
-    assert rows == [["block2.conv", "Conv2d", "(50, 20, 5, 5)           25,000  Xnor(scale='filter', grad='xnor')"],
+    assert rows == [["block2.conv", "Conv2d", "(50, 20, 5, 5)           25,000  Xnor(scale='filter', grad='xnor')"
+                     "  inputs: SteSign(scale='none')"],
                     ["block3.linear", "Linear", "(500, 800)              400,000  Xnor(scale='filter', grad='xnor')"]]
 
 

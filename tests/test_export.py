@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
@@ -25,10 +26,19 @@ from xnortrain.train.loop import build_run, fit, load_weights
 from xnortrain.zoo import lenet5
 
 TESTS = Path(__file__).parent
+SIGN = "binop.activations=sign"
+RESNET = "model.kwargs={depth: 8, width: 8, flavour: %s}"
+# name: (the trainer's --set overrides, the layers that run on the XNOR-popcount kernels)
 CASES = {
-    "lenet5": ["model.name=lenet5", "data.synthetic_shape=[1,28,28]"],
-    "nin": ["model.name=nin", "data.synthetic_shape=[3,32,32]", "data.synthetic_train_size=32"],
-    "custom": [],  # models_for_tests:TinyNet
+    "lenet5": (["model.name=lenet5", "data.synthetic_shape=[1,28,28]", SIGN], 2),
+    "nin": (["model.name=nin", "data.synthetic_shape=[3,32,32]", "data.synthetic_train_size=32", SIGN], 7),
+    "custom-bwn": ([], 0),  # models_for_tests:TinyNet, binary weights and real inputs
+    "custom-xnor": ([SIGN], 2),  # its binary layers read ReLU outputs: BinOp warns, the kernels still run
+    "resnet-xnor": (["model.name=resnet", RESNET % "xnor", "data.synthetic_shape=[3,32,32]", SIGN], 8),
+    "resnet-bireal": (["model.name=resnet", RESNET % "bireal", "data.synthetic_shape=[1,28,28]",
+                       "binop.activations=approx_sign", "binop.exclude=['*.shortcut.*']"], 6),
+    "torchvision-resnet18": (["model.name=torchvision:resnet18", "data.synthetic_shape=[3,32,32]",
+                              "data.synthetic_train_size=32", SIGN], 19),
 }
 
 
@@ -51,8 +61,11 @@ def reference_logits(config, checkpoint: Path, x: torch.Tensor, stored: dict | N
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_export_round_trip_gives_the_same_logits_and_predictions(tmp_path, case):
-    config, checkpoint = trained(tmp_path, *CASES[case])
+def test_export_round_trip_gives_the_same_logits_and_the_kernels_the_same_predictions(tmp_path, case, capsys):
+    sets, binary_layers = CASES[case]
+    constant_inputs = case in ("custom-xnor", "torchvision-resnet18")  # binary inputs read ReLU outputs
+    with pytest.warns(UserWarning, match="non-negative everywhere") if constant_inputs else contextlib.nullcontext():
+        config, checkpoint = trained(tmp_path, *sets)
     out = tmp_path / "model.xnor.pt"
     sizes = export_checkpoint(checkpoint, out)
     assert sizes["exported_bytes"] < sizes["checkpoint_bytes"]
@@ -65,15 +78,33 @@ def test_export_round_trip_gives_the_same_logits_and_predictions(tmp_path, case)
         got = model(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert all(v.dtype != torch.float16 for v in torch.load(out, weights_only=True)["tensors"].values())
-    if case != "custom":  # the zoo's binary blocks run as XNOR-popcount kernels
-        fast = load_exported(out, binary_kernels=True)
-        assert any(isinstance(m, (XnorConv2d, XnorLinear)) for m in fast.modules())
-        with torch.no_grad():
-            torch.testing.assert_close(fast(x), expected, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    fast = load_exported(out, binary_kernels=True)
+    assert sum(isinstance(m, (XnorConv2d, XnorLinear)) for m in fast.modules()) == binary_layers
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"{out}: {binary_layers} binary layers on the ")
+    with torch.no_grad():
+        on_kernels = fast(x)
+    torch.testing.assert_close(on_kernels, got, rtol=1e-4, atol=1e-4)
+    assert torch.equal(on_kernels.argmax(1), got.argmax(1))
+
+
+def test_the_file_records_which_inputs_are_binary_and_how(tmp_path):
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"][0][:2],
+                            "binop.activations=[{match: block2.*, activation: approx_sign, scale: K}, "
+                            "{match: '*', activation: none}]")
+    export_checkpoint(checkpoint, tmp_path / "m.xnor.pt")
+    packed = torch.load(tmp_path / "m.xnor.pt", weights_only=True)["packed"]
+    assert packed["block2.conv.weight"]["input"] == {"name": "approx_sign", "scale": "K"}
+    assert packed["block3.linear.weight"]["input"] is None
+    fast = load_exported(tmp_path / "m.xnor.pt", binary_kernels=True)
+    assert isinstance(fast.block2.conv, XnorConv2d) and isinstance(fast.block3.linear, torch.nn.Linear)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), load_exported(tmp_path / "m.xnor.pt")(x), rtol=1e-4, atol=1e-4)
 
 
 def test_check_data_stores_float16_where_the_predictions_on_the_evaluation_inputs_hold(tmp_path):
-    config, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    config, checkpoint = trained(tmp_path, *CASES["lenet5"][0])
     out = tmp_path / "model.xnor.pt"
     export_checkpoint(checkpoint, out, check_data=True)
     assert any(v.dtype == torch.float16 for v in torch.load(out, weights_only=True)["tensors"].values())
@@ -87,7 +118,7 @@ def test_the_same_checkpoint_exports_to_the_same_bytes_with_or_without_its_data(
     import xnortrain.train.data as data
     import xnortrain.train.deployment as deployment
 
-    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"][0])
     export_checkpoint(checkpoint, tmp_path / "with.xnor.pt")
 
     def missing(*args, **kwargs):
@@ -102,7 +133,7 @@ def test_the_same_checkpoint_exports_to_the_same_bytes_with_or_without_its_data(
 
 
 def test_packed_file_holds_one_bit_per_binarized_weight(tmp_path):
-    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"][0])
     out = tmp_path / "lenet.xnor.pt"
     export_checkpoint(checkpoint, out)
     payload = torch.load(out, weights_only=True)
@@ -121,7 +152,7 @@ def test_packed_file_holds_one_bit_per_binarized_weight(tmp_path):
 def test_export_of_a_checkpoint_without_data_shape_says_how_to_re_save_it(tmp_path, monkeypatch):
     import xnortrain.train.deployment as deployment
 
-    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"][0])
     state = torch.load(checkpoint, weights_only=True)
     del state["data_shape"]
     old = tmp_path / "old.pt"
@@ -138,7 +169,7 @@ def test_export_of_a_checkpoint_without_data_shape_says_how_to_re_save_it(tmp_pa
 
 
 def test_loading_an_exported_model_and_its_summary_do_not_load_the_trainer(tmp_path):
-    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"][0])
     export_checkpoint(checkpoint, tmp_path / "x.pt")
     probe = (f"import sys, torch; from xnortrain.deploy import load_exported; from xnortrain.deploy.summary import summary; "
              f"print(summary(load_exported({str(tmp_path / 'x.pt')!r}, binary_kernels=True), torch.zeros(1, 1, 28, 28))); "
@@ -176,7 +207,7 @@ def test_popcount_matches_python():
 
 def test_summary_of_lenet5_matches_a_hand_count():
     model = lenet5()
-    BinOp(model)
+    BinOp(model, activations="sign")
     s = summary(model, torch.randn(2, 1, 28, 28))
     rows = {r.name: r for r in s.rows}
     # conv1: 24*24*20 outputs x 25; block2.conv: 8*8*50 x 500 (binary); block3.linear: 500 x 800 (binary); fc4: 10 x 500
@@ -192,7 +223,7 @@ def test_summary_of_lenet5_matches_a_hand_count():
 
 
 def test_cli_export_and_summary(tmp_path, capsys):
-    _, checkpoint = trained(tmp_path, *CASES["lenet5"])
+    _, checkpoint = trained(tmp_path, *CASES["lenet5"][0])
     out = tmp_path / "m.xnor.pt"
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     line = capsys.readouterr().out.strip()
@@ -226,3 +257,33 @@ def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):
         load_exported(checkpoint)
     assert main(["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "x.pt")]) == 2
     assert "checkpoint" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize("sets, binary_convs, float_layers", [
+    (["model.name=torchvision:resnet18", "model.kwargs={num_classes: 10}", "binop.activations=sign"], 19, 2),
+    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2),
+    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: bireal}", "binop.activations=approx_sign",
+      "binop.exclude=['*.shortcut.*']"], 6, 4),  # and the two real-valued downsampling convs
+], ids=["torchvision-resnet18", "resnet-xnor", "resnet-bireal"])
+def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels(tmp_path, capsys, sets,
+                                                                                 binary_convs, float_layers):
+    from xnortrain.deploy import kernels
+
+    problem = kernels.load()
+    if problem is not None:
+        pytest.skip(f"native kernels unavailable: {problem}")
+    run = ["--config", str(TESTS.parent / "configs" / "cifar_nin.yaml"), "--set", f"train.out_dir={tmp_path}", "--set", "data.name=synthetic", "--set", "data.synthetic_shape=[3,32,32]",
+           "--set", "data.synthetic_train_size=32", "--set", "data.batch_size=16", "--set", "train.epochs=1",
+           *[a for s in sets for a in ("--set", s)], "--quiet"]
+    assert main(run) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "last.pt"), "--out", str(tmp_path / "m.xnor.pt")]) == 0
+    capsys.readouterr()
+    fast, float_path = load_exported(tmp_path / "m.xnor.pt", binary_kernels=True), load_exported(tmp_path / "m.xnor.pt")
+    line = capsys.readouterr().err.splitlines()[-1]
+    assert line == (f"{tmp_path / 'm.xnor.pt'}: {binary_convs} binary layers on the {kernels.path_in_use()}; "
+                    f"{float_layers} conv/linear layers on the float path")  # the stem, the classifier
+    on_kernels = [m for m in fast.modules() if isinstance(m, XnorConv2d)]
+    assert len(on_kernels) == binary_convs and all(m.native for m in on_kernels)
+    x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(fast(x).argmax(1), float_path(x).argmax(1))

@@ -239,6 +239,7 @@ GRADIENT_CASES = [
     ({"name": "binaryconnect", "stochastic": True}, lambda w, g: g),
     ({"name": "codebook", "values": [1, -1, 0.5, -0.5]}, lambda w, g: g),
     ({"name": "codebook", "values": [-1, 0, 1], "scale": "filter"}, lambda w, g: g),
+    ({"name": "none"}, lambda w, g: g),
 ]
 
 

@@ -47,7 +47,7 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
     assert "Teacher of the distilled rows: the full-precision run of the same seed, trained in 321 s (seed 0)." in lines
     assert lines[-1].startswith("2 run(s) at a time, 1 thread(s) each, on ")
     assert bench.with_seed_dir(bench.VARIANTS["BWN distilled"], Path("out/seed0")) == [
-        "binop.enabled=true", "model.kwargs={binary_activations: false}", "optim.lr=0.002",
+        "binop.enabled=true", "binop.activations=none", "optim.lr=0.002",
         "distill.teacher=out/seed0/full_precision/last.pt", "distill.weight=0.5", "distill.temperature=1.0"]
 
 

@@ -27,7 +27,7 @@ TESTS = Path(__file__).parent
 
 def synthetic_args(out_dir: Path, *extra: str) -> list[str]:
     sets = ["model.name=models_for_tests:TinyNet", "model.kwargs={}", "data.name=synthetic", "data.synthetic_shape=[1,8,8]",
-            "data.synthetic_train_size=96", "data.synthetic_eval_size=64", "data.batch_size=16",
+            "data.synthetic_train_size=96", "data.synthetic_eval_size=64", "data.batch_size=16", "binop.activations=none",
             "train.epochs=3", "train.deterministic=true", "optim.lr=0.01", "schedule.name=multistep", "schedule.milestones=[2]",
             f"train.out_dir={out_dir}", *extra]
     return [a for s in sets for a in ("--set", s)]
@@ -162,14 +162,15 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
         (["--set", "optim.lrr=1"], "unknown config key in optim: optim.lrr"),
         (["--set", "train.epochs=many"], "train.epochs: expected an integer, got 'many'"),
         (["--set", "schedule.name=linear"], "schedule.name: 'linear' is not one of multistep, step, cosine, none"),
-        (["--set", "model.name=resnet"], "model.name: 'resnet' is not a zoo model"),
+        (["--set", "model.name=resnet18"], "model.name: 'resnet18' is not a zoo model"),
         (["--set", "model.name=torchvision:resnet99"], "model.name: torchvision has no model 'resnet99'"),
         (["--set", "model.name=no_such_module:Net"], "model.name: cannot import module 'no_such_module'"),
         (["--set", "binop.include=[nothing.*]"], "include pattern 'nothing.*' matches no layer; candidates: stem (Conv2d)"),
         (["--set", "train.amp=fp16", "--set", "train.device=cpu"], "train.amp: fp16 needs a CUDA device"),
         (["--set", "train.log_every=0"], "train.log_every: must be > 0, got 0"),
-        (["--set", "model.name=lenet5", "--set", "model.kwargs={act_scale: k}"],
-         "model.kwargs: lenet5: act_scale 'k' is not one of none, channel_mean, K"),
+        (["--set", "binop.activations={name: sign, scale: k}"],
+         "binop.activations: input quantizer ste_sign: scale 'k' is not one of none, channel_mean, K"),
+        (["--set", "binop.activations=tanh"], "binop.activations: unknown input quantizer 'tanh'"),
         (["--set", "model.name=lenet5", "--set", "model.kwargs={widht: 3}"],
          "model.kwargs: lenet5: lenet5() got an unexpected keyword argument 'widht'"),
         (["--set", "binop.quantizer=[{match: stem, quantizer: sign}]"], "quantizer rules match no rule for conv"),
@@ -327,7 +328,8 @@ def test_last_is_written_every_n_steps_and_after_each_epoch(tmp_path, monkeypatc
     assert {name for name, _ in written} == {"last.pt", "best.pt"}
 
 
-@pytest.mark.parametrize("name, kwargs", [("torchvision:resnet18", {}), ("lenet5", {"binary_activations": False})])
+@pytest.mark.parametrize("name, kwargs", [("torchvision:resnet18", {}), ("lenet5", {}),
+                                          ("resnet", {"depth": 8, "width": 8, "flavour": "bireal"})])
 def test_trainer_builds_zoo_and_torchvision_models(tmp_path, name, kwargs):
     shape = "[3,32,32]" if name.startswith("torchvision") else "[1,28,28]"
     history = fit(config_for(tmp_path, f"model.name={name}", f"model.kwargs={json.dumps(kwargs)}",
@@ -405,9 +407,9 @@ def test_compiled_binop_step_matches_eager_and_the_trainer_runs_compiled(tmp_pat
     from xnortrain.zoo import lenet5
 
     torch.manual_seed(0)
-    # binary weights, real activations: BinActive would make ties of BatchNorm's rounding
+    # binary weights, real activations: binary ones would make ties of BatchNorm's rounding
     # (a feature constant over the batch normalizes to +-1e-16 or to 0) into different signs
-    model = lenet5(binary_activations=False).double()
+    model = lenet5().double()
     binop = BinOp(model)
     x, y = torch.randn(16, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (16,))
     grads = []

@@ -7,11 +7,12 @@ import copy
 
 import pytest
 import torch
-from reference import SwapBinOp
+from reference import INPUT_SIGNS, SwapBinOp
 from torch import nn
 from torch.testing import assert_close
 
 from xnortrain import BinOp
+from xnortrain.zoo import create_model
 
 
 class MixedNet(nn.Module):
@@ -128,3 +129,54 @@ def follow_reference(binop: BinOp, forward, initial: dict, optimizer: str, steps
     for key in theirs_sd:
         if key.rsplit(".", 1)[0] not in names:
             assert_close(ours_sd[key], theirs_sd[key], **TOLERANCE)
+
+
+ZOO_CASES = {
+    "lenet5": ("lenet5", {}, (1, 28, 28), "ste_sign", None),
+    "nin": ("nin", {}, (3, 32, 32), "ste_sign", None),  # with dropout: both draw the same masks
+    "resnet-xnor": ("resnet", {"depth": 8, "width": 8, "flavour": "xnor"}, (3, 32, 32), "ste_sign", None),
+    "resnet-bireal": ("resnet", {"depth": 8, "width": 8, "flavour": "bireal"}, (1, 28, 28), "approx_sign",
+                      ["*.shortcut.*"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ZOO_CASES))
+def test_zoo_binary_network_trajectory_equals_reference(case):
+    """BinOp with binary inputs on a zoo model against the swap-style reference whose layers see
+    the reference's sign (forward pre-hooks calling tests/reference.py), Adam, float64."""
+    name, kwargs, shape, activation, exclude = ZOO_CASES[case]
+    torch.manual_seed(0)
+    ours = create_model(name, num_classes=5, in_channels=shape[0], **kwargs).double()
+    initial = copy.deepcopy(ours.state_dict())
+    binop = BinOp(ours, activations=activation, exclude=exclude, example_input=torch.zeros(1, *shape).double())
+    assert list(binop.activations) == list(binop.targets) and binop.targets
+    theirs = create_model(name, num_classes=5, in_channels=shape[0], **kwargs).double()
+    theirs.load_state_dict(initial)
+    reference = SwapBinOp(theirs, list(binop.targets), "xnor")
+    for layer in binop.targets:
+        theirs.get_submodule(layer).register_forward_pre_hook(lambda m, args: (INPUT_SIGNS[activation].apply(args[0]),))
+    ours_opt = torch.optim.Adam(ours.parameters(), lr=0.01, weight_decay=1e-5)
+    binop.project_after(ours_opt)
+    theirs_opt = torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=1e-5)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(4):
+        x = torch.randn(4, *shape, generator=gen, dtype=torch.float64)
+        y = torch.randint(0, 5, (4,), generator=gen)
+        reference.binarize()
+        torch.manual_seed(step)
+        loss_theirs = nn.functional.cross_entropy(theirs(x), y)
+        theirs_opt.zero_grad()
+        loss_theirs.backward()
+        reference.restore()
+        reference.update_binary_grad_weight()
+        theirs_opt.step()
+        torch.manual_seed(step)
+        loss_ours = nn.functional.cross_entropy(ours(x), y)
+        ours_opt.zero_grad()
+        loss_ours.backward()
+        ours_opt.step()
+        assert_close(loss_ours, loss_theirs, **TOLERANCE, msg=lambda m: f"step {step}: {m}")
+    reference.binarize()  # steps 1-2 of the next step: what BinOp's projection made of the weights
+    reference.restore()
+    for key, value in theirs.state_dict().items():
+        assert_close(ours.state_dict()[key], value, **TOLERANCE, msg=lambda m: f"{key}: {m}")

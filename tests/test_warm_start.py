@@ -15,10 +15,9 @@ LENET = ("model.name=lenet5", "data.synthetic_shape=[1,28,28]", "train.epochs=1"
 
 def test_two_stage_training_starts_stage_two_from_the_stage_one_weights(tmp_path):
     # stage 1: binary activations, real weights; stage 2: BinOp on, from stage 1's weights
-    fit(config_for(tmp_path / "stage1", *LENET, "model.kwargs={binary_activations: true}", "binop.enabled=false"),
-        quiet=True)
+    fit(config_for(tmp_path / "stage1", *LENET, "binop.activations=sign", "binop.quantizer=none"), quiet=True)
     stage1 = weights(tmp_path / "stage1" / "last.pt")
-    run = build_run(config_for(tmp_path / "stage2", *LENET, "model.kwargs={binary_activations: true}",
+    run = build_run(config_for(tmp_path / "stage2", *LENET, "binop.activations=sign",
                                f"model.init_from={tmp_path / 'stage1' / 'last.pt'}"))
     targets = {f"{name}.weight" for name in run.binop.weights}
     assert targets == {"block2.conv.weight", "block3.linear.weight"}

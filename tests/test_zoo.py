@@ -1,33 +1,32 @@
-"""The zoo: output shapes and one training step as XNOR-Net, BWN and full precision."""
+"""The zoo: output shapes, one training step as XNOR-Net, BWN and full precision, and the ResNet's flavours."""
 
 import pytest
 import torch
 from torch import nn
 
-from xnortrain import BinActive, BinOp
-from xnortrain.activations import activation_scale
-from xnortrain.zoo import ZOO, binary_conv, create_model
+from xnortrain import BinOp
+from xnortrain.zoo import ZOO, create_model
 
-INPUTS = {"lenet5": (1, 28, 28), "nin": (3, 32, 32), "alexnet": (3, 227, 227)}
+INPUTS = {"lenet5": (1, 28, 28), "nin": (3, 32, 32), "alexnet": (3, 227, 227), "resnet": (3, 32, 32)}
+FORMS = {"xnor": {"activations": "sign"}, "bwn": {}, "full": None}
 
 
-@pytest.mark.parametrize("form", ["xnor", "bwn", "full"])
+@pytest.mark.parametrize("form", sorted(FORMS))
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_zoo_model_trains_one_step_in_each_form(name, form):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=7, binary_activations=(form == "xnor"))
-    assert any(isinstance(m, BinActive) for m in model.modules()) == (form == "xnor")
+    model = create_model(name, num_classes=7, **({"flavour": "xnor"} if name == "resnet" and form == "xnor" else {}))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    binop = BinOp(model, optimizer=opt) if form != "full" else None
     x = torch.randn(2, *INPUTS[name])
+    binop = None if FORMS[form] is None else BinOp(model, optimizer=opt, example_input=x[:1], **FORMS[form])
     out = model(x)
     assert out.shape == (2, 7)
     nn.functional.cross_entropy(out, torch.tensor([0, 6])).backward()
     opt.step()
     if binop is not None:
-        first, last = next(iter(binop.targets)), list(binop.targets)[-1]
-        assert first.startswith("block") and last.startswith("block")  # first and last layer stay full precision
+        assert not {"conv1", "fc4", "conv9", "fc8", "stem.conv", "fc"} & set(binop.targets)  # full precision
         assert all(w.abs().max() <= 1 for w in binop.weights.values())
+        assert list(binop.activations) == (list(binop.targets) if form == "xnor" else [])
 
 
 def test_in_channels_is_an_argument():
@@ -35,62 +34,35 @@ def test_in_channels_is_an_argument():
 
 
 def test_unknown_model_lists_the_zoo():
-    with pytest.raises(ValueError, match="unknown zoo model 'resnet': choose one of alexnet, lenet5, nin"):
-        create_model("resnet")
+    with pytest.raises(ValueError, match="unknown zoo model 'resnet18': choose one of alexnet, lenet5, nin, resnet"):
+        create_model("resnet18")
 
 
-def k_from_definition(x: torch.Tensor, kernel: int, stride: int, padding: int) -> torch.Tensor:
-    """K[n, 0, i, j] = mean over the kernel window (zero padded) of A = mean_c |x|, loop by loop."""
-    a = x.abs().mean(1)  # (N, H, W)
-    n, h, w = a.shape
-    padded = torch.zeros(n, h + 2 * padding, w + 2 * padding, dtype=x.dtype)
-    padded[:, padding:padding + h, padding:padding + w] = a
-    rows = (h + 2 * padding - kernel) // stride + 1
-    cols = (w + 2 * padding - kernel) // stride + 1
-    k = torch.empty(n, 1, rows, cols, dtype=x.dtype)
-    for b in range(n):
-        for i in range(rows):
-            for j in range(cols):
-                window = padded[b, i * stride:i * stride + kernel, j * stride:j * stride + kernel]
-                k[b, 0, i, j] = window.sum() / kernel**2
-    return k
+@pytest.mark.parametrize("flavour", ["float", "xnor", "bireal"])
+@pytest.mark.parametrize("size", [28, 32])
+def test_resnet_takes_28_and_32_pixel_inputs_in_every_flavour(flavour, size):
+    model = create_model("resnet", in_channels=1, depth=14, width=8, flavour=flavour)
+    assert model(torch.randn(2, 1, size, size)).shape == (2, 10)
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert len([n for n in convs if n.endswith((".conv1", ".conv2"))]) == 6 * 2  # two 3x3 convs in 2 x 3 blocks
+    assert len([n for n in convs if "shortcut" in n]) == 2  # the second and third stage downsample
+    assert model.layer3[0].conv1.stride == (2, 2) and model.fc.in_features == 32
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, 1), (5, 2, 0), (1, 1, 0), (3, 2, 2)])
-def test_activation_scale_k_matches_its_definition(kernel, stride, padding):
+def test_bireal_downsampling_is_real_valued_and_every_binary_conv_has_a_real_shortcut():
     torch.manual_seed(0)
-    x = torch.randn(2, 4, 9, 9, dtype=torch.float64)
-    conv = nn.Conv2d(4, 3, kernel, stride=stride, padding=padding).double()
-    torch.testing.assert_close(activation_scale(x, "K", conv), k_from_definition(x, kernel, stride, padding))
-    torch.testing.assert_close(activation_scale(x, "channel_mean", conv), x.abs().mean((1, 2, 3)).view(2, 1, 1, 1))
-    assert activation_scale(x, "none", conv) is None
+    model = create_model("resnet", depth=8, width=8, flavour="bireal")
+    binop = BinOp(model, activations="approx_sign", exclude=["*.shortcut.*"], example_input=torch.zeros(1, 3, 32, 32))
+    assert list(binop.targets) == [f"layer{s}.0.conv{c}" for s in (1, 2, 3) for c in (1, 2)]
+    block = model.layer2[0]
+    assert [type(m) for m in block.shortcut] == [nn.AvgPool2d, nn.Conv2d, nn.BatchNorm2d]
+    x = torch.randn(2, 8, 32, 32)
+    h = block.bn1(block.conv1(x)) + block.shortcut(x)  # conv1 sees sign(x) through BinOp's hook
+    torch.testing.assert_close(block(x), block.bn2(block.conv2(h)) + h)
 
 
-def test_block_with_k_scales_the_binary_convolution():
-    torch.manual_seed(0)
-    block = binary_conv(4, 6, 3, padding=1, act_scale="K").double().eval()
-    x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
-    normed = block.norm(x)
-    expected = (block.conv(torch.where(normed >= 0, 1.0, -1.0).double()) * k_from_definition(normed, 3, 1, 1)).relu()
-    torch.testing.assert_close(block(x), expected)
-    assert [name for name, _ in block.named_children()] == ["norm", "act", "conv", "relu"]
-
-
-@pytest.mark.parametrize("act_scale", ["K", "channel_mean"])
-@pytest.mark.parametrize("name", ["lenet5", "nin"])
-def test_zoo_models_train_with_activation_scaling(name, act_scale):
-    torch.manual_seed(0)
-    model = create_model(name, act_scale=act_scale)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    BinOp(model, optimizer=opt)
-    out = model(torch.randn(2, *INPUTS[name]))
-    nn.functional.cross_entropy(out, torch.tensor([0, 6])).backward()
-    opt.step()
-    assert out.shape == (2, 10) and torch.isfinite(out).all()
-
-
-def test_activation_scale_errors_name_the_choices():
-    with pytest.raises(ValueError, match="act_scale 'k' is not one of none, channel_mean, K"):
-        create_model("lenet5", act_scale="k")
-    with pytest.raises(ValueError, match="needs binary_activations=True"):
-        create_model("lenet5", act_scale="K", binary_activations=False)
+def test_resnet_refuses_a_depth_and_flavour_it_does_not_have():
+    with pytest.raises(ValueError, match="depth 21 is not 6n \\+ 2"):
+        create_model("resnet", depth=21)
+    with pytest.raises(ValueError, match="flavour 'deep' is not one of float, xnor, bireal"):
+        create_model("resnet", flavour="deep")

@@ -4,9 +4,9 @@
 by the parts that load its data sets or models (see `optional.py`).
 """
 
-from .activations import BinActive, bin_active
+from .activations import bin_active
 from .binop import BinOp
 from .quantizers import binarize, binarize_weight
 
-__all__ = ["BinActive", "BinOp", "bin_active", "binarize", "binarize_weight"]
+__all__ = ["BinOp", "bin_active", "binarize", "binarize_weight"]
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import UserError
@@ -120,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on the command line: one line on stderr, without the source line that raised it."""
+    print(f"xnortrain: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
@@ -128,15 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     command = {"plot": plot, "export": export, "summary": summarize, "kernels": build_kernels, None: run}[args.command]
     from .train.loop import Interrupted
 
-    try:
-        return command(args)
-    except Interrupted as stop:
-        if stop.announce:
-            print(f"xnortrain: {stop}", file=sys.stderr)
-        return stop.exit_code
-    except UserError as err:
-        print(f"xnortrain: error: {err}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():  # restores warnings.showwarning on the way out
+        warnings.showwarning = print_warning
+        try:
+            return command(args)
+        except Interrupted as stop:
+            if stop.announce:
+                print(f"xnortrain: {stop}", file=sys.stderr)
+            return stop.exit_code
+        except UserError as err:
+            print(f"xnortrain: error: {err}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

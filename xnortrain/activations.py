@@ -1,20 +1,55 @@
-"""Binary activations of XNOR-Net (Rastegari et al., ECCV 2016, section 3.2).
+"""Input quantizers: binary inputs for any layer, the XNOR half of XNOR-Net.
 
-    forward:  sign(x), with sign(0) = +1
-    backward: G * 1{|x| <= 1}          (straight-through estimator, clipped)
+An input quantizer maps a layer's input x to what the layer sees, sign(x) in {-1, +1} with
+sign(0) = +1, and declares the gradient that reaches x (one `torch.autograd.Function` per
+rule). `INPUT_QUANTIZERS` maps names to classes; adding one is a new `InputQuantizer`
+subclass here, decorated with `@registered`.
+
+===========  =======  ==============================================================
+name         forward  gradient dL/dx, G = dL/d sign(x)
+===========  =======  ==============================================================
+ste_sign     sign(x)  G * 1{|x| <= 1}: the clipped straight-through estimator
+                      (XNOR-Net, Rastegari et al. 2016; Hubara et al. 2016)
+approx_sign  sign(x)  G * (2 + 2x) on [-1, 0), G * (2 - 2x) on [0, 1), 0 elsewhere:
+                      the derivative of Bi-Real Net's piecewise quadratic
+                      approximation of sign (Liu et al., ECCV 2018)
+===========  =======  ==============================================================
+
+`sign` is another name of `ste_sign`. Every input quantizer takes `scale`: ``"none"``
+(default), or XNOR-Net's activation scale (section 3.2), which multiplies the layer's
+output by K computed from x (`activation_scale`): ``"K"`` one factor per output position,
+``"channel_mean"`` one per sample.
+
+`BinaryInputs` attaches input quantizers to layers with public module hooks: a forward
+pre-hook replaces the input by its quantized value (and computes K), a forward hook
+multiplies the output by K. The layers and the model's state_dict stay as they were.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .quantizers import sign_pm1
+from .rules import assign_by_rules, check_choice, from_mapping
+
+SCALES = ("none", "channel_mean", "K")
 
 
-class _BinActive(torch.autograd.Function):
+# --- the gradient rules -------------------------------------------------------------------
+
+
+class ClippedStraightThroughSign(torch.autograd.Function):
+    """sign(x) with sign(0) = +1; gradient G * 1{|x| <= 1}."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
@@ -26,19 +61,28 @@ class _BinActive(torch.autograd.Function):
         return x.abs().le_(1).mul_(grad_out)  # 1{|x| <= 1} * G
 
 
+class ApproxSignGradient(torch.autograd.Function):
+    """sign(x) with sign(0) = +1; gradient G * (2 - 2|x|) on (-1, 1), 0 elsewhere, which is
+    2 + 2x on [-1, 0) and 2 - 2x on [0, 1): the derivative of Bi-Real Net's ApproxSign
+    (x^2 + 2x on [-1, 0), 2x - x^2 on [0, 1), -1 below, +1 above)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return sign_pm1(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (2 - 2 * x.abs()).clamp_(min=0).mul_(grad_out)  # 0 where |x| >= 1
+
+
 def bin_active(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1; gradient G * 1{|x| <= 1}."""
-    return _BinActive.apply(x)
+    """sign(x) with sign(0) = +1; gradient G * 1{|x| <= 1} (the `ste_sign` rule as a function)."""
+    return ClippedStraightThroughSign.apply(x)
 
 
-class BinActive(nn.Module):
-    """Module form of :func:`bin_active`, for use inside `nn.Sequential` blocks."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return bin_active(x)
-
-
-ACTIVATION_SCALES = ("none", "channel_mean", "K")
+# --- the activation scale -------------------------------------------------------------------
 
 
 def activation_scale(x: torch.Tensor, mode: str, layer: nn.Module) -> torch.Tensor | None:
@@ -65,3 +109,130 @@ def activation_scale(x: torch.Tensor, mode: str, layer: nn.Module) -> torch.Tens
         return a.mean((2, 3), keepdim=True)
     box = torch.full((1, 1, *layer.kernel_size), 1.0 / math.prod(layer.kernel_size), dtype=x.dtype, device=x.device)
     return nn.functional.conv2d(a, box, stride=layer.stride, padding=layer.padding, dilation=layer.dilation)
+
+
+# --- the input quantizers ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InputQuantizer(ABC):
+    """What a layer's binary input is: its value and gradient (`quantize`) and the scale of the
+    layer's output (`scale`, one of SCALES). Subclasses are frozen dataclasses whose fields
+    are their options."""
+
+    scale: str = "none"
+
+    name: ClassVar[str]
+
+    def __post_init__(self):
+        check_choice(f"input quantizer {self.name}", "scale", self.scale, SCALES)
+
+    @abstractmethod
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """sign(x), with this quantizer's gradient rule attached."""
+
+
+INPUT_QUANTIZERS: dict[str, type[InputQuantizer]] = {}
+
+
+def registered(*names: str):
+    """Class decorator: make the class available to BinOp and the config by each of `names`."""
+    def register(cls: type[InputQuantizer]) -> type[InputQuantizer]:
+        for name in names:
+            INPUT_QUANTIZERS[name] = cls
+        return cls
+    return register
+
+
+@registered("ste_sign", "sign")
+@dataclass(frozen=True)
+class SteSign(InputQuantizer):
+    """sign(x); gradient G * 1{|x| <= 1} (XNOR-Net's binary activation)."""
+
+    name = "ste_sign"
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return ClippedStraightThroughSign.apply(x)
+
+
+@registered("approx_sign")
+@dataclass(frozen=True)
+class ApproxSign(InputQuantizer):
+    """sign(x); gradient G * (2 - 2|x|) on (-1, 1), 0 elsewhere (Bi-Real Net)."""
+
+    name = "approx_sign"
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return ApproxSignGradient.apply(x)
+
+
+def make_input_quantizer(spec) -> InputQuantizer | None:
+    """An input quantizer from a name (``"ste_sign"``), a mapping (``{"name": "ste_sign",
+    "scale": "K"}``) or an input quantizer; None or ``"none"``: the input stays real."""
+    if spec is None or spec == "none" or (isinstance(spec, Mapping) and spec.get("name") == "none"):
+        return None
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if isinstance(spec, Mapping):
+        spec = from_mapping(spec, INPUT_QUANTIZERS, "input quantizer")
+    if not isinstance(spec, InputQuantizer):
+        raise TypeError(f"activations: expected a name, a mapping or an input quantizer, got {type(spec).__name__}")
+    return spec
+
+
+def assign_input_quantizers(names: Sequence[str], spec) -> dict[str, InputQuantizer]:
+    """The input quantizer of each name that gets one. `spec` is one for all (None: none), or a
+    list of rules ``{"match": glob, "activation": name, **options}``, first match wins
+    (``activation: none`` keeps those inputs real)."""
+    chosen = assign_by_rules(names, spec, make_input_quantizer, "activation")
+    return {name: q for name, q in chosen.items() if q is not None}
+
+
+# --- attaching them to layers -------------------------------------------------------------------
+
+
+class BinaryInputs:
+    """Input quantizers attached to layers of `model` by forward hooks.
+
+    `watch`: on the first forward pass in training mode (eager), warn once, naming them, of
+    the layers whose input was non-negative everywhere: sign(x) is then +1 everywhere and the
+    layer sees a constant (a binary input straight after a ReLU)."""
+
+    def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module], quantizers: Mapping[str, InputQuantizer],
+                 watch: bool = False):
+        self.quantizers = dict(quantizers)
+        self._scales: dict[str, torch.Tensor] = {}
+        self._watching, self._constant = watch, []
+        self.handles = []
+        for name, q in self.quantizers.items():
+            layer = layers[name]
+            self.handles.append(layer.register_forward_pre_hook(partial(self._quantize_input, name)))
+            if q.scale != "none":
+                self.handles.append(layer.register_forward_hook(partial(self._scale_output, name)))
+        if watch:
+            self.handles.append(model.register_forward_hook(self._warn_of_constant_inputs))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _quantize_input(self, name: str, layer: nn.Module, args: tuple):
+        x, q = args[0], self.quantizers[name]
+        if q.scale != "none":
+            self._scales[name] = activation_scale(x, q.scale, layer)
+        if self._watching and layer.training and not torch.compiler.is_compiling() and bool((x >= 0).all()):
+            self._constant.append(name)
+        return (q.quantize(x), *args[1:])
+
+    def _scale_output(self, name: str, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return output * self._scales.pop(name)
+
+    def _warn_of_constant_inputs(self, model: nn.Module, args: tuple, output) -> None:
+        if not self._watching or not model.training or torch.compiler.is_compiling():
+            return
+        self._watching = False
+        if self._constant:
+            warnings.warn(f"binary inputs of {', '.join(self._constant)} are non-negative everywhere (after a ReLU?): "
+                          f"sign(x) is +1 everywhere and these layers see a constant; put a BatchNorm before the "
+                          f"sign, as XNOR-Net and Bi-Real Net order a block (docs/quantizers.md)", stacklevel=2)

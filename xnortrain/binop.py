@@ -16,6 +16,10 @@ the real weight and layers see W~ only inside their forward, so no exception, ev
 checkpoint can find binarized weights in the model. Steps 1-2 (the quantizer's `project_`)
 run once at attach time and after every optimizer step, which is equivalent to running
 them before each forward.
+
+With `activations`, the selected layers' inputs are binary too (XNOR-Net, as opposed to a
+binary-weight network): an input quantizer (`activations.py`) replaces each layer's input
+x by sign(x) in a forward pre-hook, with its gradient rule for x.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .activations import BinaryInputs, InputQuantizer, assign_input_quantizers
 from .quantizers import Quantizer, assign_quantizers, check_grad_mode
 from .selection import as_patterns, select_targets
 
@@ -65,6 +70,14 @@ class BinOp:
         params: fully qualified names of further parameters to quantize (a learnable
             vector, a 0/1 matrix): any shape, with a quantizer that needs no filters.
             With `params`, an empty layer selection (``include=[]``) is allowed.
+        activations: the input quantizer of the selected layers: None (default: inputs stay
+            real, a binary-weight network), ``"sign"`` (= ``"ste_sign"``, XNOR-Net's),
+            ``"approx_sign"`` (Bi-Real Net's gradient), a mapping with options
+            (``{"name": "sign", "scale": "K"}``), or a list of rules
+            ``{"match": glob, "activation": name, **options}`` over the target names, first
+            match wins (``activation: none`` keeps an input real). On the first training
+            forward pass BinOp warns, naming them, of layers whose binary input was
+            non-negative everywhere (sign(x) = +1: a constant).
         optimizer: if given, :meth:`project_` runs after each of its steps.
         example_input: a batch the model takes (one sample is enough), for
             `skip_first_last` by execution order; the pass runs in eval mode without
@@ -84,6 +97,7 @@ class BinOp:
         grad: str = "xnor",
         quantizer="xnor",
         params: Iterable[str] = (),
+        activations=None,
         optimizer: torch.optim.Optimizer | None = None,
         example_input: torch.Tensor | None = None,
     ):
@@ -99,9 +113,11 @@ class BinOp:
         self.quantizers: dict[str, Quantizer] = assign_quantizers(list(self._slots), quantizer, self.grad)
         for name, (module, attr) in self._slots.items():
             _check_attachable(name, module, attr, self.quantizers[name])
+        self.activations: dict[str, InputQuantizer] = assign_input_quantizers(list(self.targets), activations)
         self._handles = []
         for name, (module, attr) in self._slots.items():
             self._attach(module, attr, self.quantizers[name])
+        self._handles += BinaryInputs(model, self.targets, self.activations, watch=True).handles
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
@@ -141,20 +157,21 @@ class BinOp:
         self._handles = []
         for module, attr in self._slots.values():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
-        self.targets, self.params, self._slots = {}, {}, {}
+        self.targets, self.params, self._slots, self.activations = {}, {}, {}, {}
         return self.model
 
     def __repr__(self) -> str:
         weights = self.weights
         total = sum(w.numel() for w in weights.values())
         lines = [(f"BinOp(grad={self.grad!r}, {len(self.targets)} layers, {len(self.params)} params, "
-                  f"{total:,} binarized weights)")]
+                  f"{total:,} binarized weights, {len(self.activations)} binary inputs)")]
         width = max((len(n) for n in weights), default=0)
         for name, w in weights.items():
             module = self._slots[name][0]
             kind = parametrize.type_before_parametrizations(module).__name__ if name in self.targets else "param"
+            inputs = f"  inputs: {self.activations[name]!r}" if name in self.activations else ""
             lines.append(f"  {name:<{width}}  {kind:<6}  {tuple(w.shape)!s:<18} {w.numel():>12,}  "
-                         f"{self.quantizers[name]!r}")
+                         f"{self.quantizers[name]!r}{inputs}")
         return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ binaryconnect  sign(W); stochastic: +1 with probability    G                    
 codebook       nearest entry of `values` (ties: the        G                         clamp to [min, max]   32
                larger); scale filter: alpha * nearest(W /                            (scale none only)
                alpha)
+none           W: real weights (with binary inputs, the    G                         none                  32
+               first stage of two-stage training)
 =============  ==========================================  ========================  ====================  ====
 
 sign(0) = +1 throughout, also for -0.0. Sources: Rastegari et al., "XNOR-Net: ImageNet
@@ -48,13 +50,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
-from fnmatch import fnmatchcase
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from .errors import UserError
+from .rules import assign_by_rules, check_choice, check_type, from_mapping
 
 GRAD_MODES = ("xnor", "exact", "ste")
 
@@ -243,7 +245,7 @@ class Xnor(Quantizer):
     name = "xnor"
 
     def __post_init__(self):
-        _check_choice("xnor", "scale", self.scale, ("filter", "layer", "none"))
+        check_choice("quantizer xnor", "scale", self.scale, ("filter", "layer", "none"))
         if self.grad is not None:
             check_grad_mode(self.grad)
             if self.grad == "xnor" and self.scale != "filter":
@@ -311,7 +313,7 @@ class Binary01(Quantizer):
     name = "binary01"
 
     def __post_init__(self):
-        _check_type("binary01", "threshold", self.threshold, (int, float))
+        check_type("quantizer binary01", "threshold", self.threshold, (int, float))
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return ClippedStraightThrough.apply(w, self.binarize, 0.0, 1.0)
@@ -334,7 +336,7 @@ class BinaryConnect(Quantizer):
     name = "binaryconnect"
 
     def __post_init__(self):
-        _check_type("binaryconnect", "stochastic", self.stochastic, (bool,))
+        check_type("quantizer binaryconnect", "stochastic", self.stochastic, (bool,))
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         return StraightThrough.apply(w, self.sample if self.stochastic else sign_pm1)
@@ -369,9 +371,9 @@ class Codebook(Quantizer):
     bits = 32
 
     def __post_init__(self):
-        _check_choice("codebook", "scale", self.scale, ("none", "filter"))
+        check_choice("quantizer codebook", "scale", self.scale, ("none", "filter"))
         for v in self.values:
-            _check_type("codebook", "values", v, (int, float))
+            check_type("quantizer codebook", "values", v, (int, float))
         values = tuple(sorted({float(v) for v in self.values}))
         if not values:
             raise ValueError("quantizer codebook: `values` is empty; give a list such as [1, -1, 0.5, -0.5]")
@@ -398,6 +400,22 @@ class Codebook(Quantizer):
             w.clamp_(self.values[0], self.values[-1])
 
 
+@registered
+@dataclass(frozen=True)
+class Real(Quantizer):
+    """The real weight itself, W~ = W: BinOp keeps the weight real (and may still binarize
+    the layer's input), as the first stage of two-stage training does."""
+
+    name = "none"
+    bits = 32
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return w
+
+    def project_(self, w: torch.Tensor) -> None:
+        pass
+
+
 # --- choosing quantizers by name and by rule ------------------------------------------------------
 
 
@@ -414,62 +432,14 @@ def make_quantizer(spec, grad: str = "xnor") -> Quantizer:
 
 
 def _from_mapping(spec: Mapping) -> Quantizer:
-    options = dict(spec)
-    name = options.pop("name", None)
-    if name not in QUANTIZERS:
-        raise ValueError(f"unknown quantizer {name!r}: choose one of {', '.join(QUANTIZERS)}")
-    cls = QUANTIZERS[name]
-    valid = [f.name for f in fields(cls)]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"quantizer {name}: unknown option(s) {', '.join(unknown)}; valid: {', '.join(valid) or 'none'}")
-    if "values" in options:
-        if not isinstance(options["values"], (list, tuple)):
-            raise ValueError(f"quantizer {name}: values must be a list such as [1, -1, 0.5, -0.5], "
-                             f"got {options['values']!r}")
-        options["values"] = tuple(options["values"])
-    return cls(**options)
+    if "values" in spec and not isinstance(spec["values"], (list, tuple)):
+        raise ValueError(f"quantizer {spec.get('name')}: values must be a list such as [1, -1, 0.5, -0.5], "
+                         f"got {spec['values']!r}")
+    return from_mapping({**spec, **({"values": tuple(spec["values"])} if "values" in spec else {})}, QUANTIZERS,
+                        "quantizer")
 
 
 def assign_quantizers(names: Sequence[str], spec, grad: str) -> dict[str, Quantizer]:
     """The quantizer of each target name. `spec` is one quantizer for all, or a list of rules
     ``{"match": glob, "quantizer": name, **options}`` where the first matching rule wins."""
-    if not isinstance(spec, Sequence) or isinstance(spec, str):
-        quantizer = make_quantizer(spec, grad)
-        return {name: quantizer for name in names}
-    rules = [(_rule_pattern(rule), make_quantizer(_rule_spec(rule), grad)) for rule in spec]
-    chosen, unmatched = {}, []
-    for name in names:
-        match = next((q for pattern, q in rules if fnmatchcase(name, pattern)), None)
-        if match is None:
-            unmatched.append(name)
-        chosen[name] = match
-    if unmatched:
-        raise ValueError(f"quantizer rules match no rule for {', '.join(unmatched)}; "
-                         f"add a last rule such as {{match: '*', quantizer: xnor}}")
-    return chosen
-
-
-def _rule_pattern(rule) -> str:
-    if not isinstance(rule, Mapping) or not isinstance(rule.get("match"), str):
-        raise ValueError(f"quantizer rule {rule!r}: needs `match: <glob>` and `quantizer: <name>`")
-    return rule["match"]
-
-
-def _rule_spec(rule: Mapping) -> dict:
-    options = {k: v for k, v in rule.items() if k not in ("match", "quantizer")}
-    if "quantizer" not in rule:
-        raise ValueError(f"quantizer rule {dict(rule)!r}: needs `quantizer: <name>`")
-    return {"name": rule["quantizer"], **options}
-
-
-def _check_type(quantizer: str, option: str, value, types: tuple[type, ...]) -> None:
-    wrong_bool = isinstance(value, bool) and bool not in types
-    if wrong_bool or not isinstance(value, types):
-        expected = "true or false" if types == (bool,) else "a number"
-        raise ValueError(f"quantizer {quantizer}: {option} must be {expected}, got {value!r}")
-
-
-def _check_choice(quantizer: str, option: str, value, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"quantizer {quantizer}: {option} {value!r} is not one of {', '.join(choices)}")
+    return assign_by_rules(names, spec, lambda s: make_quantizer(s, grad), "quantizer")

@@ -3,12 +3,13 @@ written from a model with BinOp attached and loaded back as an inference nn.Modu
 
 The file (`torch.save`, read with `weights_only=True`) holds
 
-- ``format``: ``"xnortrain.packed/1"``
+- ``format``: ``"xnortrain.packed/2"``
 - ``model``: the model's name and keyword arguments (`model_factory.build_model`),
   ``num_classes`` and ``input_shape``
 - ``packed``: per binarized parameter (its state_dict key), the sign bits of W~ packed
-  8 per byte, its shape, and alpha (one float per output filter for scale filter, one
-  for the tensor for scale layer, 1 for sign)
+  8 per byte, its shape, alpha (one float per output filter for scale filter, one for
+  the tensor for scale layer, 1 for sign), and ``input``: the layer's input quantizer
+  (its name and scale) where its input is binary, else None
 - ``tensors``: every other tensor of the model's state_dict (first and last layers,
   BatchNorm, biases), as float32; or, where the export was given inputs to check on,
   each float32 one stored as float16 where the predictions on those inputs stay the
@@ -16,11 +17,13 @@ The file (`torch.save`, read with `weights_only=True`) holds
 
 The file is a pure function of the model's weights and the export's arguments: the same
 checkpoint exports to the same bytes on any machine. Loading rebuilds W~ = alpha * sign
-exactly, so the loaded model computes the logits of the trained model evaluated with
-BinOp attached (up to float16 storage where it was checked). With ``binary_kernels=True``
-the layers of the zoo's binary blocks whose input is sign(x) run as XNOR-popcount layers
-(`xnor_layers.XnorConv2d`, `xnor_layers.XnorLinear`, native kernels from `kernels.py`
-where they build). docs/deploy.md describes the file and the kernels.
+exactly and binarizes the recorded layers' inputs with the same hooks as BinOp
+(`activations.BinaryInputs`), so the loaded model computes the logits of the trained model
+evaluated with BinOp attached (up to float16 storage where it was checked). With
+``binary_kernels=True`` every Conv2d and Linear layer whose weights and inputs are both
+1 bit, in any model, runs as an XNOR-popcount layer (`xnor_layers.XnorConv2d`,
+`xnor_layers.XnorLinear`, native kernels from `kernels.py` where they build).
+docs/deploy.md describes the file and the kernels.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..activations import BinaryInputs, make_input_quantizer
 from ..binop import BinOp
 from ..errors import CheckpointError
 from ..model_factory import build_model
@@ -41,7 +45,7 @@ from . import kernels
 from .bitpack import pack_signs, unpack_bits, unpack_signs
 from .xnor_layers import XnorConv2d, XnorLinear
 
-FORMAT = "xnortrain.packed/1"
+FORMAT = "xnortrain.packed/2"
 
 
 def export_model(binop: BinOp, out: str | Path, *, name: str, kwargs: dict, num_classes: int,
@@ -50,7 +54,8 @@ def export_model(binop: BinOp, out: str | Path, *, name: str, kwargs: dict, num_
     returns its size in bytes. With `check_inputs` (a batch of the model's inputs) the float
     tensors are stored as float16 where the predictions on them stay those of float32."""
     model = binop.model
-    packed = {key: pack_weight(binop.quantizers[target], w) for target, w, key in _keyed_weights(binop)}
+    packed = {key: {**pack_weight(binop.quantizers[target], w), "input": _input_record(binop.activations.get(target))}
+              for target, w, key in _keyed_weights(binop)}
     tensors = {k: v for k, v in model.state_dict().items() if k not in packed}
     if check_inputs is not None:
         tensors = float16_where_predictions_hold(model, tensors, check_inputs)
@@ -102,24 +107,32 @@ def _predictions(model: nn.Module, inputs: torch.Tensor, batch: int = 100) -> to
 def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:
     """The inference model (eval mode) of an exported file.
 
-    With `binary_kernels` the binary blocks' layers run as XNOR-popcount layers
-    (`xnor_layers.XnorConv2d`, `xnor_layers.XnorLinear`) holding their weights as packed
-    words, with no float copy, on the native kernels where they load (`kernels.load`, which
-    builds them on a machine's first use); the other packed weights are unpacked to
-    W~ = alpha * sign. It prints one line naming the path the binary layers run."""
+    Every packed weight is unpacked to W~ = alpha * sign, and the inputs the file records as
+    binary are binarized as in training. With `binary_kernels`, each Conv2d (zero padding)
+    and Linear layer whose weights and inputs are both 1 bit runs as an XNOR-popcount layer
+    (`xnor_layers.XnorConv2d`, `xnor_layers.XnorLinear`) holding its weights as packed words,
+    with no float copy, on the native kernels where they load (`kernels.load`, which builds
+    them on a machine's first use); it prints one line saying how many layers run which path."""
     payload = _read(path)
     spec = payload["model"]
     model = build_model(spec["name"], spec["kwargs"], spec["num_classes"], spec["input_shape"][0])
-    tensors = payload["tensors"]
+    packed, tensors = payload["packed"], payload["tensors"]
+    inputs = {key.removesuffix(".weight"): make_input_quantizer(p["input"]) for key, p in packed.items()
+              if p["input"] is not None}
     native = binary_kernels and kernels.load() is None
-    swapped = use_binary_kernels(model, payload["packed"], tensors, native) if binary_kernels else []
+    swapped = use_binary_kernels(model, packed, tensors, inputs, native) if binary_kernels else []
     weights = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] in swapped}  # the swapped layers'
     weights.update({k: v for k, v in tensors.items() if k.rpartition(".")[0] not in swapped})
-    weights.update({k: unpack_weight(p) for k, p in payload["packed"].items() if k.rpartition(".")[0] not in swapped})
+    weights.update({k: unpack_weight(p) for k, p in packed.items() if k.rpartition(".")[0] not in swapped})
     check_fits_model(path, weights, model)
     model.load_state_dict(weights)  # float16-stored tensors are copied into the model's float32
+    # an XNOR-popcount layer binarizes its own input; a scale K still needs the hooks
+    hooked = {name: q for name, q in inputs.items() if name not in swapped or q.scale != "none"}
+    BinaryInputs(model, {name: model.get_submodule(name) for name in hooked}, hooked)
     if binary_kernels:
-        print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}", file=sys.stderr)
+        layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
+        print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}; {layers} conv/linear layers "
+              f"on the float path", file=sys.stderr)
     return model.eval()
 
 
@@ -130,32 +143,36 @@ def unpack_weight(p: dict) -> torch.Tensor:
     return signs * alpha
 
 
-def use_binary_kernels(model: nn.Module, packed: dict, tensors: dict, native: bool) -> list[str]:
-    """Swap each packed layer fed by BinActive (the zoo's BinaryBlock) for its XNOR-popcount
-    layer, which binarizes its own input (so the block's BinActive becomes the identity);
-    returns the swapped layer names. `native`: the layers call the native kernels."""
-    from ..activations import BinActive
-    from ..zoo import BinaryBlock
-
+def use_binary_kernels(model: nn.Module, packed: dict, tensors: dict, inputs: dict, native: bool) -> list[str]:
+    """Swap each Conv2d (zero padding) and Linear layer whose weight is packed and whose input
+    is binary (`inputs`: layer name -> input quantizer) for its XNOR-popcount layer; returns
+    the swapped layer names. `native`: the layers call the native kernels."""
     swapped = []
-    for block_name, block in model.named_modules():
-        if not isinstance(block, BinaryBlock) or not isinstance(block.act, BinActive):
-            continue
-        layer = getattr(block, block.layer_name)
-        name = f"{block_name}.{block.layer_name}" if block_name else block.layer_name
-        p = packed.get(f"{name}.weight")
-        if p is None or p["alpha"].numel() not in (1, layer.weight.shape[0]) or (
-                isinstance(layer, nn.Conv2d) and (not isinstance(layer.padding, tuple) or layer.padding_mode != "zeros")):
+    for name in inputs:
+        layer, p = model.get_submodule(name), packed[f"{name}.weight"]
+        if not _runs_on_kernels(layer, p):
             continue
         signs = unpack_bits(p["bits"], math.prod(p["shape"])).view(p["shape"])  # bool, sign(W~) >= 0
         alpha = p["alpha"].expand(layer.weight.shape[0])
         bias = None if layer.bias is None else tensors[f"{name}.bias"].float()
         kernel = (XnorConv2d(layer, signs, alpha, bias, native) if isinstance(layer, nn.Conv2d)
                   else XnorLinear(signs, alpha, bias, native))
-        setattr(block, block.layer_name, kernel)
-        block.act = nn.Identity()
+        model.set_submodule(name, kernel)
         swapped.append(name)
     return swapped
+
+
+def _runs_on_kernels(layer: nn.Module, p: dict) -> bool:
+    if p["alpha"].numel() not in (1, layer.weight.shape[0]):
+        return False
+    if isinstance(layer, nn.Conv2d):
+        return isinstance(layer.padding, tuple) and layer.padding_mode == "zeros"
+    return isinstance(layer, nn.Linear)
+
+
+def _input_record(quantizer) -> dict | None:
+    """What the file records of a layer's input quantizer: its name and scale (None: real input)."""
+    return None if quantizer is None else {"name": quantizer.name, "scale": quantizer.scale}
 
 
 def _read(path: str | Path) -> dict:

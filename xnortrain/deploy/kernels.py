@@ -61,23 +61,30 @@ def build_directory() -> Path:
 
 @functools.cache
 def _build_and_load() -> str | None:
-    from torch.utils import cpp_extension
-
-    directory = build_directory()
-    if not (directory / f"{NAME}.so").is_file():
-        print(f"xnortrain: building the XNOR-popcount kernels in {directory} (once per machine and torch "
-              f"version, about a minute)", file=sys.stderr, flush=True)
+    library = build_directory() / f"{NAME}.so"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(name=NAME, sources=[str(SOURCE)], build_directory=str(directory),
-                           extra_cflags=_flags(), extra_ldflags=_openmp_flags(),
-                           is_python_module=False, verbose=False)
+        if library.is_file():
+            torch.ops.load_library(str(library))  # built by an earlier process: no compiler, no build tools
+        else:
+            _build(library.parent)
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:  # no or a broken compiler
         return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if not torch.ops.xnortrain.hardware_popcount():
         return "this CPU has no POPCNT instruction"
     _register_fakes()
     return None
+
+
+def _build(directory: Path) -> None:
+    """Compile the source into `directory` and load it (torch's file lock keeps two processes
+    from building at once)."""
+    from torch.utils import cpp_extension
+
+    print(f"xnortrain: building the XNOR-popcount kernels in {directory} (once per machine and torch "
+          f"version, about a minute)", file=sys.stderr, flush=True)
+    directory.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name=NAME, sources=[str(SOURCE)], build_directory=str(directory), extra_cflags=_flags(),
+                       extra_ldflags=_openmp_flags(), is_python_module=False, verbose=False)
 
 
 def _flags() -> list[str]:

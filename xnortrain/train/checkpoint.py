@@ -17,7 +17,7 @@ import torch
 from ..errors import CheckpointError
 from ..serialization import atomic_write, safe_load
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: binop.activations says which layer inputs are binary
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "step", "global_step", "best_acc1", "running",
                  "rng", "config")
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..activations import assign_input_quantizers
 from ..errors import ConfigError
 from ..quantizers import assign_quantizers
 from .data import DATA_SETS, DataSpec
@@ -46,6 +47,7 @@ class BinOpConfig:
     grad: str = "xnor"
     quantizer: str | dict | list = "xnor"  # a name, {name: ..., options}, or rules [{match, quantizer, ...}]
     params: list[str] = field(default_factory=list)
+    activations: str | dict | list = "none"  # input quantizer: none, sign, approx_sign, {name, scale}, or rules
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ POSITIVE = {"optim.lr", "schedule.step_size", "train.epochs", "train.eval_every"
 NON_NEGATIVE = {"optim.weight_decay", "optim.momentum", "schedule.gamma",
                 "schedule.warmup_epochs", "train.label_smoothing"}
 UNIT_INTERVAL = {"distill.weight"}
+RULES = {"binop.quantizer": lambda spec: assign_quantizers([], spec, "xnor"),
+         "binop.activations": lambda spec: assign_input_quantizers([], spec)}
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
@@ -233,9 +237,9 @@ def _check_value(path: str, hint, value: Any) -> Any:
         require_tensorboard()
     if path in UNIT_INTERVAL and not 0 <= value <= 1:
         raise ConfigError(f"{path}: must be between 0 and 1, got {value!r}")
-    if path == "binop.quantizer":
+    if path in RULES:
         try:
-            assign_quantizers([], value, "xnor")  # builds every quantizer and rule: bad options fail here
+            RULES[path](value)  # builds every quantizer and rule: bad options fail here
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{path}: {err}") from None
     return value

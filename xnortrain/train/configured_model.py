@@ -45,7 +45,7 @@ def attach_binop(config: Config, model: nn.Module, input_shape: tuple[int, ...])
     device = next(model.parameters(), torch.empty(0)).device
     try:
         return BinOp(model, include=b.include, exclude=b.exclude, skip_first_last=b.skip_first_last, grad=b.grad,
-                     quantizer=b.quantizer, params=b.params,
+                     quantizer=b.quantizer, params=b.params, activations=b.activations,
                      example_input=torch.zeros(1, *input_shape, device=device))
     except ValueError as err:  # a selection that matches nothing names the candidates
         raise ConfigError(f"binop ({config.model.name}): {err}") from None
