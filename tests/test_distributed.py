@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -95,10 +96,29 @@ def test_the_process_group_is_destroyed_and_freed_when_a_run_ends(tmp_path):
                               "gloo_threads": []}, (flags, rank)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_ten_data_parallel_launches_in_a_row_all_exit_0(tmp_path):
+    """Each launch starts the two CLI processes itself, with the variables torchrun gives them
+    (the launcher's own process adds a third interpreter start to every launch): the exit of
+    every process is what this checks."""
     for launch in range(10):
-        run(tmp_path / str(launch), 2, "data.batch_size=16", "train.epochs=1")
+        out, port = tmp_path / str(launch), str(free_port())
+        cmd = [sys.executable, *CLI, "--config", CONFIG, *synthetic_args(out, "data.batch_size=16", "train.epochs=1"),
+               "--quiet"]
+        procs = [subprocess.Popen(cmd, env=cli_env(OMP_NUM_THREADS="1", RANK=str(rank), LOCAL_RANK=str(rank),
+                                                   WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                                                   MASTER_PORT=port),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+        for rank, proc in enumerate(procs):
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"launch {launch}, rank {rank}: {err[-3000:]}"
+        assert len(metrics(out)) == 1
 
 
 def launch(out: Path, *sets: str, resume: bool = False, **env: str) -> subprocess.CompletedProcess:
