@@ -9,7 +9,14 @@ from torch import nn
 from torch.testing import assert_close
 
 from xnortrain import BinOp, bin_active
-from xnortrain.activations import INPUT_QUANTIZERS, ApproxSign, SteSign, activation_scale, make_input_quantizer
+from xnortrain.activations import (
+    INPUT_QUANTIZERS,
+    ApproxSign,
+    RSign,
+    SteSign,
+    activation_scale,
+    make_input_quantizer,
+)
 
 
 def test_sign_is_plus_one_at_zero_for_every_input_quantizer():
@@ -55,12 +62,15 @@ def test_input_quantizers_by_name_mapping_and_none():
     assert make_input_quantizer("sign") == SteSign() and make_input_quantizer("approx_sign") == ApproxSign()
     assert make_input_quantizer({"name": "ste_sign", "scale": "K"}) == SteSign(scale="K")
     assert make_input_quantizer(None) is None and make_input_quantizer("none") is None
-    with pytest.raises(ValueError, match="unknown input quantizer 'tanh': choose one of ste_sign, sign, approx_sign"):
+    with pytest.raises(ValueError, match="unknown input quantizer 'tanh': choose one of ste_sign, sign, approx_sign, rsign"):
         make_input_quantizer("tanh")
     with pytest.raises(ValueError, match="input quantizer ste_sign: scale 'k' is not one of none, channel_mean, K"):
         make_input_quantizer({"name": "ste_sign", "scale": "k"})
-    with pytest.raises(ValueError, match="unknown option\\(s\\) shift; valid: scale"):
+    with pytest.raises(ValueError, match="unknown option\\(s\\) threshold; valid: scale, shift"):
+        make_input_quantizer({"name": "approx_sign", "threshold": 1})
+    with pytest.raises(ValueError, match="input quantizer approx_sign: shift must be true or false, got 1"):
         make_input_quantizer({"name": "approx_sign", "shift": 1})
+    assert make_input_quantizer("rsign") == RSign() == RSign(shift=True)
 
 
 class ReluNet(nn.Module):
@@ -172,3 +182,25 @@ def test_binop_does_not_warn_where_inputs_are_centred():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(torch.randn(2, 2, 5, 5))
+
+
+def test_rsign_learns_a_threshold_per_input_channel_with_the_gradient_minus_the_channels_sum():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 2, 1)).double()
+    binop = BinOp(model, activations="rsign")
+    beta = model[1].input_shift
+    assert beta.shape == (3,) and beta.dtype == torch.float64 and not beta.any()
+    with torch.no_grad():
+        beta.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    h = model[0](torch.randn(2, 2, 5, 5, dtype=torch.float64)).detach().requires_grad_()
+    out = model[1](h)
+    shifted = h.detach() - beta.detach().view(1, 3, 1, 1)
+    expected = nn.functional.conv2d(torch.where(shifted >= 0, 1.0, -1.0).double(), binop.binarized()["1"],
+                                    model[1].bias, padding=1)
+    assert_close(out, expected)
+    out.sum().backward()
+    assert_close(beta.grad, -h.grad.sum((0, 2, 3)))  # sign(x - beta): d/dbeta = -d/dx, summed over channel c
+    assert (h.grad != 0).any()
+    assert "1.input_shift" in model.state_dict()
+    binop.detach()
+    assert not hasattr(model[1], "input_shift")

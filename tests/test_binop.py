@@ -391,7 +391,7 @@ def test_repr_lists_targets_with_shapes():
                                     "1 binary inputs)")
     rows = [line.split(None, 2) for line in text.splitlines()[1:]]
     assert rows == [["block2.conv", "Conv2d", "(50, 20, 5, 5)           25,000  Xnor(scale='filter', grad='xnor')"
-                     "  inputs: SteSign(scale='none')"],
+                     "  inputs: SteSign(scale='none', shift=False)"],
                     ["block3.linear", "Linear", "(500, 800)              400,000  Xnor(scale='filter', grad='xnor')"]]
 
 

@@ -37,6 +37,8 @@ CASES = {
     "resnet-xnor": (["model.name=resnet", RESNET % "xnor", "data.synthetic_shape=[3,32,32]", SIGN], 8),
     "resnet-bireal": (["model.name=resnet", RESNET % "bireal", "data.synthetic_shape=[1,28,28]",
                        "binop.activations=approx_sign", "binop.exclude=['*.shortcut.*']"], 6),
+    "resnet-reactnet": (["model.name=resnet", RESNET % "reactnet", "data.synthetic_shape=[1,28,28]",
+                         "binop.activations=rsign", "binop.exclude=['*.shortcut.*']"], 6),  # learned thresholds
     "torchvision-resnet18": (["model.name=torchvision:resnet18", "data.synthetic_shape=[3,32,32]",
                               "data.synthetic_train_size=32", SIGN], 19),
 }

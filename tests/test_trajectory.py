@@ -137,13 +137,16 @@ ZOO_CASES = {
     "resnet-xnor": ("resnet", {"depth": 8, "width": 8, "flavour": "xnor"}, (3, 32, 32), "ste_sign", None),
     "resnet-bireal": ("resnet", {"depth": 8, "width": 8, "flavour": "bireal"}, (1, 28, 28), "approx_sign",
                       ["*.shortcut.*"]),
+    "resnet-reactnet": ("resnet", {"depth": 8, "width": 8, "flavour": "reactnet"}, (1, 28, 28), "rsign",
+                        ["*.shortcut.*"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(ZOO_CASES))
 def test_zoo_binary_network_trajectory_equals_reference(case):
     """BinOp with binary inputs on a zoo model against the swap-style reference whose layers see
-    the reference's sign (forward pre-hooks calling tests/reference.py), Adam, float64."""
+    the reference's sign (forward pre-hooks calling tests/reference.py; for rsign, of the input
+    less a threshold per channel that the reference learns too), Adam, float64."""
     name, kwargs, shape, activation, exclude = ZOO_CASES[case]
     torch.manual_seed(0)
     ours = create_model(name, num_classes=5, in_channels=shape[0], **kwargs).double()
@@ -153,8 +156,14 @@ def test_zoo_binary_network_trajectory_equals_reference(case):
     theirs = create_model(name, num_classes=5, in_channels=shape[0], **kwargs).double()
     theirs.load_state_dict(initial)
     reference = SwapBinOp(theirs, list(binop.targets), "xnor")
+    shift = activation == "rsign"  # sign(x - beta_c), beta a parameter of the layer starting at 0, approx_sign's gradient
+    sign = INPUT_SIGNS["approx_sign" if shift else activation]
     for layer in binop.targets:
-        theirs.get_submodule(layer).register_forward_pre_hook(lambda m, args: (INPUT_SIGNS[activation].apply(args[0]),))
+        module = theirs.get_submodule(layer)
+        if shift:
+            module.input_shift = nn.Parameter(torch.zeros(module.in_channels, dtype=torch.float64))
+        module.register_forward_pre_hook(
+            lambda m, args: (sign.apply(args[0] - m.input_shift.view(1, -1, 1, 1) if shift else args[0]),))
     ours_opt = torch.optim.Adam(ours.parameters(), lr=0.01, weight_decay=1e-5)
     binop.project_after(ours_opt)
     theirs_opt = torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=1e-5)

@@ -38,7 +38,7 @@ def test_unknown_model_lists_the_zoo():
         create_model("resnet18")
 
 
-@pytest.mark.parametrize("flavour", ["float", "xnor", "bireal"])
+@pytest.mark.parametrize("flavour", ["float", "xnor", "bireal", "reactnet"])
 @pytest.mark.parametrize("size", [28, 32])
 def test_resnet_takes_28_and_32_pixel_inputs_in_every_flavour(flavour, size):
     model = create_model("resnet", in_channels=1, depth=14, width=8, flavour=flavour)
@@ -64,5 +64,20 @@ def test_bireal_downsampling_is_real_valued_and_every_binary_conv_has_a_real_sho
 def test_resnet_refuses_a_depth_and_flavour_it_does_not_have():
     with pytest.raises(ValueError, match="depth 21 is not 6n \\+ 2"):
         create_model("resnet", depth=21)
-    with pytest.raises(ValueError, match="flavour 'deep' is not one of float, xnor, bireal"):
+    with pytest.raises(ValueError, match="flavour 'deep' is not one of float, xnor, bireal, reactnet"):
         create_model("resnet", flavour="deep")
+
+
+def test_reactnet_blocks_put_an_rprelu_after_each_real_valued_sum():
+    from xnortrain.layers import RPReLU
+
+    torch.manual_seed(0)
+    model = create_model("resnet", depth=8, width=8, flavour="reactnet")
+    binop = BinOp(model, activations="rsign", exclude=["*.shortcut.*"], example_input=torch.zeros(1, 3, 32, 32))
+    assert {type(q).__name__ for q in binop.activations.values()} == {"RSign"}
+    block = model.layer2[0]
+    assert isinstance(block.act1, RPReLU) and isinstance(block.act2, RPReLU)
+    x = torch.randn(2, 8, 32, 32)
+    h = block.act1(block.bn1(block.conv1(x)) + block.shortcut(x))
+    torch.testing.assert_close(block(x), block.act2(block.bn2(block.conv2(h)) + h))
+    assert "layer2.0.conv1.input_shift" in model.state_dict()

@@ -15,10 +15,15 @@ approx_sign  sign(x)  G * (2 + 2x) on [-1, 0), G * (2 - 2x) on [0, 1), 0 elsewhe
                       approximation of sign (Liu et al., ECCV 2018)
 ===========  =======  ==============================================================
 
-`sign` is another name of `ste_sign`. Every input quantizer takes `scale`: ``"none"``
-(default), or XNOR-Net's activation scale (section 3.2), which multiplies the layer's
-output by K computed from x (`activation_scale`): ``"K"`` one factor per output position,
-``"channel_mean"`` one per sample.
+`sign` is another name of `ste_sign`; `rsign` is `approx_sign` with `shift: true`. Every
+input quantizer takes
+
+- `scale`: ``"none"`` (default), or XNOR-Net's activation scale (section 3.2), which
+  multiplies the layer's output by K computed from x (`activation_scale`): ``"K"`` one
+  factor per output position, ``"channel_mean"`` one per sample;
+- `shift`: a learnable threshold beta_c per input channel, so that the layer sees
+  sign(x - beta_c) (ReActNet's RSign, Liu et al. 2020); dL/dbeta_c = -sum of dL/dx over
+  channel c. beta is a parameter of the layer, ``<layer>.input_shift``, starting at 0.
 
 `BinaryInputs` attaches input quantizers to layers with public module hooks: a forward
 pre-hook replaces the input by its quantized value (and computes K), a forward hook
@@ -39,9 +44,10 @@ import torch
 from torch import nn
 
 from .quantizers import sign_pm1
-from .rules import assign_by_rules, check_choice, from_mapping
+from .rules import assign_by_rules, check_choice, check_type, from_mapping
 
 SCALES = ("none", "channel_mean", "K")
+SHIFT = "input_shift"  # the name of the learnable threshold on a layer with `shift`
 
 
 # --- the gradient rules -------------------------------------------------------------------
@@ -116,16 +122,24 @@ def activation_scale(x: torch.Tensor, mode: str, layer: nn.Module) -> torch.Tens
 
 @dataclass(frozen=True)
 class InputQuantizer(ABC):
-    """What a layer's binary input is: its value and gradient (`quantize`) and the scale of the
-    layer's output (`scale`, one of SCALES). Subclasses are frozen dataclasses whose fields
-    are their options."""
+    """What a layer's binary input is: its value and gradient (`quantize`), the scale of the
+    layer's output (`scale`, one of SCALES) and whether a learnable threshold per channel is
+    subtracted first (`shift`). Subclasses are frozen dataclasses whose fields are their options."""
 
     scale: str = "none"
+    shift: bool = False
 
     name: ClassVar[str]
 
     def __post_init__(self):
         check_choice(f"input quantizer {self.name}", "scale", self.scale, SCALES)
+        check_type(f"input quantizer {self.name}", "shift", self.shift, (bool,))
+
+    @property
+    def sign_alone(self) -> bool:
+        """True when the layer's input is just sign(x): no scale and no shift (an XNOR-popcount
+        layer, which takes the signs of its own input, then needs no hook)."""
+        return self.scale == "none" and not self.shift
 
     @abstractmethod
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,6 +180,17 @@ class ApproxSign(InputQuantizer):
         return ApproxSignGradient.apply(x)
 
 
+@registered("rsign")
+@dataclass(frozen=True)
+class RSign(ApproxSign):
+    """sign(x - beta_c) with a learnable beta per input channel (ReActNet's RSign); gradient of
+    `approx_sign` for x - beta."""
+
+    shift: bool = True
+
+    name = "rsign"
+
+
 def make_input_quantizer(spec) -> InputQuantizer | None:
     """An input quantizer from a name (``"ste_sign"``), a mapping (``{"name": "ste_sign",
     "scale": "K"}``) or an input quantizer; None or ``"none"``: the input stays real."""
@@ -194,18 +219,23 @@ def assign_input_quantizers(names: Sequence[str], spec) -> dict[str, InputQuanti
 class BinaryInputs:
     """Input quantizers attached to layers of `model` by forward hooks.
 
-    `watch`: on the first forward pass in training mode (eager), warn once, naming them, of
-    the layers whose input was non-negative everywhere: sign(x) is then +1 everywhere and the
-    layer sees a constant (a binary input straight after a ReLU)."""
+    A quantizer with `shift` gets its threshold as a new parameter of the layer (`SHIFT`,
+    zeros, one per input channel) unless the layer has one; `remove` takes off the hooks and
+    the parameters it added. `watch`: on the first forward pass in training mode (eager),
+    warn once, naming them, of the layers whose input was non-negative everywhere: sign(x) is
+    then +1 everywhere and the layer sees a constant (a binary input straight after a ReLU)."""
 
     def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module], quantizers: Mapping[str, InputQuantizer],
                  watch: bool = False):
         self.quantizers = dict(quantizers)
         self._scales: dict[str, torch.Tensor] = {}
         self._watching, self._constant = watch, []
-        self.handles = []
+        self.handles, self._added = [], []
         for name, q in self.quantizers.items():
             layer = layers[name]
+            if q.shift and not hasattr(layer, SHIFT):
+                layer.register_parameter(SHIFT, nn.Parameter(torch.zeros(_input_channels(layer), **_float_like(layer))))
+                self._added.append(layer)
             self.handles.append(layer.register_forward_pre_hook(partial(self._quantize_input, name)))
             if q.scale != "none":
                 self.handles.append(layer.register_forward_hook(partial(self._scale_output, name)))
@@ -215,10 +245,14 @@ class BinaryInputs:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
-        self.handles = []
+        for layer in self._added:
+            delattr(layer, SHIFT)
+        self.handles, self._added = [], []
 
     def _quantize_input(self, name: str, layer: nn.Module, args: tuple):
         x, q = args[0], self.quantizers[name]
+        if q.shift:
+            x = x - getattr(layer, SHIFT).view(1, -1, *[1] * (x.dim() - 2))  # beta_c over channel c
         if q.scale != "none":
             self._scales[name] = activation_scale(x, q.scale, layer)
         if self._watching and layer.training and not torch.compiler.is_compiling() and bool((x >= 0).all()):
@@ -236,3 +270,13 @@ class BinaryInputs:
             warnings.warn(f"binary inputs of {', '.join(self._constant)} are non-negative everywhere (after a ReLU?): "
                           f"sign(x) is +1 everywhere and these layers see a constant; put a BatchNorm before the "
                           f"sign, as XNOR-Net and Bi-Real Net order a block (docs/quantizers.md)", stacklevel=2)
+
+
+def _input_channels(layer: nn.Module) -> int:
+    return layer.in_channels if hasattr(layer, "in_channels") else layer.in_features
+
+
+def _float_like(layer: nn.Module) -> dict:
+    """The device and float dtype of the layer's own tensors."""
+    ref = next(t for t in (*layer.parameters(), *layer.buffers()) if t.is_floating_point())
+    return {"device": ref.device, "dtype": ref.dtype}

@@ -117,7 +117,7 @@ class BinOp:
         self._handles = []
         for name, (module, attr) in self._slots.items():
             self._attach(module, attr, self.quantizers[name])
-        self._handles += BinaryInputs(model, self.targets, self.activations, watch=True).handles
+        self._inputs = BinaryInputs(model, self.targets, self.activations, watch=True)
         self.project_()
         if optimizer is not None:
             self.project_after(optimizer)
@@ -155,6 +155,7 @@ class BinOp:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._inputs.remove()
         for module, attr in self._slots.values():
             parametrize.remove_parametrizations(module, attr, leave_parametrized=bake)
         self.targets, self.params, self._slots, self.activations = {}, {}, {}, {}

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .layers import RPReLU
+
 # BatchNorm as in the XNOR-Net reference models: affine inside the binary blocks (its shift
 # is a learned threshold for the sign), without affine parameters after the first conv.
 _BN_EPS, _BN_MOMENTUM = 1e-4, 0.1
@@ -113,7 +115,7 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     ]))
 
 
-RESNET_FLAVOURS = ("float", "xnor", "bireal")
+RESNET_FLAVOURS = ("float", "xnor", "bireal", "reactnet")
 
 
 class BasicBlock(nn.Module):
@@ -124,11 +126,15 @@ class BasicBlock(nn.Module):
              conv, so that BinOp's sign sees a centred input (XNOR-Net's order)
     bireal:  h = bn1(conv1(x)) + shortcut(x);  out = bn2(conv2(h)) + h    a real-valued
              shortcut around each conv (Bi-Real Net, Liu et al. 2018)
+    reactnet: h = act1(bn1(conv1(x)) + shortcut(x));  out = act2(bn2(conv2(h)) + h)    Bi-Real
+             with an RPReLU after each sum (ReActNet, Liu et al. 2020; with
+             ``activations="rsign"`` its signs get learnable thresholds too); the BatchNorm
+             after each binary conv is its learned per-channel scale
 
     `shortcut` is the identity where the shape stays; where it changes it is a 1x1 conv with
     the stride and a BatchNorm (float: conv -> BN; xnor: BN -> conv, binarized with the rest),
-    or for bireal AvgPool2d(stride) -> 1x1 conv -> BN, real-valued downsampling (exclude it
-    from BinOp with the pattern ``*.shortcut.*``)."""
+    or for bireal and reactnet AvgPool2d(stride) -> 1x1 conv -> BN, real-valued downsampling
+    (exclude it from BinOp with the pattern ``*.shortcut.*``)."""
 
     def __init__(self, c_in: int, c_out: int, stride: int, flavour: str):
         super().__init__()
@@ -138,6 +144,8 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else _downsample(c_in, c_out, stride, flavour)
+        if flavour == "reactnet":
+            self.act1, self.act2 = RPReLU(c_out), RPReLU(c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flavour == "float":
@@ -146,19 +154,23 @@ class BasicBlock(nn.Module):
         if self.flavour == "xnor":
             out = self.conv2(self.bn2(torch.relu(self.conv1(self.bn1(x)))))
             return torch.relu(out + self.shortcut(x))
-        h = self.bn1(self.conv1(x)) + self.shortcut(x)
-        return self.bn2(self.conv2(h)) + h
+        if self.flavour == "bireal":
+            h = self.bn1(self.conv1(x)) + self.shortcut(x)
+            return self.bn2(self.conv2(h)) + h
+        h = self.act1(self.bn1(self.conv1(x)) + self.shortcut(x))
+        return self.act2(self.bn2(self.conv2(h)) + h)
 
     def extra_repr(self) -> str:
         return f"flavour={self.flavour!r}"
 
 
 def _downsample(c_in: int, c_out: int, stride: int, flavour: str) -> nn.Sequential:
-    conv = nn.Conv2d(c_in, c_out, 1, stride=1 if flavour == "bireal" else stride, bias=False)
+    real_valued = flavour in ("bireal", "reactnet")
+    conv = nn.Conv2d(c_in, c_out, 1, stride=1 if real_valued else stride, bias=False)
     if flavour == "xnor":
         return nn.Sequential(OrderedDict([("norm", nn.BatchNorm2d(c_in)), ("conv", conv)]))
     parts = [("conv", conv), ("norm", nn.BatchNorm2d(c_out))]
-    return nn.Sequential(OrderedDict([("pool", nn.AvgPool2d(stride)), *parts] if flavour == "bireal" else parts))
+    return nn.Sequential(OrderedDict([("pool", nn.AvgPool2d(stride)), *parts] if real_valued else parts))
 
 
 def resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: int = 16,
@@ -168,12 +180,13 @@ def resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: 
     blocks of width, 2 * width and 4 * width channels (the second and third starting with
     stride 2), global average pooling and a linear classifier. For 32x32 and 28x28 input.
 
-    `flavour` ("float", "xnor" or "bireal", see `BasicBlock`) orders the blocks for a
-    full-precision network, for XNOR-Net (binary weights and inputs in every block conv,
-    with ``BinOp(model, activations="sign")``) or for Bi-Real Net (with
-    ``BinOp(model, activations="approx_sign", exclude=["*.shortcut.*"])``). The stem and
-    the classifier stay full precision (BinOp skips the first and last layer); the stem
-    ends with a ReLU except for bireal, whose first sign reads the stem's BatchNorm."""
+    `flavour` ("float", "xnor", "bireal" or "reactnet", see `BasicBlock`) orders the blocks
+    for a full-precision network, for XNOR-Net (binary weights and inputs in every block
+    conv, with ``BinOp(model, activations="sign")``), for Bi-Real Net (with
+    ``BinOp(model, activations="approx_sign", exclude=["*.shortcut.*"])``) or for ReActNet
+    (the same with ``activations="rsign"``). The stem and the classifier stay full
+    precision (BinOp skips the first and last layer); the stem ends with a ReLU for float
+    and xnor, and with its BatchNorm for bireal and reactnet, whose first sign reads it."""
     if flavour not in RESNET_FLAVOURS:
         raise ValueError(f"flavour {flavour!r} is not one of {', '.join(RESNET_FLAVOURS)}")
     if depth < 8 or (depth - 2) % 6:
@@ -185,7 +198,7 @@ def resnet(num_classes: int = 10, in_channels: int = 3, depth: int = 20, width: 
         stages.append((f"layer{stage + 1}", nn.Sequential(*layers)))
         c_in = c_out
     stem = [("conv", nn.Conv2d(in_channels, width, 3, padding=1, bias=False)), ("norm", nn.BatchNorm2d(width)),
-            *([] if flavour == "bireal" else [("relu", nn.ReLU(inplace=True))])]
+            *([] if flavour in ("bireal", "reactnet") else [("relu", nn.ReLU(inplace=True))])]
     return nn.Sequential(OrderedDict([
         ("stem", nn.Sequential(OrderedDict(stem))),  # full precision
         *stages,

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..activations import BinaryInputs, make_input_quantizer
+from ..activations import SHIFT, BinaryInputs, make_input_quantizer
 from ..binop import BinOp
 from ..errors import CheckpointError
 from ..model_factory import build_model
@@ -121,14 +121,19 @@ def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:
               if p["input"] is not None}
     native = binary_kernels and kernels.load() is None
     swapped = use_binary_kernels(model, packed, tensors, inputs, native) if binary_kernels else []
-    weights = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] in swapped}  # the swapped layers'
-    weights.update({k: v for k, v in tensors.items() if k.rpartition(".")[0] not in swapped})
-    weights.update({k: unpack_weight(p) for k, p in packed.items() if k.rpartition(".")[0] not in swapped})
+    # an XNOR-popcount layer takes the signs of its own input; a scale or a shift still needs
+    # the hooks, which give the layer its shift's parameter before the weights are loaded
+    hooked = {name: q for name, q in inputs.items() if name not in swapped or not q.sign_alone}
+    BinaryInputs(model, {name: model.get_submodule(name) for name in hooked}, hooked)
+
+    def from_file(key: str) -> bool:  # a swapped layer holds its packed weight and bias already
+        return key.rpartition(".")[0] not in swapped or key.endswith(f".{SHIFT}")
+
+    weights = {k: v for k, v in model.state_dict().items() if not from_file(k)}
+    weights.update({k: v for k, v in tensors.items() if from_file(k)})
+    weights.update({k: unpack_weight(p) for k, p in packed.items() if from_file(k)})
     check_fits_model(path, weights, model)
     model.load_state_dict(weights)  # float16-stored tensors are copied into the model's float32
-    # an XNOR-popcount layer binarizes its own input; a scale K still needs the hooks
-    hooked = {name: q for name, q in inputs.items() if name not in swapped or q.scale != "none"}
-    BinaryInputs(model, {name: model.get_submodule(name) for name in hooked}, hooked)
     if binary_kernels:
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
         print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}; {layers} conv/linear layers "
