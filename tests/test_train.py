@@ -161,7 +161,8 @@ def run_cli(capsys, *argv) -> tuple[int, list[str]]:
     [
         (["--set", "optim.lrr=1"], "unknown config key in optim: optim.lrr"),
         (["--set", "train.epochs=many"], "train.epochs: expected an integer, got 'many'"),
-        (["--set", "schedule.name=linear"], "schedule.name: 'linear' is not one of multistep, step, cosine, none"),
+        (["--set", "schedule.name=exponential"],
+         "schedule.name: 'exponential' is not one of multistep, step, cosine, linear, none"),
         (["--set", "model.name=resnet18"], "model.name: 'resnet18' is not a zoo model"),
         (["--set", "model.name=torchvision:resnet99"], "model.name: torchvision has no model 'resnet99'"),
         (["--set", "model.name=no_such_module:Net"], "model.name: cannot import module 'no_such_module'"),
@@ -578,3 +579,28 @@ def test_tensorboard_without_the_package_is_one_line(tmp_path, capsys, monkeypat
                         *synthetic_args(tmp_path, "train.tensorboard=true"))
     assert code == 2 and len(err) == 1, err
     assert "train.tensorboard needs tensorboard, which is not installed; pip install 'xnortrain[tensorboard]'" in err[0]
+
+
+def test_linear_schedule_decays_to_zero_at_the_last_epoch_after_its_warm_up():
+    from xnortrain.train.config import ScheduleConfig
+    from xnortrain.train.loop import lr_factor
+
+    config = ScheduleConfig(name="linear", warmup_epochs=2)
+    assert [lr_factor(config, 10, t) for t in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.125]
+    assert lr_factor(ScheduleConfig(name="linear"), 4, 3.75, 0.25) == pytest.approx(1 / 16)  # the last step
+
+
+def test_binary_weight_decay_puts_the_binarized_weights_in_a_group_of_their_own(tmp_path):
+    run = build_run(config_for(tmp_path, "optim.name=sgd", "optim.lr=0.1", "optim.weight_decay=0.5",
+                               "optim.binary_weight_decay=0", "optim.momentum=0"))
+    binary, rest = run.optimizer.param_groups[1], run.optimizer.param_groups[0]
+    assert binary["weight_decay"] == 0 and rest["weight_decay"] == 0.5
+    assert {id(p) for p in binary["params"]} == {id(w) for w in run.binop.weights.values()}
+    before = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+    for p in run.model.parameters():
+        p.grad = torch.zeros_like(p)  # a step of weight decay alone
+    run.optimizer.step()
+    for name, p in run.model.named_parameters():
+        decayed = before[name] if any(p is w for w in run.binop.weights.values()) else before[name] * 0.95
+        torch.testing.assert_close(p.detach(), decayed, msg=name)
+    assert len(build_run(config_for(tmp_path / "one")).optimizer.param_groups) == 1  # unset: one group

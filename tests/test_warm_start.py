@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_train import TESTS, config_for, run_cli, synthetic_args, weights
 
+from xnortrain.__main__ import main
 from xnortrain.quantizers import centre_and_clamp_
 from xnortrain.train.loop import build_run, fit
 
@@ -68,3 +69,24 @@ def test_bad_init_settings_are_one_line(tmp_path, capsys, sets, message):
         sets = [*sets, f"model.init_from={tmp_path / 'first' / 'last.pt'}"]
     code, err = run_cli(capsys, *CLI, *synthetic_args(tmp_path / "run", *sets))
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_the_shipped_two_stage_resnet_recipe_runs_its_three_commands(tmp_path):
+    """The float twin, stage 1 (binary inputs with thresholds, real weights) and stage 2
+    (started from stage 1, distilled from the twin), as shipped but for the data and length."""
+    small = ["data.name=synthetic", "data.synthetic_shape=[1,28,28]", "data.synthetic_train_size=32",
+             "data.synthetic_eval_size=16", "data.batch_size=16", "train.epochs=1", "model.kwargs={depth: 8, width: 8, "
+             "flavour: reactnet}"]
+    runs = {name: tmp_path / name for name in ("float", "stage1", "stage2")}
+    def train(config: str, *sets: str) -> int:
+        return main(["--config", str(TESTS.parent / "configs" / f"{config}.yaml"),
+                     *[a for s in (*small, *sets) for a in ("--set", s)], "--quiet"])
+
+    assert train("fashion_mnist_resnet_float", f"train.out_dir={runs['float']}") == 0
+    assert train("fashion_mnist_resnet_stage1", f"train.out_dir={runs['stage1']}") == 0
+    assert train("fashion_mnist_resnet", f"train.out_dir={runs['stage2']}", f"model.init_from={runs['stage1'] / 'last.pt'}",
+                 f"distill.teacher={runs['float'] / 'best.pt'}") == 0
+    stage1, stage2 = weights(runs["stage1"] / "last.pt"), weights(runs["stage2"] / "last.pt")
+    thresholds = [k for k in stage1 if k.endswith("input_shift")]
+    assert len(thresholds) == 6 and all(stage1[k].any() for k in thresholds)  # learned in stage 1, carried over
+    assert set(stage1) == set(stage2)

@@ -55,6 +55,7 @@ class OptimConfig:
     name: str = "adam"
     lr: float = 0.01
     weight_decay: float = 1e-5
+    binary_weight_decay: float | None = None  # of the real weights BinOp binarizes (null: weight_decay)
     momentum: float = 0.9
     nesterov: bool = False
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
@@ -113,7 +114,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": DATA_SETS,
     "binop.grad": ("xnor", "exact", "ste"),
     "optim.name": ("adam", "adamw", "sgd"),
-    "schedule.name": ("multistep", "step", "cosine", "none"),
+    "schedule.name": ("multistep", "step", "cosine", "linear", "none"),
     "schedule.interval": ("epoch", "step"),
     "train.device": ("auto", "cpu", "cuda", "mps"),
     "train.amp": ("none", "bf16", "fp16"),
@@ -122,7 +123,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 POSITIVE = {"optim.lr", "schedule.step_size", "train.epochs", "train.eval_every", "train.checkpoint_every_steps",
             "train.grad_clip", "train.log_every", "distill.temperature"}
-NON_NEGATIVE = {"optim.weight_decay", "optim.momentum", "schedule.gamma",
+NON_NEGATIVE = {"optim.weight_decay", "optim.binary_weight_decay", "optim.momentum", "schedule.gamma",
                 "schedule.warmup_epochs", "train.label_smoothing"}
 UNIT_INTERVAL = {"distill.weight"}
 RULES = {"binop.quantizer": lambda spec: assign_quantizers([], spec, "xnor"),

@@ -105,6 +105,17 @@ class Run:
 # --- building ---------------------------------------------------------------------
 
 
+def parameter_groups(config: OptimConfig, model: nn.Module, binop: BinOp | None) -> list[dict]:
+    """One group of every parameter; or, with `optim.binary_weight_decay`, the real weights BinOp
+    binarizes in a group of their own with that weight decay (binary networks train those
+    without decay: their signs, not their sizes, are what the network keeps)."""
+    if config.binary_weight_decay is None or binop is None:
+        return [{"params": list(model.parameters())}]
+    binary = {id(w) for w in binop.weights.values()}
+    return [{"params": [p for p in model.parameters() if id(p) not in binary]},
+            {"params": list(binop.weights.values()), "weight_decay": config.binary_weight_decay}]
+
+
 def make_optimizer(config: OptimConfig, params) -> torch.optim.Optimizer:
     if config.name == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
@@ -124,9 +135,11 @@ def lr_factor(config: ScheduleConfig, epochs: int, t: float, tick: float = 1.0) 
         return config.gamma ** sum(t >= m for m in config.milestones)
     if config.name == "step":
         return config.gamma ** (t // config.step_size)
+    span = max(1, epochs - config.warmup_epochs)
     if config.name == "cosine":
-        span = max(1, epochs - config.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * (t - config.warmup_epochs) / span))
+    if config.name == "linear":
+        return 1 - (t - config.warmup_epochs) / span
     return 1.0
 
 
@@ -166,13 +179,15 @@ def build_run(config: Config, process: Process = Process()) -> Run:
         data = dataclasses.replace(data, train=data.train.shard(process.rank, process.world),
                                    eval=data.eval.shard(process.rank, process.world, pad=False))
     model = configured_model(config, data.num_classes, data.input_shape).to(device)
-    if config.model.init_from is not None:  # before BinOp, which projects the loaded weights
-        init_from_checkpoint_(model, config.model.init_from, config.model.init_exclude)
     binop = attach_binop(config, model, data.input_shape) if config.binop.enabled else None
+    if config.model.init_from is not None:  # after BinOp, whose input thresholds are parameters too
+        init_from_checkpoint_(model, config.model.init_from, config.model.init_exclude)
+        if binop is not None:
+            binop.project_()  # the loaded weights projected as a fresh init is
     teacher = None
     if config.distill.teacher is not None:  # not wrapped in DDP: it never trains
         teacher = load_teacher(config.distill, data.num_classes, data.input_shape, device)
-    optimizer = make_optimizer(config.optim, model.parameters())
+    optimizer = make_optimizer(config.optim, parameter_groups(config.optim, model, binop))
     if binop is not None:
         binop.project_after(optimizer)
     scheduler = make_scheduler(config.schedule, optimizer, config.train.epochs, len(data.train))

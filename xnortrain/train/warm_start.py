@@ -21,8 +21,9 @@ from .checkpoint import load_checkpoint
 
 def init_from_checkpoint_(model: nn.Module, path: str | Path, exclude: list[str] = ()) -> list[str]:
     """Load the real weights of checkpoint `path` into `model`, in place, except the keys that
-    match a glob of `exclude`; returns the keys loaded. Call it before BinOp is attached, which
-    then projects the loaded weights as it does a fresh init."""
+    match a glob of `exclude`; returns the keys loaded. With BinOp attached (the plain model's
+    keys, and the input thresholds of `rsign` among the parameters), then `binop.project_()`
+    projects the loaded weights as BinOp does a fresh init."""
     try:
         weights = load_checkpoint(path)["model"]
     except CheckpointError as err:
