@@ -104,14 +104,9 @@ class SignWithClippedGradient(torch.autograd.Function):
         return g * (x.abs() <= 1).to(g.dtype)
 
 
-class SignWithApproxGradient(torch.autograd.Function):
+class SignWithApproxGradient(SignWithClippedGradient):
     """Bi-Real Net's ApproxSign: sign(x) forward; backward G * (2 + 2x) for -1 <= x < 0,
     G * (2 - 2x) for 0 <= x < 1, 0 elsewhere."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return sign(x)
 
     @staticmethod
     def backward(ctx, g):

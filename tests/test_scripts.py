@@ -122,13 +122,19 @@ def test_bench_binop_rotates_which_trainer_starts_each_round():
 
 
 def test_bench_binop_counts_the_page_faults_of_fresh_memory():
+    import mmap
+
     bench = load_script("bench_binop")
+    pages = mmap.mmap(-1, 64 * 2**20)  # 64 MiB of fresh anonymous memory: each page faults on first touch
+    block = torch.frombuffer(pages, dtype=torch.uint8)
     before = bench.minor_faults()
-    block = torch.ones(64 * 2**20 // 4)  # 64 MiB from mmap: its pages fault on first touch
+    block.fill_(1)
     fresh = bench.minor_faults() - before
     before = bench.minor_faults()
     block.add_(1)  # the same pages again: mapped already
     assert fresh > 0 and bench.minor_faults() - before < fresh
+    del block
+    pages.close()
 
 
 def test_bench_binop_ratio_is_the_median_of_paired_ratios():

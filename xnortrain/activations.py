@@ -43,7 +43,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .quantizers import sign_pm1
+from .quantizers import ClippedStraightThrough, sign_pm1
 from .rules import assign_by_rules, check_choice, check_type, from_mapping
 
 SCALES = ("none", "channel_mean", "K")
@@ -51,20 +51,6 @@ SHIFT = "input_shift"  # the name of the learnable threshold on a layer with `sh
 
 
 # --- the gradient rules -------------------------------------------------------------------
-
-
-class ClippedStraightThroughSign(torch.autograd.Function):
-    """sign(x) with sign(0) = +1; gradient G * 1{|x| <= 1}."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return sign_pm1(x)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return x.abs().le_(1).mul_(grad_out)  # 1{|x| <= 1} * G
 
 
 class ApproxSignGradient(torch.autograd.Function):
@@ -84,8 +70,9 @@ class ApproxSignGradient(torch.autograd.Function):
 
 
 def bin_active(x: torch.Tensor) -> torch.Tensor:
-    """sign(x) with sign(0) = +1; gradient G * 1{|x| <= 1} (the `ste_sign` rule as a function)."""
-    return ClippedStraightThroughSign.apply(x)
+    """sign(x) with sign(0) = +1; gradient G * 1{|x| <= 1}: the clipped straight-through
+    estimator, the rule of `ste_sign`."""
+    return ClippedStraightThrough.apply(x, sign_pm1, -1.0, 1.0)
 
 
 # --- the activation scale -------------------------------------------------------------------
@@ -166,7 +153,7 @@ class SteSign(InputQuantizer):
     name = "ste_sign"
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return ClippedStraightThroughSign.apply(x)
+        return bin_active(x)
 
 
 @registered("approx_sign")
