@@ -22,9 +22,21 @@ inputs hold). Then, in eval mode, it times
 Float and binary runs alternate, and each figure is the median of the repetitions, so that
 other work on the machine slows both alike.
 
+With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
+AlexNet and ResNet-20 Bi-Real at batch 1 and 8, on the runtimes people deploy with, all
+interleaved in one process: the PyTorch float path, the xnortrain kernels, onnxruntime FP32
+(the ONNX file of `python -m xnortrain export --format onnx`, as many intra-op threads as
+torch), OpenVINO on the same file at FP32 and at its default precision (bf16 on CPUs that
+have it; the table names the one it used), both with as many threads and the batch made
+static, and onnxruntime INT8 (static quantization calibrated on standard-normal inputs
+like the benchmark's) where that quantization succeeds. Each gets the p50 and p90 latency
+over the rounds and how many of its predictions agree with the float path's; then the
+ratios of the fastest FP32 runtime and of OpenVINO's default to the xnortrain kernels.
+
     python scripts/bench_inference.py            # LeNet-5, NIN batch 1; AlexNet, the ResNets batch 1 and 8
     python scripts/bench_inference.py --quick    # LeNet-5 and NIN, fewer repetitions
     python scripts/bench_inference.py --threads 1
+    python scripts/bench_inference.py --peers --models nin
 """
 
 from __future__ import annotations
@@ -32,17 +44,20 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import math
-import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from xnortrain.deploy import kernels, load_exported
+from xnortrain.deploy.onnx_export import export_onnx
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
+from xnortrain.optional import require
 from xnortrain.train.config import load_config
 from xnortrain.train.deployment import export_checkpoint
 from xnortrain.train.loop import fit
@@ -58,6 +73,10 @@ MODELS = {
     "torchvision-resnet18": (["model.name=torchvision:resnet18", SIGN], [3, 32, 32], [1, 8]),
 }
 MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
+PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal"], [1, 8]
+FLOAT_PATH, KERNELS, OPENVINO_DEFAULT = "PyTorch float path", "xnortrain kernels", "OpenVINO default"
+FP32_RUNTIMES = (FLOAT_PATH, "onnxruntime FP32", "OpenVINO FP32")
+CALIBRATION_INPUTS = 32
 
 
 def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
@@ -77,8 +96,9 @@ def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
 
 
 @torch.no_grad()
-def median_times(calls: dict, repeats: int) -> dict:
-    """Median seconds of each zero-argument call, the calls alternated in turn."""
+def interleaved_times(calls: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of each zero-argument call in each of `repeats` rounds (after one warm-up call
+    each): every round calls each once, in turn, in reverse order every other round."""
     for call in calls.values():
         call()
     times = {k: [] for k in calls}
@@ -87,7 +107,22 @@ def median_times(calls: dict, repeats: int) -> dict:
             start = time.perf_counter()
             calls[k]()
             times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def median_times(calls: dict, repeats: int) -> dict:
+    """Median seconds of each zero-argument call, the calls alternated in turn."""
+    return {k: percentile(v, 50) for k, v in interleaved_times(calls, repeats).items()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0 to 100) of `values`, interpolated linearly between the two nearest
+    ranks (numpy's default): rank (n - 1) * q / 100 of the sorted values, counted from 0."""
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    below = math.floor(rank)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (rank - below)
 
 
 def binary_layer_pairs(float_model: nn.Module, fast_model: nn.Module, x: torch.Tensor) -> list[tuple]:
@@ -134,6 +169,142 @@ def bench_model(name: str, exported: Path, batch: int, repeats: int) -> dict:
             "max_logit_difference": (reference - got).abs().max().item()}
 
 
+def print_speeds(names: list[str], exported: dict, repeats_of) -> list[dict]:
+    """Time the float path against the binary kernels (`bench_model`) at each model's batch
+    sizes and print the table; returns the rows. `repeats_of(name)`: the rounds for that model."""
+    print("\n| model | batch | float path ms | binary kernels ms | speedup | binary layers: float ms | "
+          "binary ms | speedup | binary GMAC/s | same predictions |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    speeds = []
+    for name in names:
+        for batch in MODELS[name][2]:
+            r = bench_model(name, exported[name], batch, repeats_of(name))
+            speeds.append(r)
+            print(f"| {name} | {batch} | {r['float_ms']:.2f} | {r['binary_ms']:.2f} | {r['speedup']:.2f}x | "
+                  f"{r['layers_float_ms']:.2f} | {r['layers_binary_ms']:.2f} | {r['layers_speedup']:.2f}x | "
+                  f"{r['binary_macs_per_s'] / 1e9:.0f} | {r['same_predictions']} |", flush=True)
+    return speeds
+
+
+def int8_onnx(onnx_file: Path, input_shape: list[int], out: Path) -> Path:
+    """`onnx_file` quantized by onnxruntime's static quantization (QDQ, int8 weights per output
+    channel, uint8 activations), calibrated on CALIBRATION_INPUTS standard-normal inputs, drawn
+    as the benchmark's are but from other seeds."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self):
+            self.inputs = ({"input": torch.randn(1, *input_shape, generator=torch.Generator().manual_seed(1000 + i)).numpy()}
+                           for i in range(CALIBRATION_INPUTS))
+
+        def get_next(self):
+            return next(self.inputs, None)
+
+    logging.disable(logging.WARNING)  # the quantizer's advice, a line per BatchNorm on the root logger
+    try:
+        quantize_static(str(onnx_file), str(out), Inputs(), quant_format=QuantFormat.QDQ, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    return out
+
+
+def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch: int) -> dict[str, tuple]:
+    """runtime name -> (precision, run), `run(x)` the logits of a batch x, for the same export:
+    the PyTorch float path and the xnortrain kernels from the packed file, onnxruntime (FP32,
+    and INT8 where `int8_file` is given) and OpenVINO (FP32 and its default precision, the
+    precision read back from the compiled model) from its ONNX file. The runtimes use as many
+    threads as torch; OpenVINO compiles the graph for this batch size."""
+    ort = require("onnxruntime", "bench", "bench_inference.py --peers")
+    ov = require("openvino", "bench", "bench_inference.py --peers")
+    threads = torch.get_num_threads()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+
+    def onnxruntime(path: Path):
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+
+    core = ov.Core()
+    graph = core.read_model(str(onnx_file))
+    graph.reshape([batch, *graph.inputs[0].get_partial_shape()[1:]])
+
+    def openvino(config: dict) -> tuple:
+        compiled = core.compile_model(graph, "CPU", {"INFERENCE_NUM_THREADS": threads, **config})
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        return precision, lambda x: torch.from_numpy(compiled(x.numpy())[0])
+
+    runs = {FLOAT_PATH: ("f32", load_exported(exported)), KERNELS: ("1 bit, f32", load_exported(exported, binary_kernels=True)),
+            "onnxruntime FP32": ("f32", onnxruntime(onnx_file)),
+            "OpenVINO FP32": openvino({"INFERENCE_PRECISION_HINT": "f32"}), OPENVINO_DEFAULT: openvino({})}
+    if int8_file is not None:
+        runs["onnxruntime INT8"] = ("int8", onnxruntime(int8_file))
+    return runs
+
+
+def bench_peers(name: str, exported: Path, onnx_file: Path, int8_file: Path | None, batch: int,
+                repeats: int) -> list[dict]:
+    """Per runtime (`peer_runtimes`): its p50 and p90 latency (ms) over `repeats` interleaved
+    rounds, and how many of its predictions agree with the float path's."""
+    runs = peer_runtimes(exported, onnx_file, int8_file, batch)
+    x = torch.randn(batch, *MODELS[name][1], generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        reference = runs[FLOAT_PATH][1](x).argmax(1)
+        agree = {k: int((run(x).argmax(1) == reference).sum()) for k, (_, run) in runs.items()}
+    times = interleaved_times({k: partial(run, x) for k, (_, run) in runs.items()}, repeats)
+    return [{"model": name, "batch": batch, "runtime": k, "precision": precision,
+             "p50_ms": percentile(times[k], 50) * 1e3, "p90_ms": percentile(times[k], 90) * 1e3,
+             "same_predictions": agree[k]} for k, (precision, _) in runs.items()]
+
+
+def peer_ratios(rows: list[dict]) -> dict:
+    """Of one model and batch's rows: the FP32 runtime of least p50, and the p50 of it and of
+    OpenVINO's default precision over the xnortrain kernels' (above 1: the kernels are faster)."""
+    p50 = {r["runtime"]: r["p50_ms"] for r in rows}
+    best = min(FP32_RUNTIMES, key=p50.__getitem__)
+    return {"best_fp32": best, "best_fp32_over_kernels": p50[best] / p50[KERNELS],
+            "openvino_default_over_kernels": p50[OPENVINO_DEFAULT] / p50[KERNELS]}
+
+
+def onnx_files(name: str, exported: Path, workdir: Path) -> tuple[Path, Path | None]:
+    """The ONNX file of the export, and its INT8 form (None, said in one printed line, where
+    the static quantization fails)."""
+    onnx_file = workdir / f"{name}.onnx"
+    export_onnx(exported, onnx_file)
+    try:
+        return onnx_file, int8_onnx(onnx_file, MODELS[name][1], workdir / f"{name}.int8.onnx")
+    except Exception as err:  # whatever stops the quantizer, the other runtimes still run
+        reason = str(err).splitlines()[0] if str(err) else ""
+        print(f"{name}: onnxruntime INT8 skipped: static quantization failed ({type(err).__name__}: {reason})")
+        return onnx_file, None
+
+
+def print_peers(names: list[str], exported: dict, workdir: Path, repeats_of) -> list[dict]:
+    """Time every peer runtime of each model at PEER_BATCHES, print the table and the ratios;
+    returns the rows. `repeats_of(name)`: the rounds for that model."""
+    files = {name: onnx_files(name, exported[name], workdir) for name in names}
+    rows, ratios = [], []
+    print("\n| model | batch | runtime | precision | p50 ms | p90 ms | same predictions as the float path |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        for batch in PEER_BATCHES:
+            measured = bench_peers(name, exported[name], *files[name], batch, repeats_of(name))
+            for r in measured:
+                print(f"| {name} | {batch} | {r['runtime']} | {r['precision']} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} | "
+                      f"{r['same_predictions']}/{batch} |", flush=True)
+            rows += measured
+            ratios.append((name, batch, measured, peer_ratios(measured)))
+    print("\n| model | batch | xnortrain kernels p50 ms | fastest FP32 runtime | its p50 ms | fastest FP32 / kernels | "
+          "OpenVINO default (precision) p50 ms | OpenVINO default / kernels |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, batch, measured, q in ratios:
+        by_runtime = {r["runtime"]: r for r in measured}
+        default = by_runtime[OPENVINO_DEFAULT]
+        print(f"| {name} | {batch} | {by_runtime[KERNELS]['p50_ms']:.2f} | {q['best_fp32']} | "
+              f"{by_runtime[q['best_fp32']]['p50_ms']:.2f} | {q['best_fp32_over_kernels']:.2f}x | "
+              f"{default['p50_ms']:.2f} ({default['precision']}) | {q['openvino_default_over_kernels']:.2f}x |")
+    return rows
+
+
 def clock_hz() -> float | None:
     """The clock /proc/cpuinfo reports for the first CPU (None elsewhere)."""
     try:
@@ -151,17 +322,20 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="these models only")
     parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--peers", action="store_true",
+                        help="time onnxruntime and OpenVINO on the same export too (NIN, AlexNet, ResNet-20 Bi-Real "
+                             "by default, batch 1 and 8; needs xnortrain[bench])")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    names = args.models or (["lenet5", "nin"] if args.quick else list(MODELS))
+    names = args.models or (PEER_MODELS if args.peers else ["lenet5", "nin"] if args.quick else list(MODELS))
     clock, threads = clock_hz(), torch.get_num_threads()
 
     print(f"torch {torch.__version__}, {threads} threads; {kernels.path_in_use()}")
     print("| model | training checkpoint B | float32 state_dict B | exported B | vs checkpoint | vs float32 "
           "| exported with --check-data B | vs float32 |")
     print("|---|---|---|---|---|---|---|---|")
-    sizes, speeds = [], []
+    sizes, speeds, peers = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         exported = {}
         for name in names:
@@ -171,18 +345,15 @@ def main() -> None:
                   f"{s['checkpoint_bytes'] / s['exported_bytes']:.1f}x | "
                   f"{s['float32_state_dict_bytes'] / s['exported_bytes']:.1f}x | {s['checked_bytes']:,} | "
                   f"{s['float32_state_dict_bytes'] / s['checked_bytes']:.1f}x |", flush=True)
-        print("\n| model | batch | float path ms | binary kernels ms | speedup | binary layers: float ms | "
-              "binary ms | speedup | binary GMAC/s | same predictions |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name in names:
-            for batch in MODELS[name][2]:
-                repeats = args.repeats or (5 if args.quick else 9 if name == "alexnet" else 31)
-                r = bench_model(name, exported[name], batch, repeats)
-                speeds.append(r)
-                print(f"| {name} | {batch} | {r['float_ms']:.2f} | {r['binary_ms']:.2f} | {r['speedup']:.2f}x | "
-                      f"{r['layers_float_ms']:.2f} | {r['layers_binary_ms']:.2f} | {r['layers_speedup']:.2f}x | "
-                      f"{r['binary_macs_per_s'] / 1e9:.0f} | {r['same_predictions']} |", flush=True)
-    if clock:
+
+        def repeats_of(name: str) -> int:
+            return args.repeats or (5 if args.quick else 9 if name == "alexnet" else 31)
+
+        if args.peers:
+            peers = print_peers(names, exported, Path(tmp), repeats_of)
+        else:
+            speeds = print_speeds(names, exported, repeats_of)
+    if clock and speeds:
         path = torch.ops.xnortrain.popcount_path() if kernels.load() is None else "64-bit POPCNT"
         limit = MACS_PER_CYCLE[path] * clock * threads
         print(f"\n{path} limit: {MACS_PER_CYCLE[path]} binary MACs/cycle x {clock / 1e9:.2f} GHz x {threads} "
@@ -191,7 +362,8 @@ def main() -> None:
               f"(float path on the same layers: best {max(r['float_macs_per_s'] for r in speeds) / 1e9:.0f} GMAC/s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": threads, "clock_hz": clock,
-                                               "kernels": kernels.path_in_use(), "sizes": sizes, "speed": speeds},
+                                               "kernels": kernels.path_in_use(), "sizes": sizes, "speed": speeds,
+                                               "peers": peers},
                                               indent=2))
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -168,3 +170,21 @@ def test_results_runs_each_benchmark_under_the_default_environment(monkeypatch, 
     assert argv == [sys.executable, "scripts/bench_binop.py", "--json", str(tmp_path / "binop.json")]
     assert "env" not in kwargs
     assert results.command_of("epoch", quick=True) == ["python", "scripts/bench_epoch.py", "--quick"]
+
+
+def test_bench_inference_percentiles_interpolate_between_the_nearest_ranks():
+    bench = load_script("bench_inference")
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert bench.percentile(values, 50) == statistics.median(values) == 3.0
+    assert bench.percentile(values, 90) == pytest.approx(4.6)  # rank 3.6 of 0..4: 4 + 0.6 * (5 - 4)
+    assert bench.percentile([10.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert (bench.percentile(values, 0), bench.percentile(values, 100), bench.percentile([7.0], 90)) == (1.0, 5.0, 7.0)
+
+
+def test_bench_inference_peers_ratios_take_the_fastest_fp32_runtime_over_the_kernels():
+    bench = load_script("bench_inference")
+    p50 = {"PyTorch float path": 20.0, "xnortrain kernels": 5.0, "onnxruntime FP32": 10.0, "OpenVINO FP32": 12.0,
+           "OpenVINO default": 4.0, "onnxruntime INT8": 2.0}  # INT8 and bf16 are no FP32 runtime
+    rows = [{"runtime": runtime, "p50_ms": ms} for runtime, ms in p50.items()]
+    assert bench.peer_ratios(rows) == {"best_fp32": "onnxruntime FP32", "best_fp32_over_kernels": 2.0,
+                                       "openvino_default_over_kernels": 0.8}

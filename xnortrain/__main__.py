@@ -2,7 +2,7 @@
 
     python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]
     python -m xnortrain plot RUN_DIR [RUN_DIR ...] --out curves.png [--labels A B ...]
-    python -m xnortrain export --checkpoint runs/x/best.pt --out model.xnor.pt [--check-data]
+    python -m xnortrain export --checkpoint runs/x/best.pt --out model.xnor.pt [--check-data] [--format onnx]
     python -m xnortrain summary (--config FILE [--set KEY=VALUE ...] | --checkpoint PATH)
     python -m xnortrain kernels
 
@@ -41,10 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     plot_parser.add_argument("--out", default="curves.png", help="image file to write (default curves.png)")
     plot_parser.add_argument("--labels", nargs="+", help="one legend label per run (default: directory names)")
 
-    export_parser = commands.add_parser("export", help="write a packed 1-bit model file",
-                                        description="Write a packed 1-bit model file.")
+    export_parser = commands.add_parser("export", help="write a packed 1-bit model file (or an ONNX file)",
+                                        description="Write a packed 1-bit model file (or an ONNX file).")
     export_parser.add_argument("--checkpoint", required=True, help="training checkpoint (e.g. runs/x/best.pt)")
     export_parser.add_argument("--out", required=True, help="file to write (e.g. model.xnor.pt)")
+    export_parser.add_argument("--format", choices=["packed", "onnx"], default="packed",
+                               help="packed: 1 bit per binary weight, for load_exported (default); onnx: the "
+                                    "packed file's float path as a standard ONNX file (needs xnortrain[bench])")
     export_parser.add_argument("--check-data", action="store_true",
                                help="store the float tensors as float16 where the predictions on the run's first "
                                     "1000 evaluation inputs stay the same (reads the data set; default: float32)")
@@ -69,7 +72,7 @@ def add_config_args(parser: argparse.ArgumentParser, help: str) -> None:
 def export(args: argparse.Namespace) -> int:
     from .train.deployment import export_checkpoint
 
-    sizes = export_checkpoint(args.checkpoint, args.out, check_data=args.check_data)
+    sizes = export_checkpoint(args.checkpoint, args.out, check_data=args.check_data, format=args.format)
     ratio = sizes["checkpoint_bytes"] / sizes["exported_bytes"]
     print(f"{args.out}: {sizes['exported_bytes']:,} bytes; checkpoint {args.checkpoint}: "
           f"{sizes['checkpoint_bytes']:,} bytes ({ratio:.1f}x smaller)")

@@ -141,6 +141,11 @@ def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:
     return model.eval()
 
 
+def exported_spec(path: str | Path) -> dict:
+    """The model an exported file rebuilds: ``name``, ``kwargs``, ``num_classes``, ``input_shape``."""
+    return _read(path)["model"]
+
+
 def unpack_weight(p: dict) -> torch.Tensor:
     """W~ = alpha * sign from its packed form."""
     signs = unpack_signs(p["bits"], tuple(p["shape"]))
