@@ -24,14 +24,17 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
-# name: (title, full arguments, quick arguments); every script also takes --json PATH
+# name: (title, script, full arguments, quick arguments); every script also takes --json PATH
 BENCHMARKS = {
-    "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net",
+    "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net", "bench_accuracy",
                  ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick"]),
-    "binop": ("BinOp's cost in a training step (BinOp / plain step time)", [], ["--quick"]),
-    "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", [], ["--quick"]),
-    "epoch": ("Trainer epoch time against a plain PyTorch loop", [], ["--quick"]),
-    "memory": ("Memory of a training step with and without BinOp", [], ["--quick"]),
+    "binop": ("BinOp's cost in a training step (BinOp / plain step time)", "bench_binop", [], ["--quick"]),
+    "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", "bench_inference", [],
+                  ["--quick"]),
+    "peers": ("Binary inference against onnxruntime and OpenVINO", "bench_inference", ["--peers"],
+              ["--peers", "--quick"]),
+    "epoch": ("Trainer epoch time against a plain PyTorch loop", "bench_epoch", [], ["--quick"]),
+    "memory": ("Memory of a training step with and without BinOp", "bench_memory", [], ["--quick"]),
 }
 
 
@@ -48,8 +51,8 @@ def machine() -> str:
 
 def command_of(name: str, quick: bool) -> list[str]:
     """The benchmark's command as a shell runs it, under the default environment."""
-    _, full, quick_args = BENCHMARKS[name]
-    return ["python", f"scripts/bench_{name}.py", *(quick_args if quick else full)]
+    _, script, full, quick_args = BENCHMARKS[name]
+    return ["python", f"scripts/{script}.py", *(quick_args if quick else full)]
 
 
 def run_benchmark(command: list[str], json_path: Path) -> str:
