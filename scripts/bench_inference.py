@@ -11,7 +11,7 @@ float32 state_dict, exported file as exported by default (float parts in float32
 inputs hold). Then, in eval mode, it times
 
 - the whole model: `load_exported(path)` (float path: every layer a float op) against
-  `load_exported(path, binary_kernels=True)` (binary blocks as XNOR-popcount layers);
+  `load_exported(path, binary_kernels=True)` (every layer with 1-bit weights and inputs as an XNOR-popcount layer);
 - the binary layers alone, each on the input it gets inside the model: the float path's
   sign(x) then conv/linear, the part the XNOR-popcount layer replaces, against that layer;
   with the binary multiply-accumulates per second it achieves, next to the limits of this
