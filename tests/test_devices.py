@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import assert_same_weights, config_for, interrupt_at, strip_times, weights
+from test_train import assert_same_run, config_for, interrupted_and_resumed
 from torch.overrides import TorchFunctionMode
 
 from xnortrain.train import devices
-from xnortrain.train.loop import Interrupted, fit
+from xnortrain.train.loop import fit
 
 PACKAGE = Path(__file__).parent.parent / "xnortrain"
 
@@ -49,14 +49,8 @@ def test_a_run_without_float64_makes_no_float64_tensor_and_resumes_exactly(tmp_p
         fit(config_for(tmp_path / "straight"), quiet=True)
     assert watch.seen == set()
 
-    config = config_for(tmp_path / "stopped")
-    with monkeypatch.context() as m:
-        interrupt_at(m, 9)  # mid-epoch: the running sums go through the checkpoint
-        with pytest.raises(Interrupted):
-            fit(config, quiet=True)
-    fit(config, resume=tmp_path / "stopped" / "last.pt", quiet=True)
-    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt"))
-    assert strip_times(tmp_path / "stopped" / "metrics.jsonl") == strip_times(tmp_path / "straight" / "metrics.jsonl")
+    interrupted_and_resumed(monkeypatch, config_for(tmp_path / "stopped"), 9)  # mid-epoch: the sums go through last.pt
+    assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
 def test_the_watch_sees_the_float64_accumulators_of_a_device_that_has_it(tmp_path):

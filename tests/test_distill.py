@@ -8,9 +8,10 @@ import pytest
 import torch
 from test_train import (
     TESTS,
+    assert_same_run,
     assert_same_weights,
     config_for,
-    interrupt_at,
+    interrupted_and_resumed,
     run_cli,
     strip_times,
     synthetic_args,
@@ -18,7 +19,7 @@ from test_train import (
 )
 
 from xnortrain.train.distill import distillation_loss
-from xnortrain.train.loop import Interrupted, build_run, fit
+from xnortrain.train.loop import build_run, fit
 
 CLI = ("--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"))
 
@@ -73,14 +74,8 @@ def test_the_teacher_changes_the_training_and_stays_frozen_in_eval_mode(tmp_path
 def test_distilled_run_resumes_bitwise(tmp_path, monkeypatch, teacher):
     sets = [f"distill.teacher={teacher}", "distill.weight=0.7", "distill.temperature=4"]
     fit(config_for(tmp_path / "straight", *sets), quiet=True)
-    config = config_for(tmp_path / "stopped", *sets)
-    with monkeypatch.context() as m:
-        interrupt_at(m, 9)
-        with pytest.raises(Interrupted):
-            fit(config, quiet=True)
-    fit(config, resume=tmp_path / "stopped" / "last.pt", quiet=True)
-    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt"))
-    assert strip_times(tmp_path / "stopped" / "metrics.jsonl") == strip_times(tmp_path / "straight" / "metrics.jsonl")
+    interrupted_and_resumed(monkeypatch, config_for(tmp_path / "stopped", *sets), 9)
+    assert_same_run(tmp_path / "straight", tmp_path / "stopped")
 
 
 def test_a_binop_teacher_gives_the_logits_of_its_binarized_weights(tmp_path):

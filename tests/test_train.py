@@ -90,6 +90,21 @@ def interrupt_at(monkeypatch, global_step: int):
     monkeypatch.setattr(train_module, "train_step", step_then_signal)
 
 
+def interrupted_and_resumed(monkeypatch, config, stop_after: int) -> None:
+    """Train `config`, stopped by SIGINT right after step `stop_after`, then resumed to its end."""
+    with monkeypatch.context() as m:
+        interrupt_at(m, stop_after)
+        with pytest.raises(Interrupted):
+            fit(config, quiet=True)
+    fit(config, resume=Path(config.train.out_dir) / "last.pt", quiet=True)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run directories ended with the same weights and metrics (but for the times)."""
+    assert_same_weights(weights(a / "last.pt"), weights(b / "last.pt"))
+    assert strip_times(a / "metrics.jsonl") == strip_times(b / "metrics.jsonl")
+
+
 def strip_times(path: Path) -> list[dict]:
     return [{k: v for k, v in json.loads(x).items() if k != "epoch_time_s"} for x in path.read_text().splitlines()]
 
