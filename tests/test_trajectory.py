@@ -163,7 +163,8 @@ def test_zoo_binary_network_trajectory_equals_reference(case):
         if shift:
             module.input_shift = nn.Parameter(torch.zeros(module.in_channels, dtype=torch.float64))
         module.register_forward_pre_hook(
-            lambda m, args: (sign.apply(args[0] - m.input_shift.view(1, -1, 1, 1) if shift else args[0]),))
+            lambda m, args: (sign.apply(args[0] - m.input_shift.view(1, -1, 1, 1) if shift else args[0]),),
+            prepend=True)  # before NIN's input dropout, as BinOp's
     ours_opt = torch.optim.Adam(ours.parameters(), lr=0.01, weight_decay=1e-5)
     binop.project_after(ours_opt)
     theirs_opt = torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=1e-5)

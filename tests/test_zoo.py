@@ -29,6 +29,27 @@ def test_zoo_model_trains_one_step_in_each_form(name, form):
         assert list(binop.activations) == (list(binop.targets) if form == "xnor" else [])
 
 
+@pytest.mark.parametrize("activations", ["sign", None])
+def test_xnor_blocks_drop_inputs_after_the_sign_as_the_papers_models_do(activations):
+    """NIN's block4: sign -> dropout(0.5) -> conv, so in training the conv sees 0 (dropped) or
+    +-2 (kept, rescaled by 1 / (1 - p)), and sign(x) = +-1 in eval; plain dropout without binary inputs."""
+    torch.manual_seed(0)
+    model = create_model("nin")
+    BinOp(model, activations=activations, example_input=torch.randn(1, 3, 32, 32))
+    seen = []
+    model.block4.conv.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+    for training in (True, False):
+        model.train(training)(torch.randn(2, 3, 32, 32))
+    trained, evaluated = seen
+    if activations is None:
+        assert (trained == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+        assert len(trained.unique()) > 1000 and len(evaluated.unique()) > 1000
+        return
+    assert set(trained.unique().tolist()) == {-2.0, 0.0, 2.0}
+    assert (trained == 0).float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert set(evaluated.unique().tolist()) == {-1.0, 1.0}
+
+
 def test_in_channels_is_an_argument():
     assert create_model("lenet5", in_channels=3)(torch.randn(2, 3, 28, 28)).shape == (2, 10)
 

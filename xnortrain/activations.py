@@ -206,6 +206,9 @@ def assign_input_quantizers(names: Sequence[str], spec) -> dict[str, InputQuanti
 class BinaryInputs:
     """Input quantizers attached to layers of `model` by forward hooks.
 
+    The quantizer's pre-hook runs before the layer's own pre-hooks: it binarizes the input
+    the layer is called with, and the layer's hooks (the zoo's input dropout) see sign(x).
+
     A quantizer with `shift` gets its threshold as a new parameter of the layer (`SHIFT`,
     zeros, one per input channel) unless the layer has one; `remove` takes off the hooks and
     the parameters it added. `watch`: on the first forward pass in training mode (eager),
@@ -223,7 +226,7 @@ class BinaryInputs:
             if q.shift and not hasattr(layer, SHIFT):
                 layer.register_parameter(SHIFT, nn.Parameter(torch.zeros(_input_channels(layer), **_float_like(layer))))
                 self._added.append(layer)
-            self.handles.append(layer.register_forward_pre_hook(partial(self._quantize_input, name)))
+            self.handles.append(layer.register_forward_pre_hook(partial(self._quantize_input, name), prepend=True))
             if q.scale != "none":
                 self.handles.append(layer.register_forward_hook(partial(self._scale_output, name)))
         if watch:

@@ -12,8 +12,9 @@ from the papers.
 The models are full precision: BinOp makes them binary. ``BinOp(model)`` binarizes the
 weights of every conv/linear but the first and the last (a binary-weight network, BWN);
 ``BinOp(model, activations="sign")`` binarizes their inputs too (XNOR-Net). The XNOR-Net
-blocks follow section 3.3 of the paper: BatchNorm -> (Dropout) -> [sign] Conv/Linear ->
-ReLU, the sign being BinOp's input quantizer, so a dropped input reads as sign(0) = +1.
+blocks follow section 3.3 of the paper: BatchNorm -> [sign] -> (Dropout) -> Conv/Linear ->
+ReLU, the sign being BinOp's input quantizer and the dropout the layer's own input dropout,
+which runs after it, so a dropped binary input reads 0 as in the paper's models.
 """
 
 from __future__ import annotations
@@ -38,20 +39,35 @@ def _bn(channels: int, dims: int = 2, affine: bool = False) -> nn.Module:
 
 def xnor_conv(c_in: int, c_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0,
               dropout: float = 0.0) -> nn.Sequential:
-    """XNOR-Net's conv block: BatchNorm -> (Dropout) -> Conv2d -> ReLU, the conv named `conv`."""
+    """XNOR-Net's conv block: BatchNorm -> [sign] -> (Dropout) -> Conv2d -> ReLU, the conv named `conv`."""
     conv = nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=padding)
     return _xnor_block(_bn(c_in, affine=True), "conv", conv, dropout)
 
 
 def xnor_linear(f_in: int, f_out: int, *, dropout: float = 0.0) -> nn.Sequential:
-    """XNOR-Net's fully connected block: BatchNorm -> (Dropout) -> Linear -> ReLU, the layer named `linear`."""
+    """XNOR-Net's fully connected block: BatchNorm -> [sign] -> (Dropout) -> Linear -> ReLU, the layer named
+    `linear`."""
     return _xnor_block(_bn(f_in, dims=1, affine=True), "linear", nn.Linear(f_in, f_out), dropout)
 
 
 def _xnor_block(norm: nn.Module, layer_name: str, layer: nn.Module, dropout: float) -> nn.Sequential:
-    parts = [("norm", norm), *([("dropout", nn.Dropout(dropout))] if dropout else []), (layer_name, layer),
-             ("relu", nn.ReLU(inplace=True))]
-    return nn.Sequential(OrderedDict(parts))
+    if dropout:
+        _drop_input(layer, dropout)
+    return nn.Sequential(OrderedDict([("norm", norm), (layer_name, layer), ("relu", nn.ReLU(inplace=True))]))
+
+
+def _drop_input(layer: nn.Module, p: float) -> None:
+    """Dropout on what `layer` receives, as its child `input_dropout` and a forward pre-hook.
+
+    BinOp's input quantizer is a forward pre-hook put before the layer's own, so the dropout
+    acts on sign(x): a dropped input is 0 and a kept one +-1 / (1 - p), as in XNOR-Net's
+    BinActive -> Dropout -> Conv. Without binary inputs it is plain dropout on x."""
+    layer.input_dropout = nn.Dropout(p)
+    layer.register_forward_pre_hook(_apply_input_dropout)
+
+
+def _apply_input_dropout(layer: nn.Module, args: tuple) -> tuple:
+    return (layer.input_dropout(args[0]), *args[1:])
 
 
 def lenet5(num_classes: int = 10, in_channels: int = 1) -> nn.Module:
