@@ -1,24 +1,31 @@
-"""Real-data accuracy: LeNet-5 on Fashion-MNIST as full precision, BWN and XNOR-Net, the
-binary nets also distilled from the full-precision run.
+"""Real-data accuracy on Fashion-MNIST: LeNet-5 as full precision, BWN and XNOR-Net (the
+binary nets also distilled from the full-precision run), and the zoo's ResNet-20 as float,
+as ReActNet's two-stage recipe and as the same recipe in one stage.
 
-Each variant runs through the normal command line (`python -m xnortrain --config
-configs/fashion_mnist_lenet.yaml --set ...`), same seed, the config's recipe (Adam, weight
-decay 1e-4, batch 128, cosine learning-rate decay over the 15 epochs, the rate changing
-every step, the `xnor` gradient rule); lr 0.001 for full precision, 0.002 for BWN and 0.003
-for XNOR-Net. The distilled rows train the same recipe with `distill.teacher` set to the
-last.pt of the full-precision run of the same seed (weight 0.5, temperature 1), so the
-teacher is not chosen on the test set; their wall time is the student's, and the teacher's
-training time is given on a line of its own. The table (test top-1 after the last epoch,
-epochs, wall time) goes to stdout and, as Markdown and JSON, to --out, with the loss and
-top-1 curves of the runs of the first seed (`accuracy.png`, when matplotlib is installed).
-With several seeds, each gap is taken against full precision of the same seed, and a second
-table gives each variant's mean, range and mean gap.
+Each variant runs through the normal command line (`python -m xnortrain --config CONFIG
+--set ...`) with the seed of its round. The LeNet-5 rows use configs/fashion_mnist_lenet.yaml
+(Adam, weight decay 1e-4, batch 128, cosine learning-rate decay over the epochs, the rate
+changing every step, the `xnor` gradient rule; lr 0.001 for full precision, 0.002 for BWN and
+0.003 for XNOR-Net), for --epochs epochs; their distilled rows set `distill.teacher` to the
+last.pt of the full-precision run of the same seed (weight 0.5, temperature 1). The ResNet-20
+rows are the shipped configs as they are, with their own epochs: the float twin
+(fashion_mnist_resnet_float.yaml, 12 epochs), stage 1 (fashion_mnist_resnet_stage1.yaml,
+binary inputs and real weights, 6 epochs), stage 2 (fashion_mnist_resnet.yaml, everything
+binary, 6 epochs, started from stage 1 and distilled from the float twin), and the one-stage
+control: stage 2's recipe for 12 epochs from a fresh initialisation. Teachers and first stages
+are the last.pt of the same seed, never chosen on the test set. Each gap is taken against the
+variant's full-precision twin of the same seed.
 
-    python scripts/bench_accuracy.py                  # 15 epochs each, 5 runs
-    python scripts/bench_accuracy.py --seeds 0 1 2    # three times as long
-    python scripts/bench_accuracy.py --seeds 0 1 2 --jobs 2   # two runs at a time, cores split between them
-    python scripts/bench_accuracy.py --epochs 3       # shorter runs (the cosine decay spans them)
-    python scripts/bench_accuracy.py --quick          # 1 epoch on the first 10,000 images
+The table (test top-1 after the last epoch, epochs, wall time) goes to stdout and, as
+Markdown and JSON, to --out, with the loss and top-1 curves of the runs of the first seed
+(`accuracy.png`, when matplotlib is installed). With several seeds a second table gives each
+variant's mean, range and mean gap.
+
+    python scripts/bench_accuracy.py                  # every row, seed 0
+    python scripts/bench_accuracy.py --seeds 0 1 2 --jobs 2   # three seeds, two runs at a time
+    python scripts/bench_accuracy.py --only lenet5    # the LeNet-5 rows alone (or: resnet20)
+    python scripts/bench_accuracy.py --epochs 3       # shorter LeNet-5 runs (the cosine decay spans them)
+    python scripts/bench_accuracy.py --quick          # 1 epoch each on the first 10,000 images
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -38,30 +46,72 @@ import torch
 from xnortrain.errors import UserError
 from xnortrain.train.plot import plot_runs
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "fashion_mnist_lenet.yaml"
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row: a shipped config, the settings that make the variant, the full-precision
+    variant its gap is taken against, the variants of the same seed it starts from or distils
+    from (`needs`), and its epochs (None: the benchmark's --epochs)."""
+
+    model: str
+    config: str
+    sets: tuple[str, ...]
+    twin: str
+    needs: tuple[str, ...] = ()
+    epochs: int | None = None
+
+
+def run_of(name: str) -> str:
+    """The last.pt of variant `name` in the same seed's directory, as a --set value."""
+    return "{seed_dir}/" + directory_of(name) + "/last.pt"
+
+
+def directory_of(name: str) -> str:
+    return name.replace(" ", "_").lower()
+
+
 FULL_PRECISION = "full precision"
-BINARY_WEIGHTS = ["binop.enabled=true", "binop.activations=none", "optim.lr=0.002"]
-XNOR = ["binop.enabled=true", "binop.activations=sign", "optim.lr=0.003"]
-TEACHER = "{seed_dir}/full_precision/last.pt"  # the full-precision run of the same seed
-DISTILLED = [f"distill.teacher={TEACHER}", "distill.weight=0.5", "distill.temperature=1.0"]
+RESNET_FLOAT = "ResNet-20 float"
+RESNET_STAGE1 = "ResNet-20 stage 1"
+LENET = "fashion_mnist_lenet.yaml"
+BINARY_WEIGHTS = ("binop.enabled=true", "binop.activations=none", "optim.lr=0.002")
+XNOR = ("binop.enabled=true", "binop.activations=sign", "optim.lr=0.003")
+DISTILLED = (f"distill.teacher={run_of(FULL_PRECISION)}", "distill.weight=0.5", "distill.temperature=1.0")
+RESNET_TEACHER = f"distill.teacher={run_of(RESNET_FLOAT)}"
 VARIANTS = {
-    FULL_PRECISION: ["binop.enabled=false", "optim.lr=0.001"],
-    "BWN": BINARY_WEIGHTS,
-    "XNOR-Net": XNOR,
-    "BWN distilled": [*BINARY_WEIGHTS, *DISTILLED],
-    "XNOR-Net distilled": [*XNOR, *DISTILLED],
+    FULL_PRECISION: Variant("lenet5", LENET, ("binop.enabled=false", "optim.lr=0.001"), FULL_PRECISION),
+    "BWN": Variant("lenet5", LENET, BINARY_WEIGHTS, FULL_PRECISION),
+    "XNOR-Net": Variant("lenet5", LENET, XNOR, FULL_PRECISION),
+    "BWN distilled": Variant("lenet5", LENET, BINARY_WEIGHTS + DISTILLED, FULL_PRECISION, (FULL_PRECISION,)),
+    "XNOR-Net distilled": Variant("lenet5", LENET, XNOR + DISTILLED, FULL_PRECISION, (FULL_PRECISION,)),
+    RESNET_FLOAT: Variant("resnet20", "fashion_mnist_resnet_float.yaml", (), RESNET_FLOAT, epochs=12),
+    RESNET_STAGE1: Variant("resnet20", "fashion_mnist_resnet_stage1.yaml", (), RESNET_FLOAT, epochs=6),
+    "ResNet-20 ReActNet two-stage": Variant(
+        "resnet20", "fashion_mnist_resnet.yaml", (f"model.init_from={run_of(RESNET_STAGE1)}", RESNET_TEACHER),
+        RESNET_FLOAT, (RESNET_FLOAT, RESNET_STAGE1), epochs=6),
+    "ResNet-20 ReActNet one-stage": Variant(
+        "resnet20", "fashion_mnist_resnet.yaml", ("model.init_from=null", RESNET_TEACHER), RESNET_FLOAT,
+        (RESNET_FLOAT,), epochs=12),
 }
+MODELS = sorted({v.model for v in VARIANTS.values()})
 
 
-def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int | None, out_dir: Path,
-                threads: int) -> dict:
-    seed_dir = out_dir / f"seed{seed}"
-    run_dir = seed_dir / name.replace(" ", "_").lower()
+QUICK_SUBSET = 10_000  # --quick: 1 epoch on the first 10,000 training images
+
+
+def run_variant(name: str, seed: int, epochs: int, quick: bool, out_dir: Path, threads: int) -> dict:
+    """Train variant `name` with `seed` (for `epochs` unless it has its own; 1 epoch on a
+    subset when `quick`) through the command line, and read its metrics."""
+    variant, seed_dir = VARIANTS[name], out_dir / f"seed{seed}"
+    run_dir = seed_dir / directory_of(name)
+    epochs = 1 if quick else variant.epochs or epochs
     common = [f"train.epochs={epochs}", f"train.seed={seed}", f"train.out_dir={run_dir}"]
-    if subset:
-        common.append(f"data.train_subset={subset}")
-    cmd = [sys.executable, "-m", "xnortrain", "--config", str(CONFIG), "--quiet"]
-    for s in [*common, *with_seed_dir(sets, seed_dir)]:
+    if quick:
+        common.append(f"data.train_subset={QUICK_SUBSET}")
+    cmd = [sys.executable, "-m", "xnortrain", "--config", str(CONFIGS / variant.config), "--quiet"]
+    for s in [*common, *with_seed_dir(variant.sets, seed_dir)]:
         cmd += ["--set", s]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
@@ -72,60 +122,57 @@ def run_variant(name: str, sets: list[str], seed: int, epochs: int, subset: int 
             "threads": threads, "run_dir": str(run_dir)}
 
 
-def run_all(variants: dict[str, list[str]], seeds: list[int], epochs: int, subset: int | None, out_dir: Path,
-            jobs: int) -> list[dict]:
-    """Every variant for every seed, `jobs` runs at a time on the machine's cores split evenly.
-
-    The full-precision runs go first in the queue: the distilled runs of a seed wait for
-    theirs, which is their teacher.
-    """
+def run_all(names: list[str], seeds: list[int], epochs: int, quick: bool, out_dir: Path, jobs: int) -> list[dict]:
+    """Every variant in `names` for every seed, `jobs` runs at a time on the machine's cores
+    split evenly. The queue takes the variants that others need first, and each run waits for
+    the runs of its seed that it needs."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    order = sorted(((seed, name) for seed in seeds for name in variants), key=lambda sn: sn[1] != FULL_PRECISION)
+    order = sorted(((seed, name) for seed in seeds for name in names), key=lambda sn: bool(VARIANTS[sn[1]].needs))
     with ThreadPoolExecutor(jobs) as pool:
         futures = {}
         for seed, name in order:
-            teacher = futures.get((seed, FULL_PRECISION)) if DISTILLED[0] in variants[name] else None
-            futures[seed, name] = pool.submit(_after, teacher, run_variant, name, variants[name], seed, epochs, subset,
-                                              out_dir, threads)
-        return [futures[seed, name].result() for seed in seeds for name in variants]
+            needed = [futures[seed, other] for other in VARIANTS[name].needs]
+            futures[seed, name] = pool.submit(_after, needed, run_variant, name, seed, epochs, quick, out_dir, threads)
+        return [futures[seed, name].result() for seed in seeds for name in names]
 
 
-def _after(first, work, *args):
-    """`work(*args)` once the future `first` (if any) has finished; its failure stops `work`."""
-    if first is not None:
+def _after(firsts, work, *args):
+    """`work(*args)` once the futures `firsts` have finished; a failure among them stops `work`."""
+    for first in firsts:
         first.result()
     return work(*args)
 
 
-def with_seed_dir(sets: list[str], seed_dir: Path) -> list[str]:
+def with_seed_dir(sets: tuple[str, ...], seed_dir: Path) -> list[str]:
     """The variant's settings with `{seed_dir}` (the directory of its seed's runs) filled in."""
     return [s.replace("{seed_dir}", str(seed_dir)) for s in sets]
 
 
 def gap_points(row: dict, rows: list[dict]) -> float:
-    """Test top-1 of `row` minus that of full precision with the same seed, in points."""
-    fp = next(r for r in rows if r["seed"] == row["seed"] and r["variant"] == FULL_PRECISION)
+    """Test top-1 of `row` minus that of its full-precision twin with the same seed, in points."""
+    twin = VARIANTS[row["variant"]].twin
+    fp = next(r for r in rows if r["seed"] == row["seed"] and r["variant"] == twin)
     return 100 * (row["test_top1"] - fp["test_top1"])
 
 
 def markdown(rows: list[dict], jobs: int) -> str:
-    lines = ["| variant | seed | test top-1 | vs full precision | epochs | wall time s | train s/epoch |",
+    lines = ["| variant | seed | test top-1 | vs its full-precision twin | epochs | wall time s | train s/epoch |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['test_top1']:.2%} | {gap_points(r, rows):+.2f} pt "
                      f"| {r['epochs']} | {r['wall_s']:.0f} | {r['mean_epoch_s']:.1f} |")
     if len({r["seed"] for r in rows}) > 1:
-        lines += ["", "| variant | seeds | mean test top-1 | min - max | mean vs full precision |", "|---|---|---|---|---|"]
+        lines += ["", "| variant | seeds | mean test top-1 | min - max | mean vs its twin |", "|---|---|---|---|---|"]
         for name in dict.fromkeys(r["variant"] for r in rows):
             runs = [r for r in rows if r["variant"] == name]
             top1 = [r["test_top1"] for r in runs]
             gap = statistics.mean(gap_points(r, rows) for r in runs)
             lines.append(f"| {name} | {len(runs)} | {statistics.mean(top1):.2%} | {min(top1):.2%} - {max(top1):.2%} "
                          f"| {gap:+.2f} pt |")
-    teachers = [r for r in rows if r["variant"] == FULL_PRECISION]
-    if any(r["variant"].endswith("distilled") for r in rows) and teachers:
-        lines += ["", "Teacher of the distilled rows: the full-precision run of the same seed, trained in "
-                  + ", ".join(f"{r['wall_s']:.0f} s (seed {r['seed']})" for r in teachers) + "."]
+    needed = {other for r in rows for other in VARIANTS[r["variant"]].needs}
+    for name in dict.fromkeys(r["variant"] for r in rows if r["variant"] in needed):
+        runs = ", ".join(f"{r['wall_s']:.0f} s (seed {r['seed']})" for r in rows if r["variant"] == name)
+        lines += ["", f"The runs that start from or distil from {name} wait for it; it trained in {runs}."]
     lines += ["", f"{jobs} run(s) at a time, {rows[0]['threads']} thread(s) each, on {os.cpu_count()} CPU cores; "
               "wall times are under that sharing."]
     return "\n".join(lines)
@@ -133,19 +180,20 @@ def markdown(rows: list[dict], jobs: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 epoch on the first 10,000 training images")
+    parser.add_argument("--quick", action="store_true", help="1 epoch each on the first 10,000 training images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each round (default: 0)")
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of each run (default: 15)")
+    parser.add_argument("--epochs", type=int, default=15, help="epochs of each LeNet-5 run (default: 15)")
+    parser.add_argument("--only", nargs="+", choices=MODELS, default=MODELS, help="the rows of these models alone")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, the CPU cores split between them (default: 1)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
     parser.add_argument("--json", help="also write accuracy.json's rows to this file")
     args = parser.parse_args()
-    epochs, subset = (1, 10_000) if args.quick else (args.epochs, None)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     out_dir = Path(args.out)
-    rows = run_all(VARIANTS, args.seeds, epochs, subset, out_dir, args.jobs)
+    names = [name for name, variant in VARIANTS.items() if variant.model in args.only]
+    rows = run_all(names, args.seeds, args.epochs, args.quick, out_dir, args.jobs)
     table = markdown(rows, args.jobs)
     print(table)
     out_dir.mkdir(parents=True, exist_ok=True)

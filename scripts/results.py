@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 # name: (title, script, full arguments, quick arguments); every script also takes --json PATH
 BENCHMARKS = {
-    "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net", "bench_accuracy",
+    "accuracy": ("Accuracy on the real Fashion-MNIST: LeNet-5 and ResNet-20, binary against float",
+                 "bench_accuracy",
                  ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick"]),
     "binop": ("BinOp's cost in a training step (BinOp / plain step time)", "bench_binop", [], ["--quick"]),
     "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", "bench_inference", [],

@@ -17,6 +17,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # as an import does: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -46,11 +47,48 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
     rows[0]["wall_s"] = 321.0
     lines = bench.markdown(rows, 2).splitlines()
     assert "| XNOR-Net distilled | 0 | 91.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
-    assert "Teacher of the distilled rows: the full-precision run of the same seed, trained in 321 s (seed 0)." in lines
+    assert "The runs that start from or distil from full precision wait for it; it trained in 321 s (seed 0)." in lines
     assert lines[-1].startswith("2 run(s) at a time, 1 thread(s) each, on ")
-    assert bench.with_seed_dir(bench.VARIANTS["BWN distilled"], Path("out/seed0")) == [
+    assert bench.with_seed_dir(bench.VARIANTS["BWN distilled"].sets, Path("out/seed0")) == [
         "binop.enabled=true", "binop.activations=none", "optim.lr=0.002",
         "distill.teacher=out/seed0/full_precision/last.pt", "distill.weight=0.5", "distill.temperature=1.0"]
+
+
+def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains_the_stages():
+    bench = load_script("bench_accuracy")
+    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("ResNet-20 float", 0, 0.93),
+            accuracy_row("ResNet-20 ReActNet two-stage", 0, 0.925), accuracy_row("ResNet-20 ReActNet one-stage", 0, 0.91)]
+    lines = bench.markdown(rows, 1).splitlines()
+    assert "| ResNet-20 ReActNet two-stage | 0 | 92.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
+    assert "| ResNet-20 ReActNet one-stage | 0 | 91.00% | -2.00 pt | 15 | 400 | 25.0 |" in lines
+    assert bench.with_seed_dir(bench.VARIANTS["ResNet-20 ReActNet two-stage"].sets, Path("s0")) == [
+        "model.init_from=s0/resnet-20_stage_1/last.pt", "distill.teacher=s0/resnet-20_float/last.pt"]
+    two, one = bench.VARIANTS["ResNet-20 ReActNet two-stage"], bench.VARIANTS["ResNet-20 ReActNet one-stage"]
+    stage1 = bench.VARIANTS["ResNet-20 stage 1"]
+    assert one.config == two.config and one.epochs == two.epochs + stage1.epochs  # same recipe, same total epochs
+    assert bench.VARIANTS["ResNet-20 float"].epochs == one.epochs
+
+
+def test_bench_accuracy_runs_each_shipped_config_as_it_is_with_its_own_epochs(monkeypatch, tmp_path):
+    bench = load_script("bench_accuracy")
+    commands = []
+
+    def fake_train(cmd, check, env):
+        commands.append(cmd)
+        settings = dict(cmd[i + 1].split("=", 1) for i, arg in enumerate(cmd) if arg == "--set")
+        out = Path(settings["train.out_dir"])
+        out.mkdir(parents=True)
+        (out / "metrics.jsonl").write_text('{"val_acc1": 0.9, "epoch_time_s": 1.0}\n')
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_train)
+    row = bench.run_variant("ResNet-20 ReActNet two-stage", 2, 15, False, tmp_path, 1)
+    cmd = commands[0]
+    assert cmd[cmd.index("--config") + 1].endswith("configs/fashion_mnist_resnet.yaml")
+    assert "train.epochs=6" in cmd and "train.seed=2" in cmd and row["epochs"] == 6
+    assert f"model.init_from={tmp_path}/seed2/resnet-20_stage_1/last.pt" in cmd
+    quick = bench.run_variant("ResNet-20 float", 0, 15, True, tmp_path, 1)
+    assert quick["epochs"] == 1 and f"data.train_subset={bench.QUICK_SUBSET}" in commands[1]
+    assert bench.run_variant("XNOR-Net", 0, 15, False, tmp_path, 1)["epochs"] == 15  # --epochs
 
 
 def test_bench_accuracy_runs_the_teachers_first_and_each_student_after_its_own(monkeypatch, tmp_path):
@@ -60,18 +98,20 @@ def test_bench_accuracy_runs_the_teachers_first_and_each_student_after_its_own(m
     bench = load_script("bench_accuracy")
     finished, lock = [], threading.Lock()
 
-    def fake_run(name, sets, seed, epochs, subset, out_dir, threads):
-        if "distilled" in name:
-            assert (seed, bench.FULL_PRECISION) in finished  # its teacher's run is complete
-        time.sleep(0.05 if name == bench.FULL_PRECISION and seed == 1 else 0.0)  # a slow teacher
+    def fake_run(name, seed, epochs, quick, out_dir, threads):
+        for needed in bench.VARIANTS[name].needs:
+            assert (seed, needed) in finished  # its teacher's or first stage's run is complete
+        time.sleep(0.05 if name in (bench.FULL_PRECISION, "ResNet-20 stage 1") and seed == 1 else 0.0)  # slow
         with lock:
             finished.append((seed, name))
         return {"variant": name, "seed": seed, "threads": threads}
 
     monkeypatch.setattr(bench, "run_variant", fake_run)
-    rows = bench.run_all(bench.VARIANTS, [0, 1], 15, None, tmp_path, jobs=3)
-    assert [(r["seed"], r["variant"]) for r in rows] == [(seed, name) for seed in (0, 1) for name in bench.VARIANTS]
+    names = list(bench.VARIANTS)
+    rows = bench.run_all(names, [0, 1], 15, False, tmp_path, jobs=3)
+    assert [(r["seed"], r["variant"]) for r in rows] == [(seed, name) for seed in (0, 1) for name in names]
     assert finished.index((1, bench.FULL_PRECISION)) < finished.index((1, "XNOR-Net distilled"))
+    assert finished.index((1, "ResNet-20 stage 1")) < finished.index((1, "ResNet-20 ReActNet two-stage"))
 
 
 def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
