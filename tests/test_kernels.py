@@ -19,7 +19,7 @@ from torch import nn
 
 from xnortrain.activations import bin_active
 from xnortrain.deploy import kernels
-from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
+from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear, kernel_layout
 
 PATHS = {"native": True, "native-scalar": True, "pytorch": False}  # native-scalar: without AVX-512
 CHANNELS = (1, 3, 63, 64, 65, 200)
@@ -56,6 +56,15 @@ def native(request, monkeypatch) -> bool:
     if request.param == "native-scalar":
         monkeypatch.setenv("XNORTRAIN_NO_AVX512", "1")
     return PATHS[request.param]
+
+
+def test_kernel_layout_interleaves_each_groups_filters_eight_at_a_time():
+    words = torch.randint(-2**62, 2**62, (22, 3, 2, 4))  # 2 groups of 11 filters: blocks of 8 and 3 (+ 5 zero)
+    laid = kernel_layout(words, groups=2)
+    assert laid.shape == (2, 2, 3, 2, 4, 8) and laid.is_contiguous()
+    for g, f in itertools.product(range(2), range(11)):
+        assert torch.equal(laid[g, f // 8, ..., f % 8], words[g * 11 + f])
+    assert not laid[:, 1, ..., 3:].any()
 
 
 @pytest.mark.parametrize("c_in, c_out, k, stride, padding, dilation, groups, batch, size", conv_cases())

@@ -10,6 +10,7 @@ import or inside a layer's constructor: `load_exported(..., binary_kernels=True)
     torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups)
     torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias)
 
+(weights in the layout of `xnor_layers.kernel_layout`)
 with fake implementations, so `torch.export` and `torch.compile` can trace a model that
 calls them. Without a compiler, when the build fails, on a CPU without POPCNT, or with
 ``XNORTRAIN_NO_KERNELS=1``, `load` returns the reason in one line and the binary layers run
@@ -103,9 +104,9 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("xnortrain::xnor_conv2d")
     def _(x, weight, alpha, bias, stride, padding, dilation, groups):
-        shape = conv_output_shape(x, weight, stride, padding, dilation)
+        shape = conv_output_shape(x, alpha.shape[0], weight.shape[2:4], stride, padding, dilation)
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
     @torch.library.register_fake("xnortrain::xnor_linear")
     def _(x, weight, alpha, bias):
-        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+        return x.new_empty((*x.shape[:-1], alpha.shape[0]))

@@ -8,8 +8,9 @@ so a layer whose input is sign(x) and whose weight is W~ = alpha * sign(W) compu
 alpha_o * dot + bias_o with no multiplication. The layers hold their weights as channel
 words: 64 channels a word, channels-last, (C_out, KH, KW, words) for a conv and
 (C_out, words) for a linear layer. With `native` they call the native kernels of
-`kernels.py` (which the caller loads first: `kernels.load`); otherwise they run the
-pure-PyTorch path here, which computes the same integers from the same words.
+`kernels.py` (which the caller loads first: `kernels.load`) on the same words in the
+kernels' layout (`kernel_layout`, made once here); otherwise they run the pure-PyTorch path
+here, which computes the same integers from the same words.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class XnorLinear(nn.Module):
         self.register_buffer("weight_words", channel_words(weight_signs))  # (O, words)
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
+        if native:
+            self.register_buffer("kernel_words", kernel_layout(self.weight_words[:, None, None], 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, bias = self.alpha.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
         if self.native:
-            return torch.ops.xnortrain.xnor_linear(x, self.weight_words, alpha, bias)
+            return torch.ops.xnortrain.xnor_linear(x, self.kernel_words, alpha, bias)
         a_words = channel_words(x.reshape(-1, self.in_features) >= 0)  # (rows, words)
         out = xnor_dot(a_words, self.weight_words, None, self.in_features).to(x.dtype) * alpha
         out = out if bias is None else out + bias
@@ -72,14 +75,16 @@ class XnorConv2d(nn.Module):
         self.register_buffer("weight_words", channel_words(weight_signs.permute(0, 2, 3, 1)))  # (O, KH, KW, words)
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
+        if native:
+            self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, bias = self.alpha.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
         if self.native:
-            return torch.ops.xnortrain.xnor_conv2d(x, self.weight_words, alpha, bias, self.stride, self.padding,
+            return torch.ops.xnortrain.xnor_conv2d(x, self.kernel_words, alpha, bias, self.stride, self.padding,
                                                    self.dilation, self.groups)
         n = x.shape[0]
-        shape = conv_output_shape(x, self.weight_words, self.stride, self.padding, self.dilation)
+        shape = conv_output_shape(x, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation)
         c_in, c_out = self.in_channels // self.groups, self.out_channels // self.groups
         inside = self._patch_words(torch.ones_like(x[:1, :c_in])) if any(self.padding) else None  # (L, words)
         signs = (x >= 0).to(x.dtype)  # sign(0) = +1
@@ -106,8 +111,23 @@ class XnorConv2d(nn.Module):
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, native={self.native}")
 
 
-def conv_output_shape(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilation) -> list[int]:
-    """(N, C_out, H_out, W_out) of a conv with packed weights (C_out, KH, KW, words)."""
-    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (weight.shape[1 + i] - 1) - 1) // stride[i] + 1
+def conv_output_shape(x: torch.Tensor, out_channels: int, kernel_size, stride, padding, dilation) -> list[int]:
+    """(N, C_out, H_out, W_out) of a conv of input x."""
+    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1
              for i in range(2)]
-    return [x.shape[0], weight.shape[0], *sizes]
+    return [x.shape[0], out_channels, *sizes]
+
+
+LANES = 8  # filters interleaved a word apart in the kernels' layout
+
+
+def kernel_layout(words: torch.Tensor, groups: int) -> torch.Tensor:
+    """Packed weights (C_out, KH, KW, words) in the native kernels' layout: each group's
+    filters interleaved eight at a time, (groups, blocks, KH, KW, words, 8), zero filters
+    filling the last block, so that one load gives eight filters' words of one position."""
+    c_out, kh, kw, n_words = words.shape
+    per_group = c_out // groups
+    blocks = -(-per_group // LANES)
+    padded = words.new_zeros(groups, blocks * LANES, kh, kw, n_words)
+    padded[:, :per_group] = words.view(groups, per_group, kh, kw, n_words)
+    return padded.view(groups, blocks, LANES, kh, kw, n_words).permute(0, 1, 3, 4, 5, 2).contiguous()
