@@ -24,7 +24,8 @@ other work on the machine slows both alike.
 
 With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
 AlexNet and ResNet-20 Bi-Real at batch 1 and 8, on the runtimes people deploy with, all
-interleaved in one process: the PyTorch float path, the xnortrain kernels, onnxruntime FP32
+interleaved in one process: the PyTorch float path, the xnortrain kernels (eager, and under
+`torch.compile`, which fuses the float operations between the binary layers), onnxruntime FP32
 (the ONNX file of `python -m xnortrain export --format onnx`, as many intra-op threads as
 torch), OpenVINO on the same file at FP32 and at its default precision (bf16 on CPUs that
 have it; the table names the one it used), both with as many threads and the batch made
@@ -37,6 +38,7 @@ ratios of the fastest FP32 runtime and of OpenVINO's default to the xnortrain ke
     python scripts/bench_inference.py --quick    # LeNet-5 and NIN, fewer repetitions
     python scripts/bench_inference.py --threads 1
     python scripts/bench_inference.py --peers --models nin
+    python scripts/bench_inference.py --layers --models nin   # the time of each module, batch 1
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ MODELS = {
 MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
 PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal"], [1, 8]
 FLOAT_PATH, KERNELS, OPENVINO_DEFAULT = "PyTorch float path", "xnortrain kernels", "OpenVINO default"
+COMPILED = "xnortrain kernels, torch.compile"
 FP32_RUNTIMES = (FLOAT_PATH, "onnxruntime FP32", "OpenVINO FP32")
 CALIBRATION_INPUTS = 32
 
@@ -237,6 +240,7 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
         return precision, lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
     runs = {FLOAT_PATH: ("f32", load_exported(exported)), KERNELS: ("1 bit, f32", load_exported(exported, binary_kernels=True)),
+            COMPILED: ("1 bit, f32", torch.compile(load_exported(exported, binary_kernels=True))),
             "onnxruntime FP32": ("f32", onnxruntime(onnx_file)),
             "OpenVINO FP32": openvino({"INFERENCE_PRECISION_HINT": "f32"}), OPENVINO_DEFAULT: openvino({})}
     if int8_file is not None:
@@ -261,11 +265,14 @@ def bench_peers(name: str, exported: Path, onnx_file: Path, int8_file: Path | No
 
 def peer_ratios(rows: list[dict]) -> dict:
     """Of one model and batch's rows: the FP32 runtime of least p50, and the p50 of it and of
-    OpenVINO's default precision over the xnortrain kernels' (above 1: the kernels are faster)."""
+    OpenVINO's default precision over the xnortrain kernels', eager and compiled (above 1:
+    the kernels are faster)."""
     p50 = {r["runtime"]: r["p50_ms"] for r in rows}
     best = min(FP32_RUNTIMES, key=p50.__getitem__)
     return {"best_fp32": best, "best_fp32_over_kernels": p50[best] / p50[KERNELS],
-            "openvino_default_over_kernels": p50[OPENVINO_DEFAULT] / p50[KERNELS]}
+            "best_fp32_over_compiled": p50[best] / p50[COMPILED],
+            "openvino_default_over_kernels": p50[OPENVINO_DEFAULT] / p50[KERNELS],
+            "openvino_default_over_compiled": p50[OPENVINO_DEFAULT] / p50[COMPILED]}
 
 
 def onnx_files(name: str, exported: Path, workdir: Path) -> tuple[Path, Path | None]:
@@ -296,15 +303,74 @@ def print_peers(names: list[str], exported: dict, workdir: Path, repeats_of) -> 
                       f"{r['same_predictions']}/{batch} |", flush=True)
             rows += measured
             ratios.append((name, batch, measured, peer_ratios(measured)))
-    print("\n| model | batch | xnortrain kernels p50 ms | fastest FP32 runtime | its p50 ms | fastest FP32 / kernels | "
-          "OpenVINO default (precision) p50 ms | OpenVINO default / kernels |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| model | batch | kernels p50 ms | compiled p50 ms | fastest FP32 runtime | its p50 ms | "
+          "fastest FP32 / kernels | / compiled | OpenVINO default (precision) p50 ms | OpenVINO default / kernels "
+          "| / compiled |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, batch, measured, q in ratios:
         by_runtime = {r["runtime"]: r for r in measured}
         default = by_runtime[OPENVINO_DEFAULT]
-        print(f"| {name} | {batch} | {by_runtime[KERNELS]['p50_ms']:.2f} | {q['best_fp32']} | "
-              f"{by_runtime[q['best_fp32']]['p50_ms']:.2f} | {q['best_fp32_over_kernels']:.2f}x | "
-              f"{default['p50_ms']:.2f} ({default['precision']}) | {q['openvino_default_over_kernels']:.2f}x |")
+        print(f"| {name} | {batch} | {by_runtime[KERNELS]['p50_ms']:.2f} | {by_runtime[COMPILED]['p50_ms']:.2f} | "
+              f"{q['best_fp32']} | {by_runtime[q['best_fp32']]['p50_ms']:.2f} | {q['best_fp32_over_kernels']:.2f}x | "
+              f"{q['best_fp32_over_compiled']:.2f}x | {default['p50_ms']:.2f} ({default['precision']}) | "
+              f"{q['openvino_default_over_kernels']:.2f}x | {q['openvino_default_over_compiled']:.2f}x |")
+    return rows
+
+
+@torch.no_grad()
+def module_times(model: nn.Module, x: torch.Tensor, repeats: int) -> tuple[dict[str, float], float]:
+    """Median seconds of each leaf module's and each conv/linear layer's forward inside
+    `model(x)` (between forward pre- and post-hooks: the layer's own pre-hooks, such as a
+    binary input's sign, and its children, such as an input dropout, included), and the
+    median of the whole forward pass, over `repeats` passes after one warm-up."""
+    starts, spent, hooks = {}, {}, []
+    for name, m in model.named_modules():
+        inside_a_layer = any(name.startswith(f"{layer}.") for layer in spent)
+        if not inside_a_layer and (next(m.children(), None) is None or isinstance(m, (nn.Conv2d, nn.Linear))):
+            spent[name] = []
+            hooks.append(m.register_forward_pre_hook(lambda m, a, name=name: starts.__setitem__(name, time.perf_counter()),
+                                                     prepend=True))
+            hooks.append(m.register_forward_hook(lambda m, a, o, name=name: spent[name].append(time.perf_counter() - starts[name])))
+    model(x)
+    for times in spent.values():
+        times.clear()
+    whole = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        whole.append(time.perf_counter() - start)
+    for h in hooks:
+        h.remove()
+    return {name: percentile(times, 50) for name, times in spent.items() if times}, percentile(whole, 50)
+
+
+def print_layers(names: list[str], exported: dict, repeats_of) -> list[dict]:
+    """Where the time of one batch-1 pass goes, module by module, on the float path and on the
+    kernels (the same modules but for the binary ones), and how much lies outside the modules
+    (the models' own functional operations, such as residual sums, and Python)."""
+    rows = []
+    for name in names:
+        x = torch.randn(1, *MODELS[name][1], generator=torch.Generator().manual_seed(1))
+        paths = {FLOAT_PATH: load_exported(exported[name]), KERNELS: load_exported(exported[name], binary_kernels=True)}
+        times = {k: module_times(model, x, repeats_of(name)) for k, model in paths.items()}
+        kinds = {k: dict((n, type(m).__name__) for n, m in model.named_modules()) for k, model in paths.items()}
+        print(f"\n{name}, batch 1, ms per module (median of {repeats_of(name)} passes, timed by hooks)\n")
+        print("| module | float path | ms | kernels | ms | kernels share |")
+        print("|---|---|---|---|---|---|")
+        total = times[KERNELS][1]
+        for module, ms in times[KERNELS][0].items():
+            float_ms = times[FLOAT_PATH][0].get(module, float("nan"))
+            rows.append({"model": name, "module": module, "float_kind": kinds[FLOAT_PATH].get(module),
+                         "float_ms": float_ms * 1e3, "kernels_kind": kinds[KERNELS][module], "kernels_ms": ms * 1e3})
+            print(f"| {module} | {kinds[FLOAT_PATH].get(module, '')} | {float_ms * 1e3:.3f} | {kinds[KERNELS][module]} "
+                  f"| {ms * 1e3:.3f} | {ms / total:.0%} |")
+        for k, (per_module, whole) in times.items():
+            by_kind: dict[str, float] = {}
+            for module, seconds in per_module.items():
+                by_kind[kinds[k][module]] = by_kind.get(kinds[k][module], 0.0) + seconds
+            outside = whole - sum(per_module.values())
+            parts = ", ".join(f"{kind} {sec * 1e3:.2f}" for kind, sec in sorted(by_kind.items(), key=lambda kv: -kv[1]))
+            print(f"\n{k}: whole pass {whole * 1e3:.2f} ms = {parts}, outside the modules {outside * 1e3:.2f} (ms)")
     return rows
 
 
@@ -325,6 +391,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="these models only")
     parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--layers", action="store_true",
+                        help="where one batch-1 pass spends its time, module by module, float path and kernels")
     parser.add_argument("--peers", action="store_true",
                         help="time onnxruntime and OpenVINO on the same export too (NIN, AlexNet, ResNet-20 Bi-Real "
                              "by default, batch 1 and 8; needs xnortrain[bench])")
@@ -338,7 +406,7 @@ def main() -> None:
     print("| model | training checkpoint B | float32 state_dict B | exported B | vs checkpoint | vs float32 "
           "| exported with --check-data B | vs float32 |")
     print("|---|---|---|---|---|---|---|---|")
-    sizes, speeds, peers = [], [], []
+    sizes, speeds, peers, layers = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         exported = {}
         for name in names:
@@ -352,7 +420,9 @@ def main() -> None:
         def repeats_of(name: str) -> int:
             return args.repeats or (5 if args.quick else 9 if name == "alexnet" else 31)
 
-        if args.peers:
+        if args.layers:
+            layers = print_layers(names, exported, repeats_of)
+        elif args.peers:
             peers = print_peers(names, exported, Path(tmp), repeats_of)
         else:
             speeds = print_speeds(names, exported, repeats_of)
@@ -366,7 +436,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": threads, "clock_hz": clock,
                                                "kernels": kernels.path_in_use(), "sizes": sizes, "speed": speeds,
-                                               "peers": peers},
+                                               "peers": peers, "layers": layers},
                                               indent=2))
 
 

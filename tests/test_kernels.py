@@ -147,6 +147,23 @@ def test_native_layers_export_with_torch_export():
     torch.testing.assert_close(program.module()(x), model(x))
 
 
+def test_native_layers_run_under_torch_compile_with_the_float_work_between_them():
+    """torch.compile keeps the kernels as calls (their fake implementations give the shapes)
+    and compiles the BatchNorm and ReLU around them: the same outputs as eager."""
+    require_native_kernels()
+    torch.compiler.reset()
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    model = nn.Sequential(nn.BatchNorm2d(8), XnorConv2d(conv, random_signs(16, 8, 3, 3, seed=0) >= 0, torch.rand(16),
+                                                        torch.randn(16), native=True),
+                          nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
+                          XnorLinear(random_signs(3, 16 * 25, seed=1) >= 0, torch.rand(3), torch.zeros(3), native=True))
+    model[0].running_mean.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
+
+
 def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip_naming_why(tmp_path):
     """A machine without a C++ compiler: every compiler on PATH fails, and the kernel cache is
     empty, so `kernels.load` must build and cannot."""
