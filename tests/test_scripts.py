@@ -230,3 +230,16 @@ def test_bench_inference_peers_ratios_take_the_fastest_fp32_runtime_over_the_ker
     assert bench.peer_ratios(rows) == {"best_fp32": "onnxruntime FP32", "best_fp32_over_kernels": 2.0,
                                        "best_fp32_over_compiled": 2.5, "openvino_default_over_kernels": 0.8,
                                        "openvino_default_over_compiled": 1.0}
+
+
+def test_bench_processes_gives_the_spread_of_process_medians_and_the_worst_p90_over_p50(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports bench_inference, as when run from scripts/
+    bench = load_script("bench_processes")
+    run = {"float path": {"p50": 5.0, "p90": 6.0}, "kernels": {"p50": 2.0, "p90": 2.2},
+           "python loop": {"p50": 9.0, "p90": 9.9}}
+    slower = {"float path": {"p50": 6.0, "p90": 6.6}, "kernels": {"p50": 2.5, "p90": 3.5},
+              "python loop": {"p50": 9.9, "p90": 10.9}}
+    summary = bench.print_model("nin", [run, slower])
+    assert summary["kernels"] == {"process_spread": 1.25, "worst_p90_over_p50": 1.4}
+    assert summary["python loop"]["process_spread"] == pytest.approx(1.1)
+    assert "| 2 | 6.00 (1.10) | 2.50 (1.40) | 9.90 (1.10) | 2.40x |" in capsys.readouterr().out
