@@ -261,14 +261,16 @@ def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):
     assert "checkpoint" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
 
-@pytest.mark.parametrize("sets, binary_convs, float_layers", [
-    (["model.name=torchvision:resnet18", "model.kwargs={num_classes: 10}", "binop.activations=sign"], 19, 2),
-    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2),
+@pytest.mark.parametrize("sets, binary_convs, float_layers, folded", [
+    (["model.name=torchvision:resnet18", "model.kwargs={num_classes: 10}", "binop.activations=sign"], 19, 2, 19),
+    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2, 0),
     (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: bireal}", "binop.activations=approx_sign",
-      "binop.exclude=['*.shortcut.*']"], 6, 4),  # and the two real-valued downsampling convs
+      "binop.exclude=['*.shortcut.*']"], 6, 4, 6),  # and the two real-valued downsampling convs
 ], ids=["torchvision-resnet18", "resnet-xnor", "resnet-bireal"])
 def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels(tmp_path, capsys, sets,
-                                                                                 binary_convs, float_layers):
+                                                                                 binary_convs, float_layers, folded):
+    """Every binary conv on the kernels, every BatchNorm that reads one alone folded into it
+    (torchvision's and Bi-Real's conv -> BN; XNOR-Net's BN comes before the conv)."""
     from xnortrain.deploy import kernels
 
     problem = kernels.load()
@@ -282,8 +284,8 @@ def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels
     capsys.readouterr()
     fast, float_path = load_exported(tmp_path / "m.xnor.pt", binary_kernels=True), load_exported(tmp_path / "m.xnor.pt")
     line = capsys.readouterr().err.splitlines()[-1]
-    assert line == (f"{tmp_path / 'm.xnor.pt'}: {binary_convs} binary layers on the {kernels.path_in_use()}; "
-                    f"{float_layers} conv/linear layers on the float path")  # the stem, the classifier
+    assert line == (f"{tmp_path / 'm.xnor.pt'}: {binary_convs} binary layers on the {kernels.path_in_use()}, "
+                    f"{folded} BatchNorms folded into them; {float_layers} conv/linear layers on the float path")
     on_kernels = [m for m in fast.modules() if isinstance(m, XnorConv2d)]
     assert len(on_kernels) == binary_convs and all(m.native for m in on_kernels)
     x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -41,7 +41,7 @@ from ..errors import CheckpointError
 from ..model_factory import build_model
 from ..quantizers import Quantizer
 from ..serialization import atomic_write, check_fits_model, safe_load
-from . import kernels
+from . import fusion, kernels
 from .bitpack import pack_signs, unpack_bits, unpack_signs
 from .xnor_layers import XnorConv2d, XnorLinear
 
@@ -104,7 +104,7 @@ def _predictions(model: nn.Module, inputs: torch.Tensor, batch: int = 100) -> to
     return torch.cat([model(inputs[i:i + batch]).argmax(1) for i in range(0, len(inputs), batch)])
 
 
-def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:
+def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorms: bool = True) -> nn.Module:
     """The inference model (eval mode) of an exported file.
 
     Every packed weight is unpacked to W~ = alpha * sign, and the inputs the file records as
@@ -112,7 +112,9 @@ def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:
     and Linear layer whose weights and inputs are both 1 bit runs as an XNOR-popcount layer
     (`xnor_layers.XnorConv2d`, `xnor_layers.XnorLinear`) holding its weights as packed words,
     with no float copy, on the native kernels where they load (`kernels.load`, which builds
-    them on a machine's first use); it prints one line saying how many layers run which path."""
+    them on a machine's first use), and with `fold_batchnorms` each BatchNorm that reads only
+    such a layer's output is folded into its epilogue (`fusion.fold_batchnorms`); it prints
+    one line saying how many layers run which path."""
     payload = _read(path)
     spec = payload["model"]
     model = build_model(spec["name"], spec["kwargs"], spec["num_classes"], spec["input_shape"][0])
@@ -134,11 +136,14 @@ def load_exported(path: str | Path, binary_kernels: bool = False) -> nn.Module:
     weights.update({k: unpack_weight(p) for k, p in packed.items() if from_file(k)})
     check_fits_model(path, weights, model)
     model.load_state_dict(weights)  # float16-stored tensors are copied into the model's float32
+    model.eval()
     if binary_kernels:
+        rescaled = {name for name, q in inputs.items() if q.scale != "none"}
+        folded = fusion.fold_batchnorms(model, rescaled) if fold_batchnorms else []
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
-        print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}; {layers} conv/linear layers "
-              f"on the float path", file=sys.stderr)
-    return model.eval()
+        print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}, {len(folded)} BatchNorms folded "
+              f"into them; {layers} conv/linear layers on the float path", file=sys.stderr)
+    return model
 
 
 def exported_spec(path: str | Path) -> dict:
