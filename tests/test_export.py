@@ -263,14 +263,14 @@ def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):
 
 @pytest.mark.parametrize("sets, binary_convs, float_layers, folded", [
     (["model.name=torchvision:resnet18", "model.kwargs={num_classes: 10}", "binop.activations=sign"], 19, 2, 19),
-    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2, 0),
+    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2, 8),
     (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: bireal}", "binop.activations=approx_sign",
       "binop.exclude=['*.shortcut.*']"], 6, 4, 6),  # and the two real-valued downsampling convs
 ], ids=["torchvision-resnet18", "resnet-xnor", "resnet-bireal"])
 def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels(tmp_path, capsys, sets,
                                                                                  binary_convs, float_layers, folded):
     """Every binary conv on the kernels, every BatchNorm that reads one alone folded into it
-    (torchvision's and Bi-Real's conv -> BN; XNOR-Net's BN comes before the conv)."""
+    (torchvision's and Bi-Real's conv -> BN into its epilogue; XNOR-Net's BN -> conv into its input)."""
     from xnortrain.deploy import kernels
 
     problem = kernels.load()

@@ -1,4 +1,4 @@
-"""BatchNorm folded into the XNOR-popcount layer before it: which pairs fold, and the outputs stay."""
+"""BatchNorm folded into the XNOR-popcount layers next to it: which pairs fold, and the outputs stay."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from xnortrain.deploy.fusion import batchnorms_after_xnor_layers, fold_batchnorms
+from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 
 
@@ -29,11 +29,13 @@ def trained_norm(channels: int, seed: int, dims: int = 2) -> nn.Module:
 
 
 class Net(nn.Module):
-    """conv_a -> bn_a (folds); conv_b, whose output the residual sum reads too -> bn_b (stays);
-    linear -> bn_c (folds, BatchNorm1d, layer without bias)."""
+    """bn_in -> conv_a (folds into conv_a's input); conv_a -> bn_a (folds into its epilogue);
+    conv_b, whose output the residual sum reads too -> bn_b (stays); linear -> bn_c (folds,
+    BatchNorm1d, a layer without bias)."""
 
     def __init__(self):
         super().__init__()
+        self.bn_in = trained_norm(4, 7)
         self.conv_a, self.bn_a = xnor_conv(4, 8, 0), trained_norm(8, 1)
         self.conv_b, self.bn_b = xnor_conv(8, 8, 2, bias=False), trained_norm(8, 3)
         self.flatten = nn.Flatten()
@@ -42,34 +44,52 @@ class Net(nn.Module):
         self.bn_c = trained_norm(5, 5, dims=1)
 
     def forward(self, x):
-        h = torch.relu(self.bn_a(self.conv_a(x)))
+        h = torch.relu(self.bn_a(self.conv_a(self.bn_in(x))))
         y = self.conv_b(h)
         h = self.bn_b(y) + y
         return self.bn_c(self.linear(self.flatten(h)))
 
 
-def test_a_batchnorm_folds_where_it_alone_reads_the_layers_output_and_the_outputs_stay():
+def test_a_batchnorm_folds_where_it_alone_reads_or_feeds_a_layer_and_the_outputs_stay():
     model = Net().eval()
     before = copy.deepcopy(model)
-    assert batchnorms_after_xnor_layers(model) == [("conv_a", "bn_a"), ("linear", "bn_c")]
-    assert fold_batchnorms(model) == ["bn_a", "bn_c"]
-    assert isinstance(model.bn_a, nn.Identity) and isinstance(model.bn_c, nn.Identity)
-    assert isinstance(model.bn_b, nn.BatchNorm2d)
+    assert ("conv_b", "bn_b") not in adjacent_pairs(model)  # the residual sum reads conv_b's output too
+    assert fold_batchnorms(model) == ["bn_in", "bn_a", "bn_c"]
+    assert all(isinstance(m, nn.Identity) for m in (model.bn_in, model.bn_a, model.bn_c))
+    assert isinstance(model.bn_b, nn.BatchNorm2d) and model.conv_a.input_scale.shape == (4,)
     x = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         torch.testing.assert_close(model(x), before(x), rtol=1e-5, atol=1e-5)
 
 
-def test_a_layer_whose_output_a_hook_rescales_keeps_its_batchnorm():
+def test_the_input_map_gives_the_bits_of_sign_of_the_batchnorm():
+    layer, norm = xnor_conv(4, 8, 0), trained_norm(4, 7)
+    x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = layer(norm(x))
+        fold_batchnorms(model := nn.Sequential(norm, layer))
+        torch.testing.assert_close(model(x), expected)
+
+
+def test_a_batchnorm_between_two_layers_folds_once_into_the_first():
+    model = nn.Sequential(xnor_conv(4, 4, 0), trained_norm(4, 1), xnor_conv(4, 4, 2)).eval()
+    before = copy.deepcopy(model)
+    assert fold_batchnorms(model) == ["1"] and model[2].input_scale is None
+    x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_whose_input_or_output_a_hook_changes_keeps_its_batchnorm_on_that_side():
     model = Net().eval()
-    assert fold_batchnorms(model, rescaled={"conv_a"}) == ["bn_c"]
-    assert isinstance(model.bn_a, nn.BatchNorm2d)
+    assert fold_batchnorms(model, input_hooked={"conv_a"}, output_hooked={"conv_a"}) == ["bn_c"]
+    assert isinstance(model.bn_in, nn.BatchNorm2d) and isinstance(model.bn_a, nn.BatchNorm2d)
 
 
 def test_a_batchnorm_in_training_mode_or_called_twice_stays():
     model = Net().eval()
     model.bn_a.train()
-    assert fold_batchnorms(model) == ["bn_c"]
+    assert fold_batchnorms(model) == ["bn_in", "bn_c"]
 
     class Twice(nn.Module):
         def __init__(self):

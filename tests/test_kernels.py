@@ -105,6 +105,28 @@ def test_alpha_and_bias_scale_the_counts_like_the_float_layers(native):
     torch.testing.assert_close(linear(flat).double(), expected, rtol=1.3e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_input_map_gives_the_bits_of_sign_of_a_times_x_plus_b(native, channels_last):
+    """A folded BatchNorm: bits of sign(a_c * x_c + b_c), a multiply then an add as PyTorch
+    rounds them, some a_c negative and one 0 (its channel's bit is then sign(b_c))."""
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(70, generator=gen), torch.randn(70, generator=gen)
+    a[5] = 0.0
+    x = torch.randn(2, 70, 6, 7, generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    signs = random_signs(9, 70, 3, 3, seed=4)
+    conv = XnorConv2d(nn.Conv2d(70, 9, 3, padding=1), signs >= 0, torch.ones(9), None, native=native)
+    conv.input_scale, conv.input_bias = a, b
+    mapped = x * a.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+    expected = nn.functional.conv2d(torch.where(mapped >= 0, 1.0, -1.0), signs, padding=1)
+    torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
+    linear = XnorLinear(random_signs(9, 70, seed=5) >= 0, torch.ones(9), None, native=native)
+    linear.input_scale, linear.input_bias = a, b
+    rows = x[:, :, 0, 0].contiguous()
+    expected = torch.where(rows * a + b >= 0, 1.0, -1.0) @ random_signs(9, 70, seed=5).T
+    torch.testing.assert_close(linear(rows), expected, rtol=0, atol=0)
+
+
 def test_exact_zeros_count_as_plus_one(native):
     x = torch.randn(2, 70, 6, 5)
     x[x.abs() < 0.7] = 0.0  # about half the input exactly 0
@@ -180,7 +202,9 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     assert done.returncode == 0, done.stdout[-3000:]
     passed = int(re.search(r"(\d+) passed", done.stdout).group(1))
     skipped = int(re.search(r"(\d+) skipped", done.stdout).group(1))
-    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 1  # conv, linear, alpha/bias, zeros, no-build
+    # conv, linear, input map, alpha/bias, zeros; then no-build and the weight layout, which have no native twin
+    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
-    assert skipped == 2 * (pytorch_tests - 1) + 2  # both native paths of each, torch.export and the disable test
+    # both native paths of each with a twin; torch.export, torch.compile and the disable test
+    assert skipped == 2 * (pytorch_tests - 2) + 3
     assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout

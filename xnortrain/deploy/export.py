@@ -112,9 +112,9 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     and Linear layer whose weights and inputs are both 1 bit runs as an XNOR-popcount layer
     (`xnor_layers.XnorConv2d`, `xnor_layers.XnorLinear`) holding its weights as packed words,
     with no float copy, on the native kernels where they load (`kernels.load`, which builds
-    them on a machine's first use), and with `fold_batchnorms` each BatchNorm that reads only
-    such a layer's output is folded into its epilogue (`fusion.fold_batchnorms`); it prints
-    one line saying how many layers run which path."""
+    them on a machine's first use), and with `fold_batchnorms` each BatchNorm that alone reads
+    or feeds such a layer is folded into it (`fusion.fold_batchnorms`); it prints one line
+    saying how many layers run which path."""
     payload = _read(path)
     spec = payload["model"]
     model = build_model(spec["name"], spec["kwargs"], spec["num_classes"], spec["input_shape"][0])
@@ -138,8 +138,8 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     model.load_state_dict(weights)  # float16-stored tensors are copied into the model's float32
     model.eval()
     if binary_kernels:
-        rescaled = {name for name, q in inputs.items() if q.scale != "none"}
-        folded = fusion.fold_batchnorms(model, rescaled) if fold_batchnorms else []
+        rescaled = {name for name, q in hooked.items() if q.scale != "none"}
+        folded = fusion.fold_batchnorms(model, input_hooked=hooked, output_hooked=rescaled) if fold_batchnorms else []
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
         print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}, {len(folded)} BatchNorms folded "
               f"into them; {layers} conv/linear layers on the float path", file=sys.stderr)

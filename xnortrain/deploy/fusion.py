@@ -1,19 +1,22 @@
-"""BatchNorm folded into the XNOR-popcount layer before it, for inference.
+"""BatchNorm folded into the XNOR-popcount layers next to it, for inference.
 
 In eval mode a BatchNorm is an affine map per channel,
 
-    BN(y)_o = a_o * y_o + b_o,   a_o = gamma_o / sqrt(var_o + eps),   b_o = beta_o - mean_o * a_o,
+    BN(y)_c = a_c * y_c + b_c,   a_c = gamma_c / sqrt(var_c + eps),   b_c = beta_c - mean_c * a_c,
 
-and an XNOR-popcount layer ends with the epilogue y_o = alpha_o * dot_o + bias_o, so a
-BatchNorm that reads nothing but that layer's output folds into it:
+and folds into an XNOR-popcount layer on either side of it:
 
-    BN(y)_o = (a_o * alpha_o) * dot_o + (a_o * bias_o + b_o).
+- after the layer, whose epilogue is y_o = alpha_o * dot_o + bias_o:
+  BN(y)_o = (a_o * alpha_o) * dot_o + (a_o * bias_o + b_o), a new alpha and bias;
+- before it, where the layer binarizes its input: sign(BN(x))_c = sign(a_c * x_c + b_c),
+  which the layer computes while it packs the input bits (`xnor_layers.input_map`).
 
-The layer takes the new alpha and bias and the BatchNorm becomes an identity: one pass over
-the activations less, with the same values up to float rounding. The pairs are found on the
-model's graph (`torch.fx.symbolic_trace`, the XNOR-popcount layers kept as leaves): a
-BatchNorm whose only input is such a layer's output, which nothing else reads. A model that
-fx cannot trace keeps its BatchNorms.
+The BatchNorm becomes an identity: one pass over the activations less, with the same values
+up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
+BatchNorm's dtype). The pairs are found on the model's graph (`torch.fx.symbolic_trace`, the
+XNOR-popcount layers kept as leaves): a BatchNorm and a layer each called once, the one
+reading the other's output alone, which nothing else reads. A model that fx cannot trace
+keeps its BatchNorms.
 """
 
 from __future__ import annotations
@@ -34,54 +37,64 @@ class _XnorLeaves(fx.Tracer):
         return isinstance(m, XNOR_LAYERS) or super().is_leaf_module(m, qualname)
 
 
-def batchnorms_after_xnor_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """(XNOR-popcount layer, BatchNorm) names where the BatchNorm reads only the layer's
-    output, which nothing else reads, each module called once; [] where fx cannot trace."""
+def adjacent_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(first, second) module names, each module called once, where `second` is called on
+    `first`'s output alone and nothing else reads that output; [] where fx cannot trace."""
     try:
         graph = _XnorLeaves().trace(model)
     except Exception:  # whatever stops fx, the model keeps its BatchNorms
         return []
     calls = [node for node in graph.nodes if node.op == "call_module"]
     once = {name for name in (n.target for n in calls) if sum(n.target == name for n in calls) == 1}
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in calls:
-        if node.target in once and isinstance(modules[node.target], BATCHNORMS) and len(node.args) == 1 \
-                and not node.kwargs:
-            source = node.args[0]
-            if isinstance(source, fx.Node) and source.op == "call_module" and source.target in once \
-                    and isinstance(modules[source.target], XNOR_LAYERS) and len(source.users) == 1:
-                pairs.append((source.target, node.target))
-    return pairs
+    return [(node.args[0].target, node.target) for node in calls
+            if node.target in once and len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
+            and node.args[0].op == "call_module" and node.args[0].target in once and len(node.args[0].users) == 1]
 
 
 @torch.no_grad()
-def fold_batchnorms(model: nn.Module, rescaled: Collection[str] = ()) -> list[str]:
-    """Fold each BatchNorm (eval mode, with running statistics) that reads only an
-    XNOR-popcount layer's output into that layer, and put an identity in its place; returns
-    the folded BatchNorms' names. The layers named in `rescaled` (whose output a hook scales
-    by XNOR-Net's K after the epilogue) keep theirs."""
+def fold_batchnorms(model: nn.Module, input_hooked: Collection[str] = (),
+                    output_hooked: Collection[str] = ()) -> list[str]:
+    """Fold each BatchNorm (eval mode, running statistics) that reads only an XNOR-popcount
+    layer's output into the layer's epilogue, then each that alone feeds such a layer into the
+    layer's input map, and put identities in their place; returns the folded BatchNorms'
+    names. Layers whose input (`input_hooked`: a threshold or XNOR-Net's K reads it) or
+    output (`output_hooked`: K rescales it) a hook changes keep their BatchNorms on that side."""
+    modules = dict(model.named_modules())
+    foldable = {name for name, m in modules.items()
+                if isinstance(m, BATCHNORMS) and not m.training and m.running_var is not None}
     folded = []
-    for layer_name, norm_name in batchnorms_after_xnor_layers(model):
-        layer, norm = model.get_submodule(layer_name), model.get_submodule(norm_name)
-        if layer_name in rescaled or norm.training or norm.running_var is None:
+    for first, second in adjacent_pairs(model):
+        if isinstance(modules[first], XNOR_LAYERS) and second in foldable and first not in output_hooked:
+            fold_into_epilogue(modules[first], modules[second])
+        elif first in foldable and isinstance(modules[second], XNOR_LAYERS) and second not in input_hooked:
+            fold_into_input(modules[second], modules[first])
+        else:
             continue
-        scale, shift = affine_of(norm)
-        bias = layer.bias if layer.bias is not None else torch.zeros_like(layer.alpha)
-        layer.alpha = (scale * layer.alpha.double()).float()
-        layer.bias = (scale * bias.double() + shift).to(bias.dtype)
-        parent, _, child = norm_name.rpartition(".")
+        norm = first if first in foldable else second
+        foldable.discard(norm)  # folded once: a BatchNorm between two layers goes into the first
+        parent, _, child = norm.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
-        folded.append(norm_name)
+        folded.append(norm)
     return folded
 
 
+def fold_into_epilogue(layer: nn.Module, norm: nn.Module) -> None:
+    """alpha' = a * alpha, bias' = a * bias + b."""
+    scale, shift = affine_of(norm)
+    bias = layer.bias if layer.bias is not None else torch.zeros_like(layer.alpha)
+    layer.alpha = scale * layer.alpha
+    layer.bias = (scale * bias + shift).to(bias.dtype)
+
+
+def fold_into_input(layer: nn.Module, norm: nn.Module) -> None:
+    """The layer's input bits become those of sign(a * x + b)."""
+    layer.input_scale, layer.input_bias = affine_of(norm)
+
+
 def affine_of(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a, b) of a BatchNorm in eval mode, in float64: a = gamma / sqrt(var + eps), b = beta - mean * a."""
-    scale = 1.0 / torch.sqrt(norm.running_var.double() + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight.double()
-    shift = -norm.running_mean.double() * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias.double()
+    """(a, b) of a BatchNorm in eval mode as PyTorch's CPU BatchNorm computes them, in the
+    BatchNorm's dtype: a = gamma * (1 / sqrt(var + eps)), b = beta - mean * a."""
+    inverse_std = 1.0 / torch.sqrt(norm.running_var + norm.eps)
+    scale = inverse_std * norm.weight if norm.weight is not None else inverse_std
+    shift = -norm.running_mean * scale if norm.bias is None else norm.bias - norm.running_mean * scale
     return scale, shift

@@ -7,10 +7,12 @@ flags; later processes load the built library in a fraction of a second. Nothing
 import or inside a layer's constructor: `load_exported(..., binary_kernels=True)` and
 ``python -m xnortrain kernels`` call `load`. Once loaded, the library registers
 
-    torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups)
-    torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias)
+    torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups,
+                                    input_scale=None, input_bias=None)
+    torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias, input_scale=None, input_bias=None)
 
-(weights in the layout of `xnor_layers.kernel_layout`)
+(weights in the layout of `xnor_layers.kernel_layout`; the input bits are sign(x), or
+sign(input_scale * x + input_bias) per input channel)
 with fake implementations, so `torch.export` and `torch.compile` can trace a model that
 calls them. Without a compiler, when the build fails, on a CPU without POPCNT, or with
 ``XNORTRAIN_NO_KERNELS=1``, `load` returns the reason in one line and the binary layers run
@@ -103,10 +105,10 @@ def _register_fakes() -> None:
     from .xnor_layers import conv_output_shape
 
     @torch.library.register_fake("xnortrain::xnor_conv2d")
-    def _(x, weight, alpha, bias, stride, padding, dilation, groups):
+    def _(x, weight, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None):
         shape = conv_output_shape(x, alpha.shape[0], weight.shape[2:4], stride, padding, dilation)
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
     @torch.library.register_fake("xnortrain::xnor_linear")
-    def _(x, weight, alpha, bias):
+    def _(x, weight, alpha, bias, input_scale=None, input_bias=None):
         return x.new_empty((*x.shape[:-1], alpha.shape[0]))

@@ -10,7 +10,8 @@ words: 64 channels a word, channels-last, (C_out, KH, KW, words) for a conv and
 (C_out, words) for a linear layer. With `native` they call the native kernels of
 `kernels.py` (which the caller loads first: `kernels.load`) on the same words in the
 kernels' layout (`kernel_layout`, made once here); otherwise they run the pure-PyTorch path
-here, which computes the same integers from the same words.
+here, which computes the same integers from the same words. A BatchNorm folded in before the
+sign (`fusion.py`) gives a layer an affine map of its input, a * x + b per channel.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class XnorLinear(nn.Module):
         self.register_buffer("weight_words", channel_words(weight_signs))  # (O, words)
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
+        register_input_map(self)
         if native:
             self.register_buffer("kernel_words", kernel_layout(self.weight_words[:, None, None], 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, bias = self.alpha.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
         if self.native:
-            return torch.ops.xnortrain.xnor_linear(x, self.kernel_words, alpha, bias)
-        a_words = channel_words(x.reshape(-1, self.in_features) >= 0)  # (rows, words)
+            return torch.ops.xnortrain.xnor_linear(x, self.kernel_words, alpha, bias, *input_map(self, x))
+        a_words = channel_words(mapped(self, x.reshape(-1, self.in_features)) >= 0)  # (rows, words)
         out = xnor_dot(a_words, self.weight_words, None, self.in_features).to(x.dtype) * alpha
         out = out if bias is None else out + bias
         return out.view(*x.shape[:-1], -1)
@@ -75,6 +77,7 @@ class XnorConv2d(nn.Module):
         self.register_buffer("weight_words", channel_words(weight_signs.permute(0, 2, 3, 1)))  # (O, KH, KW, words)
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
+        register_input_map(self)
         if native:
             self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
 
@@ -82,12 +85,12 @@ class XnorConv2d(nn.Module):
         alpha, bias = self.alpha.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
         if self.native:
             return torch.ops.xnortrain.xnor_conv2d(x, self.kernel_words, alpha, bias, self.stride, self.padding,
-                                                   self.dilation, self.groups)
+                                                   self.dilation, self.groups, *input_map(self, x))
         n = x.shape[0]
         shape = conv_output_shape(x, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation)
         c_in, c_out = self.in_channels // self.groups, self.out_channels // self.groups
         inside = self._patch_words(torch.ones_like(x[:1, :c_in])) if any(self.padding) else None  # (L, words)
-        signs = (x >= 0).to(x.dtype)  # sign(0) = +1
+        signs = (mapped(self, x) >= 0).to(x.dtype)  # sign(0) = +1
         dots = []
         for g in range(self.groups):
             a_words = self._patch_words(signs[:, g * c_in:(g + 1) * c_in])  # (N * L, taps * words)
@@ -109,6 +112,29 @@ class XnorConv2d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, native={self.native}")
+
+
+def register_input_map(layer: nn.Module) -> None:
+    """`input_scale` and `input_bias` (a and b per input channel, None until a BatchNorm is
+    folded in): the layer's input bits are then those of sign(a * x + b)."""
+    layer.register_buffer("input_scale", None)
+    layer.register_buffer("input_bias", None)
+
+
+def input_map(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(a, b) in x's dtype for the native kernels, or (None, None)."""
+    if layer.input_scale is None:
+        return None, None
+    return layer.input_scale.to(x.dtype), layer.input_bias.to(x.dtype)
+
+
+def mapped(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """a * x + b per input channel (dimension 1), multiplied then added as the kernels do; x without a map."""
+    scale, bias = input_map(layer, x)
+    if scale is None:
+        return x
+    view = (1, -1, *[1] * (x.dim() - 2))
+    return x * scale.view(view) + bias.view(view)
 
 
 def conv_output_shape(x: torch.Tensor, out_channels: int, kernel_size, stride, padding, dilation) -> list[int]:

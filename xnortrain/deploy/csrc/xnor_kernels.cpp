@@ -1,5 +1,6 @@
 // XNOR-popcount kernels for binary layers: conv2d(sign(x), alpha * sign(W)) + bias and
-// linear(sign(x), alpha * sign(W)) + bias, with sign(0) = +1.
+// linear(sign(x), alpha * sign(W)) + bias, with sign(0) = +1; optionally of sign(a * x + b),
+// a and b one per input channel, the BatchNorm before the sign folded into the packing.
 //
 // Layout (channels-last, 64 channels a word): bit c % 64 of word c / 64 holds the sign of
 // channel c, 1 for +1 and 0 for -1; the bits past the last channel are 0 in both inputs and
@@ -68,65 +69,74 @@ struct Geometry {
   bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
 };
 
-// One word of sign bits from `bits` (<= 64) contiguous channels: bit b = src[b] >= 0.
+// One word of sign bits from `bits` (<= 64) contiguous channels through their affine map
+// (a folded BatchNorm, or a = 1, b = 0): bit i = a[i] * src[i] + b[i] >= 0, so sign(0) = +1.
 template <typename scalar_t>
-inline word_t sign_word(const scalar_t* src, int64_t bits) {
+inline word_t sign_word(const scalar_t* src, const scalar_t* a, const scalar_t* b, int64_t bits) {
   word_t word = 0;
-  for (int64_t b = 0; b < bits; ++b) word |= word_t{src[b] >= 0} << b;  // sign(0) = +1
+  for (int64_t i = 0; i < bits; ++i) word |= word_t{src[i] * a[i] + b[i] >= 0} << i;
   return word;
 }
 
 #if defined(__x86_64__)
-// Float32 channels four at a time with SSE2, part of every x86-64 CPU: the comparison
-// x >= 0 counts -0.0 and +0.0 as +1, as the scalar rule does.
+// Float32 channels four at a time with SSE2, part of every x86-64 CPU (a multiply and an add,
+// no fused multiply-add, as the scalar rule rounds): the comparison counts -0.0 and +0.0 as +1.
 template <>
-inline word_t sign_word<float>(const float* src, int64_t bits) {
+inline word_t sign_word<float>(const float* src, const float* a, const float* b, int64_t bits) {
   const __m128 zero = _mm_setzero_ps();
   word_t word = 0;
-  int64_t b = 0;
-  for (; b + 4 <= bits; b += 4) word |= word_t(_mm_movemask_ps(_mm_cmpge_ps(_mm_loadu_ps(src + b), zero))) << b;
-  for (; b < bits; ++b) word |= word_t{src[b] >= 0} << b;
+  int64_t i = 0;
+  for (; i + 4 <= bits; i += 4) {
+    const __m128 mapped = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(src + i), _mm_loadu_ps(a + i)), _mm_loadu_ps(b + i));
+    word |= word_t(_mm_movemask_ps(_mm_cmpge_ps(mapped, zero))) << i;
+  }
+  for (; i < bits; ++i) word |= word_t{src[i] * a[i] + b[i] >= 0} << i;
   return word;
 }
 #endif
 
-// Signs of x (N, C, H, W) into words (N, H, W, groups, words_per_group), 64 channels a word.
-// Channels-last input builds each word from contiguous channels; other layouts go an image
-// row at a time, one channel row after another, so that reads stay sequential.
+// Signs of a * x + b (x (N, C, H, W), a and b one per channel) into words
+// (N, H, W, groups, words_per_group), 64 channels a word. Channels-last input builds each
+// word from contiguous channels; other layouts go an image row at a time, one channel row
+// after another, so that reads stay sequential.
 template <typename scalar_t>
-void pack_signs(const at::Tensor& x, const Geometry& g, word_t* packed) {
+void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const Geometry& g, word_t* packed) {
   const scalar_t* data = x.data_ptr<scalar_t>();
   const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   const int64_t pixel_words = g.groups * g.words_per_group;
-  auto word_slots = [&](auto&& fill) {  // fill(src, row, group, k, bits) for each (row, word)
+  // fill(src, row, word, first channel, bits) for each (row, word)
+  auto word_slots = [&](auto&& fill) {
     at::parallel_for(0, g.n * g.h, 4, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const scalar_t* src = data + row / g.h * sn + row % g.h * sh;
         for (int64_t group = 0; group < g.groups; ++group)
-          for (int64_t k = 0; k < g.words_per_group; ++k)
-            fill(src + (group * g.channels_per_group + k * kBits) * sc, row, group * g.words_per_group + k,
+          for (int64_t k = 0; k < g.words_per_group; ++k) {
+            const int64_t channel = group * g.channels_per_group + k * kBits;
+            fill(src + channel * sc, row, group * g.words_per_group + k, channel,
                  std::min(kBits, g.channels_per_group - k * kBits));
+          }
       }
     });
   };
   if (sc == 1) {
-    word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t bits) {
+    word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
       for (int64_t col = 0; col < g.w; ++col)
-        packed[(row * g.w + col) * pixel_words + word] = sign_word(src + col * sw, bits);
+        packed[(row * g.w + col) * pixel_words + word] = sign_word(src + col * sw, a + channel, b + channel, bits);
     });
     return;
   }
   // 32-bit halves, so that the compiler can compare and shift four float32 columns at once
-  word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t bits) {
+  word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
     std::vector<uint32_t> low(g.w, 0), high(g.w, 0);
-    for (int64_t b = 0; b < bits; ++b) {
-      uint32_t* half = b < 32 ? low.data() : high.data();
-      const scalar_t* channel = src + b * sc;
-      const int shift = b % 32;
+    for (int64_t i = 0; i < bits; ++i) {
+      uint32_t* half = i < 32 ? low.data() : high.data();
+      const scalar_t* values = src + i * sc;
+      const scalar_t ai = a[channel + i], bi = b[channel + i];
+      const int shift = i % 32;
       if (sw == 1) {
-        for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{channel[col] >= 0} << shift;
+        for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{values[col] * ai + bi >= 0} << shift;
       } else {
-        for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{channel[col * sw] >= 0} << shift;
+        for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{values[col * sw] * ai + bi >= 0} << shift;
       }
     }
     for (int64_t col = 0; col < g.w; ++col)
@@ -354,12 +364,19 @@ struct RowTerms {
   }
 };
 
+// The affine map of the input before its sign, a and b one per input channel: a folded
+// BatchNorm's, or a = 1 and b = 0.
+struct InputMap {
+  at::Tensor scale, bias;
+};
+
 template <typename scalar_t>
-void xnor_conv_kernel(const at::Tensor& x, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
-                      const c10::optional<at::Tensor>& bias, at::Tensor& out) {
+void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& g, const at::Tensor& weight,
+                      const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t filters = alpha.numel(), per_group = filters / g.groups, pixels = g.n * g.oh * g.ow;
   auto words = at::empty({g.n * g.h * g.w * g.groups * g.words_per_group}, x.options().dtype(at::kLong));
-  pack_signs<scalar_t>(x, g, reinterpret_cast<word_t*>(words.data_ptr<int64_t>()));
+  pack_signs<scalar_t>(x, map.scale.data_ptr<scalar_t>(), map.bias.data_ptr<scalar_t>(), g,
+                       reinterpret_cast<word_t*>(words.data_ptr<int64_t>()));
   at::Tensor patches = words;
   if (!g.pointwise()) {
     patches = at::empty({pixels * g.groups * g.depth()}, words.options());
@@ -417,12 +434,22 @@ void check_layer(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
               "bias must hold one contiguous value of the input's dtype per output channel");
 }
 
-at::Tensor run_conv(const at::Tensor& x, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
-                    const c10::optional<at::Tensor>& bias) {
+InputMap input_map(const at::Tensor& x, int64_t channels, const c10::optional<at::Tensor>& scale,
+                   const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(scale.has_value() == bias.has_value(), "input_scale and input_bias come together");
+  if (!scale) return {at::ones({channels}, x.options()), at::zeros({channels}, x.options())};
+  for (const at::Tensor& t : {*scale, *bias})
+    TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.is_contiguous() && t.numel() == channels,
+                "input_scale and input_bias must hold one contiguous value of the input's dtype per input channel");
+  return {*scale, *bias};
+}
+
+at::Tensor run_conv(const at::Tensor& x, const InputMap& map, const Geometry& g, const at::Tensor& weight,
+                    const at::Tensor& alpha, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "the kernel does not fit the padded input");
   auto out = at::empty({g.n, alpha.numel(), g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "xnor_conv2d", [&] {
-    xnor_conv_kernel<scalar_t>(x, g, weight, alpha, bias, out);
+    xnor_conv_kernel<scalar_t>(x, map, g, weight, alpha, bias, out);
   });
   return out;
 }
@@ -437,7 +464,8 @@ void check_layout(const at::Tensor& weight, int64_t groups, int64_t filters, int
 
 at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
-                       at::IntArrayRef dilation, int64_t groups) {
+                       at::IntArrayRef dilation, int64_t groups, const c10::optional<at::Tensor>& input_scale,
+                       const c10::optional<at::Tensor>& input_bias) {
   check_layer(x, weight, alpha, bias);
   TORCH_CHECK(x.dim() == 4, "xnor_conv2d takes input (N, C, H, W)");
   TORCH_CHECK(groups > 0 && x.size(1) % groups == 0 && alpha.numel() % groups == 0,
@@ -447,18 +475,19 @@ at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
              padding[0], padding[1], dilation[0], dilation[1], x.size(0), x.size(2), x.size(3), 0, 0};
   g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
-  return run_conv(x, g, weight, alpha, bias);
+  return run_conv(x, input_map(x, x.size(1), input_scale, input_bias), g, weight, alpha, bias);
 }
 
 at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
-                       const c10::optional<at::Tensor>& bias) {
+                       const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& input_scale,
+                       const c10::optional<at::Tensor>& input_bias) {
   check_layer(x, weight, alpha, bias);
   TORCH_CHECK(x.dim() >= 1, "xnor_linear takes input (*, F)");
   const int64_t features = x.size(-1);
   check_layout(weight, 1, alpha.numel(), features);  // a linear layer is a 1x1 conv on 1x1 images
   auto rows = x.reshape({-1, features, 1, 1});
   Geometry g{1, features, weight.size(4), 1, 1, 1, 1, 0, 0, 1, 1, rows.size(0), 1, 1, 1, 1};
-  auto out = run_conv(rows, g, weight, alpha, bias);
+  auto out = run_conv(rows, input_map(x, features, input_scale, input_bias), g, weight, alpha, bias);
   auto shape = x.sizes().vec();
   shape.back() = alpha.numel();
   return out.view(shape);
@@ -478,8 +507,9 @@ std::string popcount_path() { return wide_popcount() ? "AVX-512 VPOPCNTDQ" : "64
 
 TORCH_LIBRARY(xnortrain, m) {
   m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
-        "int[2] dilation, int groups) -> Tensor");
-  m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias) -> Tensor");
+        "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None) -> Tensor");
+  m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
+        "Tensor? input_bias=None) -> Tensor");
   m.def("hardware_popcount() -> bool", &hardware_popcount);
   m.def("popcount_path() -> str", &popcount_path);
 }
