@@ -145,24 +145,32 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
 }
 
 // Patch rows (pixels, groups, taps * words) from the packed input; taps outside the image
-// are zero words.
+// are zero words. Output lines go to the threads, pixel after pixel within a line; a tap is
+// a few words, copied by a plain loop.
 void gather_patches(const word_t* packed, const Geometry& g, word_t* patches) {
   const int64_t pixel_words = g.groups * g.words_per_group, row_words = g.groups * g.depth();
-  at::parallel_for(0, g.n * g.oh * g.ow, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t n = p / (g.oh * g.ow), oy = p / g.ow % g.oh, ox = p % g.ow;
-      word_t* row = patches + p * row_words;
-      std::memset(row, 0, sizeof(word_t) * row_words);
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t y = oy * g.sh - g.ph + i * g.dh;
-        if (y < 0 || y >= g.h) continue;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t x = ox * g.sw - g.pw + j * g.dw;
-          if (x < 0 || x >= g.w) continue;
-          const word_t* src = packed + ((n * g.h + y) * g.w + x) * pixel_words;
-          for (int64_t group = 0; group < g.groups; ++group) {
-            std::memcpy(row + group * g.depth() + (i * g.kw + j) * g.words_per_group,
-                        src + group * g.words_per_group, sizeof(word_t) * g.words_per_group);
+  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t n = line / g.oh, oy = line % g.oh;
+      word_t* row = patches + line * g.ow * row_words;
+      for (int64_t ox = 0; ox < g.ow; ++ox, row += row_words) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t y = oy * g.sh - g.ph + i * g.dh;
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t x = ox * g.sw - g.pw + j * g.dw;
+            word_t* tap = row + (i * g.kw + j) * g.words_per_group;
+            if (y < 0 || y >= g.h || x < 0 || x >= g.w) {
+              for (int64_t group = 0; group < g.groups; ++group)
+                std::fill_n(tap + group * g.depth(), g.words_per_group, word_t{0});
+              continue;
+            }
+            const word_t* src = packed + ((n * g.h + y) * g.w + x) * pixel_words;
+            if (pixel_words == 1) {  // up to 64 channels, one group: one word (a loop here becomes a memmove call)
+              *tap = *src;
+              continue;
+            }
+            for (int64_t group = 0; group < g.groups; ++group)
+              std::copy_n(src + group * g.words_per_group, g.words_per_group, tap + group * g.depth());
           }
         }
       }
@@ -329,6 +337,8 @@ POPCOUNT_TARGET void tap_popcounts(const word_t* w8, int64_t groups, int64_t per
 int64_t padded_taps(const Geometry& g, int64_t p, std::vector<int64_t>& padded) {
   padded.clear();
   const int64_t oy = p / g.ow % g.oh, ox = p % g.ow;
+  const int64_t top = oy * g.sh - g.ph, left = ox * g.sw - g.pw;
+  if (top >= 0 && top + (g.kh - 1) * g.dh < g.h && left >= 0 && left + (g.kw - 1) * g.dw < g.w) return g.taps();
   for (int64_t i = 0; i < g.kh; ++i) {
     const int64_t y = oy * g.sh - g.ph + i * g.dh;
     for (int64_t j = 0; j < g.kw; ++j) {
@@ -348,8 +358,12 @@ struct RowTerms {
   std::vector<const int32_t*> padded;
 
   void fill(const Geometry& g, int64_t p0, int64_t rows, int64_t o0, int64_t cols, const int32_t* tap_bits) {
-    real_bits.resize(rows);
     padded.assign(rows, nullptr);
+    if (g.ph == 0 && g.pw == 0) {  // every tap of every patch lies inside the image
+      real_bits.assign(rows, g.channels_per_group * g.taps());
+      return;
+    }
+    real_bits.resize(rows);
     padded_bits.resize(rows * cols);
     for (int64_t r = 0; r < rows; ++r) {
       real_bits[r] = g.channels_per_group * padded_taps(g, p0 + r, taps);
