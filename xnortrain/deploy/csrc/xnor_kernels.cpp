@@ -145,8 +145,8 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
 }
 
 // Patch rows (pixels, groups, taps * words) from the packed input; taps outside the image
-// are zero words. Output lines go to the threads, pixel after pixel within a line; a tap is
-// a few words, copied by a plain loop.
+// are zero words. Output lines go to the threads, pixel after pixel within a line; a tap of
+// one word (up to 64 channels in one group) is copied as a word, wider ones word by word.
 void gather_patches(const word_t* packed, const Geometry& g, word_t* patches) {
   const int64_t pixel_words = g.groups * g.words_per_group, row_words = g.groups * g.depth();
   at::parallel_for(0, g.n * g.oh, 1, [&](int64_t begin, int64_t end) {
