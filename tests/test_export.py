@@ -266,7 +266,9 @@ def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):
     (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2, 8),
     (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: bireal}", "binop.activations=approx_sign",
       "binop.exclude=['*.shortcut.*']"], 6, 4, 6),  # and the two real-valued downsampling convs
-], ids=["torchvision-resnet18", "resnet-xnor", "resnet-bireal"])
+    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: reactnet}", "binop.activations=rsign",
+      "binop.exclude=['*.shortcut.*']"], 6, 4, 6),  # RPReLU after each sum, learned thresholds before each sign
+], ids=["torchvision-resnet18", "resnet-xnor", "resnet-bireal", "resnet-reactnet"])
 def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels(tmp_path, capsys, sets,
                                                                                  binary_convs, float_layers, folded):
     """Every binary conv on the kernels, every BatchNorm that reads one alone folded into it

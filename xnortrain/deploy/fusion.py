@@ -13,8 +13,8 @@ and folds into an XNOR-popcount layer on either side of it:
 
 The BatchNorm becomes an identity: one pass over the activations less, with the same values
 up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
-BatchNorm's dtype). The pairs are found on the model's graph (`torch.fx.symbolic_trace`, the
-XNOR-popcount layers kept as leaves): a BatchNorm and a layer each called once, the one
+BatchNorm's dtype). The pairs are found on the model's graph (`torch.fx` symbolic tracing,
+the XNOR-popcount layers and the package's RPReLU and LearnedScale kept whole): a BatchNorm and a layer each called once, the one
 reading the other's output alone, which nothing else reads. A model that fx cannot trace
 keeps its BatchNorms.
 """
@@ -26,22 +26,26 @@ from collections.abc import Collection
 import torch
 from torch import fx, nn
 
+from ..layers import LearnedScale, RPReLU
 from .xnor_layers import XnorConv2d, XnorLinear
 
 XNOR_LAYERS = (XnorConv2d, XnorLinear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+# kept whole on the graph: the XNOR-popcount layers, and the package's layers, whose forward
+# depends on the input's rank, which fx does not know
+LEAVES = (*XNOR_LAYERS, RPReLU, LearnedScale)
 
 
-class _XnorLeaves(fx.Tracer):
+class _Leaves(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, XNOR_LAYERS) or super().is_leaf_module(m, qualname)
+        return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
 
 
 def adjacent_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(first, second) module names, each module called once, where `second` is called on
     `first`'s output alone and nothing else reads that output; [] where fx cannot trace."""
     try:
-        graph = _XnorLeaves().trace(model)
+        graph = _Leaves().trace(model)
     except Exception:  # whatever stops fx, the model keeps its BatchNorms
         return []
     calls = [node for node in graph.nodes if node.op == "call_module"]
