@@ -43,6 +43,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .layers import per_channel
 from .quantizers import ClippedStraightThrough, sign_pm1
 from .rules import assign_by_rules, check_choice, check_type, from_mapping
 
@@ -242,7 +243,7 @@ class BinaryInputs:
     def _quantize_input(self, name: str, layer: nn.Module, args: tuple):
         x, q = args[0], self.quantizers[name]
         if q.shift:
-            x = x - getattr(layer, SHIFT).view(1, -1, *[1] * (x.dim() - 2))  # beta_c over channel c
+            x = x - per_channel(getattr(layer, SHIFT), x)  # beta_c over channel c
         if q.scale != "none":
             self._scales[name] = activation_scale(x, q.scale, layer)
         if self._watching and layer.training and not torch.compiler.is_compiling() and bool((x >= 0).all()):

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 
-def _per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.view(1, -1, *[1] * (x.dim() - 2))  # (1, C, 1, ...)
+def per_channel(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """v (one value per channel) shaped to broadcast over x (N, C, ...): (1, C, 1, ...)."""
+    return v.view(1, -1, *[1] * (x.dim() - 2))
 
 
 class RPReLU(nn.Module):
@@ -35,7 +36,7 @@ class RPReLU(nn.Module):
         self.zeta = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.prelu(x - _per_channel(self.gamma, x)) + _per_channel(self.zeta, x)
+        return self.prelu(x - per_channel(self.gamma, x)) + per_channel(self.zeta, x)
 
 
 class LearnedScale(nn.Module):
@@ -46,4 +47,4 @@ class LearnedScale(nn.Module):
         self.scale = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * _per_channel(self.scale, x)
+        return x * per_channel(self.scale, x)

@@ -21,6 +21,7 @@ keeps its BatchNorms.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 
 import torch
@@ -49,7 +50,7 @@ def adjacent_pairs(model: nn.Module) -> list[tuple[str, str]]:
     except Exception:  # whatever stops fx, the model keeps its BatchNorms
         return []
     calls = [node for node in graph.nodes if node.op == "call_module"]
-    once = {name for name in (n.target for n in calls) if sum(n.target == name for n in calls) == 1}
+    once = {name for name, count in Counter(node.target for node in calls).items() if count == 1}
     return [(node.args[0].target, node.target) for node in calls
             if node.target in once and len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
             and node.args[0].op == "call_module" and node.args[0].target in once and len(node.args[0].users) == 1]

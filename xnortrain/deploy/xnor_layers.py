@@ -21,6 +21,7 @@ import math
 import torch
 from torch import nn
 
+from ..layers import per_channel
 from .bitpack import channel_words, xnor_dot
 
 
@@ -133,8 +134,7 @@ def mapped(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     scale, bias = input_map(layer, x)
     if scale is None:
         return x
-    view = (1, -1, *[1] * (x.dim() - 2))
-    return x * scale.view(view) + bias.view(view)
+    return x * per_channel(scale, x) + per_channel(bias, x)
 
 
 def conv_output_shape(x: torch.Tensor, out_channels: int, kernel_size, stride, padding, dilation) -> list[int]:
