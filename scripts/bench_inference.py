@@ -227,8 +227,8 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def onnxruntime(path: Path):
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda x: torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+        model = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(model.run(["logits"], {"input": x.numpy()})[0])
 
     core = ov.Core()
     graph = core.read_model(str(onnx_file))
