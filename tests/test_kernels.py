@@ -108,11 +108,12 @@ def test_alpha_and_bias_scale_the_counts_like_the_float_layers(native):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_an_input_map_gives_the_bits_of_sign_of_a_times_x_plus_b(native, channels_last):
     """A folded BatchNorm: bits of sign(a_c * x_c + b_c), a multiply then an add as PyTorch
-    rounds them, some a_c negative and one 0 (its channel's bit is then sign(b_c))."""
+    rounds them, some a_c negative and one 0 (its channel's bit is then sign(b_c)); rows of 37
+    pixels, so that packing sixteen pixels at a time meets whole blocks and a part block."""
     gen = torch.Generator().manual_seed(3)
     a, b = torch.randn(70, generator=gen), torch.randn(70, generator=gen)
     a[5] = 0.0
-    x = torch.randn(2, 70, 6, 7, generator=gen)
+    x = torch.randn(2, 70, 6, 37, generator=gen)
     x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
     signs = random_signs(9, 70, 3, 3, seed=4)
     conv = XnorConv2d(nn.Conv2d(70, 9, 3, padding=1), signs >= 0, torch.ones(9), None, native=native)

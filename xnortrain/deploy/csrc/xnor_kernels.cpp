@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -55,6 +56,13 @@ constexpr int64_t kBits = 64;
 constexpr int64_t kTileRows = 32, kTileCols = 64;
 constexpr int kBlockRows = 4, kBlockCols = 4;  // register block of popcount accumulators
 constexpr int64_t kLanes = 8;  // filters interleaved a word apart in the weights
+// Work (word popcounts, packed floats or gathered words) below which a loop stays on the
+// calling thread: handing a part to another core (waking it, joining it, and the layer's data
+// crossing between the cores' caches) costs more than a few microseconds of work saves.
+constexpr int64_t kMinTaskWork = int64_t{1} << 18;
+
+// at::parallel_for's grain for items of `work_per_item` each: a task gets at least kMinTaskWork.
+int64_t grain_for(int64_t work_per_item) { return std::max<int64_t>(1, kMinTaskWork / std::max<int64_t>(1, work_per_item)); }
 
 int64_t words_for(int64_t channels) { return (channels + kBits - 1) / kBits; }
 
@@ -67,6 +75,22 @@ struct Geometry {
   int64_t depth() const { return taps() * words_per_group; }  // words of one group's patch
   bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
 };
+
+// The AVX-512 paths (the popcounts, the float32 epilogue and the float32 packing) are built
+// with a target attribute and used only where the CPU reports AVX-512 F, VL, DQ and VPOPCNTDQ
+// (Ice Lake, Zen 4 and later) and XNORTRAIN_NO_AVX512 is unset.
+#if defined(__x86_64__)
+#define WIDE_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512vpopcntdq")))
+
+bool wide_popcount() {
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vpopcntdq");
+  const char* off = std::getenv("XNORTRAIN_NO_AVX512");
+  return supported && !(off && *off && std::string(off) != "0");
+}
+#else
+bool wide_popcount() { return false; }
+#endif
 
 // One word of sign bits from `bits` (<= 64) contiguous channels through their affine map
 // (a folded BatchNorm, or a = 1, b = 0): bit i = a[i] * src[i] + b[i] >= 0, so sign(0) = +1.
@@ -92,6 +116,64 @@ inline word_t sign_word<float>(const float* src, const float* a, const float* b,
   for (; i < bits; ++i) word |= word_t{src[i] * a[i] + b[i] >= 0} << i;
   return word;
 }
+
+// Sign words of `width` pixels' `bits` (<= 64) contiguous float32 channels, `sw` floats from
+// one pixel to the next, into out[col * out_stride]: sixteen channels a compare, whose mask is
+// their sixteen bits (a multiply and an add, as sign_word rounds).
+WIDE_TARGET void sign_words_wide(const float* src, int64_t sw, const float* a, const float* b, int64_t bits,
+                                 int64_t width, word_t* out, int64_t out_stride) {
+  constexpr int64_t kChunk = 16, kChunks = kBits / kChunk;
+  const int64_t chunks = (bits + kChunk - 1) / kChunk;
+  __mmask16 lanes[kChunks];
+  __m512 scale[kChunks], shift[kChunks];
+  for (int64_t k = 0; k < chunks; ++k) {
+    const int64_t left = bits - k * kChunk;
+    lanes[k] = left >= kChunk ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    scale[k] = _mm512_maskz_loadu_ps(lanes[k], a + k * kChunk);
+    shift[k] = _mm512_maskz_loadu_ps(lanes[k], b + k * kChunk);
+  }
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t col = 0; col < width; ++col) {
+    word_t word = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      const __m512 x = _mm512_maskz_loadu_ps(lanes[k], src + col * sw + k * kChunk);
+      const __m512 mapped = _mm512_add_ps(_mm512_mul_ps(x, scale[k]), shift[k]);
+      word |= word_t{_mm512_mask_cmp_ps_mask(lanes[k], mapped, zero, _CMP_GE_OQ)} << (k * kChunk);
+    }
+    out[col * out_stride] = word;
+  }
+}
+
+// Bit i % 32 of `half` for the pixels of `lanes` where a * x + b >= 0, x sixteen pixels of
+// one channel.
+WIDE_TARGET inline __m512i set_sign_bits(__m512i half, __mmask16 lanes, const float* x, float a, float b, int64_t i) {
+  const __m512 mapped = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, x), _mm512_set1_ps(a)), _mm512_set1_ps(b));
+  const __mmask16 set = _mm512_mask_cmp_ps_mask(lanes, mapped, _mm512_setzero_ps(), _CMP_GE_OQ);
+  return _mm512_mask_or_epi32(half, set, half, _mm512_set1_epi32(static_cast<int>(1u << (i % 32))));
+}
+
+// The same words from `bits` (<= 64) channel rows `sc` floats apart whose pixels are
+// contiguous (NCHW): sixteen pixels a compare, each channel's bits set in the sixteen pixels'
+// 32-bit halves at once, then the halves joined into words eight pixels at a time.
+WIDE_TARGET void sign_words_planar_wide(const float* src, int64_t sc, const float* a, const float* b, int64_t bits,
+                                        int64_t width, word_t* out, int64_t out_stride) {
+  constexpr int64_t kPixels = 16;
+  for (int64_t col = 0; col < width; col += kPixels) {
+    const int64_t left = width - col;
+    const __mmask16 lanes = left >= kPixels ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+    __m512i low = _mm512_setzero_si512(), high = _mm512_setzero_si512();
+    for (int64_t i = 0; i < std::min<int64_t>(bits, 32); ++i) low = set_sign_bits(low, lanes, src + i * sc + col, a[i], b[i], i);
+    for (int64_t i = 32; i < bits; ++i) high = set_sign_bits(high, lanes, src + i * sc + col, a[i], b[i], i);
+    alignas(64) word_t words[kPixels];
+    for (int k = 0; k < 2; ++k) {
+      const __m256i low8 = k ? _mm512_extracti64x4_epi64(low, 1) : _mm512_castsi512_si256(low);
+      const __m256i high8 = k ? _mm512_extracti64x4_epi64(high, 1) : _mm512_castsi512_si256(high);
+      _mm512_store_si512(words + 8 * k, _mm512_or_si512(_mm512_cvtepu32_epi64(low8),
+                                                        _mm512_slli_epi64(_mm512_cvtepu32_epi64(high8), 32)));
+    }
+    for (int64_t j = 0; j < std::min(kPixels, left); ++j) out[(col + j) * out_stride] = words[j];
+  }
+}
 #endif
 
 // Signs of a * x + b (x (N, C, H, W), a and b one per channel) into words
@@ -105,7 +187,7 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
   const int64_t pixel_words = g.groups * g.words_per_group;
   // fill(src, row, word, first channel, bits) for each (row, word)
   auto word_slots = [&](auto&& fill) {
-    at::parallel_for(0, g.n * g.h, 4, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, g.n * g.h, grain_for(g.w * g.groups * g.channels_per_group), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const scalar_t* src = data + row / g.h * sn + row % g.h * sh;
         for (int64_t group = 0; group < g.groups; ++group)
@@ -118,14 +200,28 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
     });
   };
   if (sc == 1) {
+    [[maybe_unused]] const bool wide = wide_popcount();
     word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
-      for (int64_t col = 0; col < g.w; ++col)
-        packed[(row * g.w + col) * pixel_words + word] = sign_word(src + col * sw, a + channel, b + channel, bits);
+      word_t* out = packed + row * g.w * pixel_words + word;
+#if defined(__x86_64__)
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (wide) return sign_words_wide(src, sw, a + channel, b + channel, bits, g.w, out, pixel_words);
+      }
+#endif
+      for (int64_t col = 0; col < g.w; ++col) out[col * pixel_words] = sign_word(src + col * sw, a + channel, b + channel, bits);
     });
     return;
   }
   // 32-bit halves, so that the compiler can compare and shift four float32 columns at once
+  [[maybe_unused]] const bool wide = wide_popcount();
   word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (wide && sw == 1)
+        return sign_words_planar_wide(src, sc, a + channel, b + channel, bits, g.w,
+                                      packed + row * g.w * pixel_words + word, pixel_words);
+    }
+#endif
     std::vector<uint32_t> low(g.w, 0), high(g.w, 0);
     for (int64_t i = 0; i < bits; ++i) {
       uint32_t* half = i < 32 ? low.data() : high.data();
@@ -143,15 +239,46 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
   });
 }
 
+// One kernel row's words of every patch along output line `patch_rows` (kernel row i at
+// input row y, `inside` whether y lies in the image) when a kernel row's taps are adjacent
+// pixels (one group, no dilation along x): the taps inside the image are adjacent words in
+// both the packed input and the patch, so an interior patch copies kw * words words at once.
+void gather_kernel_row(const word_t* packed_row, bool inside, const Geometry& g, int64_t i, word_t* patch_rows) {
+  const int64_t span = g.kw * g.words_per_group, row_words = g.depth();
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    word_t* taps = patch_rows + ox * row_words + i * span;
+    const int64_t x0 = ox * g.sw - g.pw;
+    if (inside && x0 >= 0 && x0 + g.kw <= g.w) {
+      const word_t* src = packed_row + x0 * g.words_per_group;
+      for (int64_t k = 0; k < span; ++k) taps[k] = src[k];
+      continue;
+    }
+    const int64_t first = inside ? std::clamp<int64_t>(-x0, 0, g.kw) * g.words_per_group : span;
+    const int64_t last = inside ? std::clamp<int64_t>(g.w - x0, 0, g.kw) * g.words_per_group : span;
+    for (int64_t k = 0; k < span; ++k) taps[k] = k >= first && k < last ? packed_row[x0 * g.words_per_group + k] : 0;
+  }
+}
+
 // Patch rows (pixels, groups, taps * words) from the packed input; taps outside the image
-// are zero words. Output lines go to the threads, pixel after pixel within a line; a tap of
-// one word (up to 64 channels in one group) is copied as a word, wider ones word by word.
+// are zero words. Output lines go to the threads, kernel row after kernel row within a line
+// (`gather_kernel_row` where a row's taps are adjacent); otherwise tap by tap, a tap of one
+// word (up to 64 channels in one group) copied as a word, wider ones word by word.
 void gather_patches(const word_t* packed, const Geometry& g, word_t* patches) {
   const int64_t pixel_words = g.groups * g.words_per_group, row_words = g.groups * g.depth();
-  at::parallel_for(0, g.n * g.oh, 1, [&](int64_t begin, int64_t end) {
+  const bool adjacent_taps = g.groups == 1 && g.dw == 1;
+  at::parallel_for(0, g.n * g.oh, grain_for(g.ow * row_words), [&](int64_t begin, int64_t end) {
     for (int64_t line = begin; line < end; ++line) {
       const int64_t n = line / g.oh, oy = line % g.oh;
-      word_t* row = patches + line * g.ow * row_words;
+      word_t* line_rows = patches + line * g.ow * row_words;
+      if (adjacent_taps) {
+        for (int64_t i = 0; i < g.kh; ++i) {
+          const int64_t y = oy * g.sh - g.ph + i * g.dh;
+          const bool inside = y >= 0 && y < g.h;
+          gather_kernel_row(packed + (n * g.h + (inside ? y : 0)) * g.w * pixel_words, inside, g, i, line_rows);
+        }
+        continue;
+      }
+      word_t* row = line_rows;
       for (int64_t ox = 0; ox < g.ow; ++ox, row += row_words) {
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t y = oy * g.sh - g.ph + i * g.dh;
@@ -245,28 +372,33 @@ POPCOUNT_TARGET void xnor_tile(const word_t* a, int64_t lda, const word_t* w8, i
 // AVX-512 VPOPCNTDQ (Ice Lake, Zen 4 and later): eight filters a vector, one 512-bit XOR and
 // popcount per word of a patch row, against the weights' interleaved blocks of eight filters
 // (blocks, depth, 8). A register block is MR patch rows by NB vectors of eight filters.
-// Built with a target attribute and used only where the CPU reports it (and
-// XNORTRAIN_NO_AVX512 is unset); the float32 epilogue runs eight filters at once too.
-#define WIDE_TARGET __attribute__((target("avx512f,avx512vl,avx512vpopcntdq")))
 constexpr int kWide = kLanes, kWideBlocks = 2;
 
-// The epilogue of one vector of eight filters c0 .. c0 + 8 for patch row r.
-template <typename scalar_t>
-WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r, int64_t c0, int64_t cols, __m512i count) {
+// The epilogue of one vector of eight filters c0 .. c0 + 8 for patch rows r0 .. r0 + MR, from
+// their popcounts: alpha and bias loaded once for the rows, each dot converted from int64
+// lanes to float32 in one instruction.
+template <typename scalar_t, int MR>
+WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r0, int64_t c0, int64_t cols,
+                                    const __m512i (&counts)[MR]) {
   const int64_t valid = std::min<int64_t>(kWide, cols - c0);
   if constexpr (std::is_same_v<scalar_t, float>) {
     const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
     const __m256 alpha = _mm256_maskz_loadu_ps(lanes, e.alpha + c0);
     const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
-    if (e.padded[r])
-      count = _mm512_sub_epi64(count, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, e.padded[r] + c0)));
-    const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r]), _mm512_slli_epi64(count, 1));
-    const __m256 product = _mm256_mul_ps(alpha, _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(dot)));
-    _mm256_mask_storeu_ps(e.out + r * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
+    for (int r = 0; r < MR; ++r) {
+      __m512i count = counts[r];
+      if (const int32_t* padded = e.padded[r0 + r])
+        count = _mm512_sub_epi64(count, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, padded + c0)));
+      const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r0 + r]), _mm512_slli_epi64(count, 1));
+      const __m256 product = _mm256_mul_ps(alpha, _mm512_cvtepi64_ps(dot));
+      _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
+    }
   } else {
-    alignas(64) int64_t counts[kWide];
-    _mm512_store_si512(counts, count);
-    for (int64_t c = 0; c < valid; ++c) finish(e, r, c0 + c, counts[c]);
+    for (int r = 0; r < MR; ++r) {
+      alignas(64) int64_t lane_counts[kWide];
+      _mm512_store_si512(lane_counts, counts[r]);
+      for (int64_t c = 0; c < valid; ++c) finish(e, r0 + r, c0 + c, lane_counts[c]);
+    }
   }
 }
 
@@ -284,8 +416,11 @@ WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8,
       for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_add_epi64(acc[r][b], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv[b])));
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int b = 0; b < NB; ++b) finish_wide(e, r0 + r, c0 + b * kWide, cols, acc[r][b]);
+  for (int b = 0; b < NB; ++b) {
+    __m512i counts[MR];
+    for (int r = 0; r < MR; ++r) counts[r] = acc[r][b];
+    finish_wide<scalar_t, MR>(e, r0, c0 + b * kWide, cols, counts);
+  }
 }
 
 template <typename scalar_t, int NB>
@@ -306,14 +441,6 @@ WIDE_TARGET void xnor_tile_wide(const word_t* a, int64_t lda, const word_t* w8, 
   for (; c < cols; c += kWide) xnor_rows_wide<scalar_t, 1>(a, lda, w8 + c / kWide * depth * kWide, depth, rows, cols, e, c);
 }
 
-bool wide_popcount() {
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                                __builtin_cpu_supports("avx512vpopcntdq");
-  const char* off = std::getenv("XNORTRAIN_NO_AVX512");
-  return supported && !(off && *off && std::string(off) != "0");
-}
-#else
-bool wide_popcount() { return false; }
 #endif
 
 // Per filter and tap, the set bits of the filter's words there (for the padded taps'
@@ -332,47 +459,83 @@ POPCOUNT_TARGET void tap_popcounts(const word_t* w8, int64_t groups, int64_t per
     }
 }
 
-// The padded taps of output pixel p, and how many taps lie inside the image.
-int64_t padded_taps(const Geometry& g, int64_t p, std::vector<int64_t>& padded) {
-  padded.clear();
-  const int64_t oy = p / g.ow % g.oh, ox = p % g.ow;
-  const int64_t top = oy * g.sh - g.ph, left = ox * g.sw - g.pw;
-  if (top >= 0 && top + (g.kh - 1) * g.dh < g.h && left >= 0 && left + (g.kw - 1) * g.dw < g.w) return g.taps();
-  for (int64_t i = 0; i < g.kh; ++i) {
-    const int64_t y = oy * g.sh - g.ph + i * g.dh;
-    for (int64_t j = 0; j < g.kw; ++j) {
-      const int64_t x = ox * g.sw - g.pw + j * g.dw;
-      if (y < 0 || y >= g.h || x < 0 || x >= g.w) padded.push_back(i * g.kw + j);
-    }
+// The taps [first, last) of a kernel axis that lie inside the image for each output position
+// along it (taps outside are a prefix and a suffix, since the input position grows with the
+// tap), as an index into `spans`, the distinct spans in order of appearance.
+std::vector<int64_t> span_of_each_output(int64_t outputs, int64_t size, int64_t taps, int64_t stride, int64_t pad,
+                                         int64_t dilation, std::vector<std::pair<int64_t, int64_t>>& spans) {
+  std::vector<int64_t> span(outputs);
+  for (int64_t o = 0; o < outputs; ++o) {
+    int64_t first = 0, last = taps;
+    while (first < taps && o * stride - pad + first * dilation < 0) ++first;
+    while (last > first && o * stride - pad + (last - 1) * dilation >= size) --last;
+    const auto found = std::find(spans.begin(), spans.end(), std::make_pair(first, last));
+    span[o] = found - spans.begin();
+    if (found == spans.end()) spans.emplace_back(first, last);
   }
-  return g.taps() - static_cast<int64_t>(padded.size());
+  return span;
 }
 
-// The epilogue's row terms for pixels p0 .. p0 + rows and filters o0 .. o0 + cols: the real
-// bits of each patch, and for a patch with padded taps the set bits of each filter there,
-// which its zero words made count as differing.
+// Zero padding's terms by border class. An output pixel's taps inside the image are a
+// rectangle of the kernel, a span of rows by a span of columns; pixels with the same spans
+// form a class (the interior, each edge and corner band). Per class: the real bits of a
+// patch (channels times the taps inside) and, unless every tap is inside, each filter's set
+// bits at the taps outside, which the zero words there made count as differing. The sums
+// come from each filter's 2-D prefix sums of its set bits per tap, four lookups a class.
+struct BorderClasses {
+  std::vector<std::pair<int64_t, int64_t>> row_spans, col_spans;
+  std::vector<int64_t> row_span, col_span, real_bits;  // span of each output row and column; per class
+  std::vector<int32_t> outside_bits;                    // (classes, filters)
+  std::vector<bool> interior;                           // per class: every tap inside
+
+  BorderClasses(const Geometry& g, const int32_t* tap_bits, int64_t filters) {
+    row_span = span_of_each_output(g.oh, g.h, g.kh, g.sh, g.ph, g.dh, row_spans);
+    col_span = span_of_each_output(g.ow, g.w, g.kw, g.sw, g.pw, g.dw, col_spans);
+    const int64_t stride = g.kw + 1, grid = (g.kh + 1) * stride;  // prefix[f][i][j]: taps above i, left of j
+    std::vector<int32_t> prefix(filters * grid, 0);
+    for (int64_t f = 0; f < filters; ++f)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) {
+          int32_t* at = prefix.data() + f * grid + (i + 1) * stride + j + 1;
+          *at = tap_bits[f * g.taps() + i * g.kw + j] + at[-1] + at[-stride] - at[-stride - 1];
+        }
+    outside_bits.resize(row_spans.size() * col_spans.size() * filters);
+    for (const auto& [r0, r1] : row_spans)
+      for (const auto& [c0, c1] : col_spans) {
+        const int64_t k = real_bits.size();
+        real_bits.push_back(g.channels_per_group * (r1 - r0) * (c1 - c0));
+        interior.push_back(r1 - r0 == g.kh && c1 - c0 == g.kw);
+        for (int64_t f = 0; f < filters; ++f) {
+          const int32_t* P = prefix.data() + f * grid;
+          const int32_t inside = P[r1 * stride + c1] - P[r0 * stride + c1] - P[r1 * stride + c0] + P[r0 * stride + c0];
+          outside_bits[k * filters + f] = P[g.kh * stride + g.kw] - inside;
+        }
+      }
+  }
+
+  int64_t of(int64_t oy, int64_t ox) const { return row_span[oy] * static_cast<int64_t>(col_spans.size()) + col_span[ox]; }
+};
+
+// The epilogue's row terms for pixels p0 .. p0 + rows and filters from o0: the real bits of
+// each patch, and for a patch with padded taps the set bits of each filter there (from
+// `classes`; null where there is no padding).
 struct RowTerms {
-  std::vector<int64_t> real_bits, taps;
-  std::vector<int32_t> padded_bits;
+  std::vector<int64_t> real_bits;
   std::vector<const int32_t*> padded;
 
-  void fill(const Geometry& g, int64_t p0, int64_t rows, int64_t o0, int64_t cols, const int32_t* tap_bits) {
+  void fill(const Geometry& g, int64_t p0, int64_t rows, int64_t o0, int64_t filters, const BorderClasses* classes) {
     padded.assign(rows, nullptr);
-    if (g.ph == 0 && g.pw == 0) {  // every tap of every patch lies inside the image
+    if (!classes) {  // every tap of every patch lies inside the image
       real_bits.assign(rows, g.channels_per_group * g.taps());
       return;
     }
     real_bits.resize(rows);
-    padded_bits.resize(rows * cols);
+    int64_t oy = p0 / g.ow % g.oh, ox = p0 % g.ow;
     for (int64_t r = 0; r < rows; ++r) {
-      real_bits[r] = g.channels_per_group * padded_taps(g, p0 + r, taps);
-      if (taps.empty()) continue;
-      int32_t* bits = padded_bits.data() + r * cols;
-      for (int64_t c = 0; c < cols; ++c) {
-        bits[c] = 0;
-        for (int64_t t : taps) bits[c] += tap_bits[(o0 + c) * g.taps() + t];
-      }
-      padded[r] = bits;
+      const int64_t k = classes->of(oy, ox);
+      real_bits[r] = classes->real_bits[k];
+      if (!classes->interior[k]) padded[r] = classes->outside_bits.data() + k * filters + o0;
+      if (++ox == g.ow) ox = 0, oy = (oy + 1) % g.oh;
     }
   }
 };
@@ -398,9 +561,12 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
   }
   const word_t* a = reinterpret_cast<const word_t*>(patches.data_ptr<int64_t>());
   const word_t* w8 = reinterpret_cast<const word_t*>(weight.data_ptr<int64_t>());
-  const bool padded = g.ph > 0 || g.pw > 0;
-  std::vector<int32_t> tap_bits(padded ? filters * g.taps() : 0);
-  if (padded) tap_popcounts(w8, g.groups, per_group, g.taps(), g.words_per_group, tap_bits.data());
+  std::unique_ptr<BorderClasses> classes;
+  if (g.ph > 0 || g.pw > 0) {
+    std::vector<int32_t> tap_bits(filters * g.taps());
+    tap_popcounts(w8, g.groups, per_group, g.taps(), g.words_per_group, tap_bits.data());
+    classes = std::make_unique<BorderClasses>(g, tap_bits.data(), filters);
+  }
   const scalar_t* alpha_data = alpha.data_ptr<scalar_t>();
   const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
   scalar_t* out_data = out.data_ptr<scalar_t>();
@@ -411,14 +577,15 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
   const bool wide = wide_popcount();
   const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
   static_assert(kTileCols % kLanes == 0, "a tile's first filter starts an interleaved block");
-  at::parallel_for(0, row_tiles * col_tiles * g.groups, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tile_work = std::min(kTileRows, pixels) * std::min(kTileCols, per_group) * g.depth();  // popcounts
+  at::parallel_for(0, row_tiles * col_tiles * g.groups, grain_for(tile_work), [&](int64_t begin, int64_t end) {
     RowTerms terms;
     for (int64_t t = begin; t < end; ++t) {
       const int64_t group = t / (row_tiles * col_tiles), tile = t % (row_tiles * col_tiles);
       const int64_t p0 = tile / col_tiles * kTileRows, rows = std::min(kTileRows, pixels - p0);
       const int64_t o0 = group * per_group + tile % col_tiles * kTileCols;
       const int64_t cols = std::min(kTileCols, (group + 1) * per_group - o0);
-      terms.fill(g, p0, rows, o0, cols, tap_bits.data());
+      terms.fill(g, p0, rows, o0, filters, classes.get());
       const Epilogue<scalar_t> e{terms.real_bits.data(), terms.padded.data(), alpha_data + o0,
                                  bias_data ? bias_data + o0 : nullptr, out_data + p0 * filters + o0, filters};
       const word_t* rows_a = a + p0 * lda + group * g.depth();
