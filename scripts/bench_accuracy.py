@@ -1,13 +1,18 @@
 """Real-data accuracy on Fashion-MNIST: LeNet-5 as full precision, BWN and XNOR-Net (the
-binary nets also distilled from the full-precision run), and the zoo's ResNet-20 as float,
-as ReActNet's two-stage recipe and as the same recipe in one stage.
+binary nets also distilled from the full-precision run), LeNet-5 XNOR-Net with today's
+ingredients in two stages and in one, and the zoo's ResNet-20 as float, as ReActNet's
+two-stage recipe and as the same recipe in one stage.
 
 Each variant runs through the normal command line (`python -m xnortrain --config CONFIG
 --set ...`) with the seed of its round. The LeNet-5 rows use configs/fashion_mnist_lenet.yaml
 (Adam, weight decay 1e-4, batch 128, cosine learning-rate decay over the epochs, the rate
 changing every step, the `xnor` gradient rule; lr 0.001 for full precision, 0.002 for BWN and
 0.003 for XNOR-Net), for --epochs epochs; their distilled rows set `distill.teacher` to the
-last.pt of the full-precision run of the same seed (weight 0.5, temperature 1). The ResNet-20
+last.pt of the full-precision run of the same seed (weight 0.5, temperature 1). The
+`lenet5-reactnet` rows are the shipped configs as they are, with their own epochs: stage 1
+(fashion_mnist_lenet_reactnet_stage1.yaml, binary inputs and real weights, 7 epochs), stage 2
+(fashion_mnist_lenet_reactnet.yaml, everything binary, 8 epochs, started from stage 1), and the
+one-stage control: stage 2's recipe for 15 epochs from a fresh initialisation. The ResNet-20
 rows are the shipped configs as they are, with their own epochs: the float twin
 (fashion_mnist_resnet_float.yaml, 12 epochs), stage 1 (fashion_mnist_resnet_stage1.yaml,
 binary inputs and real weights, 6 epochs), stage 2 (fashion_mnist_resnet.yaml, everything
@@ -23,7 +28,7 @@ variant's mean, range and mean gap.
 
     python scripts/bench_accuracy.py                  # every row, seed 0
     python scripts/bench_accuracy.py --seeds 0 1 2 --jobs 2   # three seeds, two runs at a time
-    python scripts/bench_accuracy.py --only lenet5    # the LeNet-5 rows alone (or: resnet20)
+    python scripts/bench_accuracy.py --only lenet5    # the 2016 LeNet-5 rows alone (or: lenet5-reactnet, resnet20)
     python scripts/bench_accuracy.py --epochs 3       # shorter LeNet-5 runs (the cosine decay spans them)
     python scripts/bench_accuracy.py --quick          # 1 epoch each on the first 10,000 images
 """
@@ -73,6 +78,7 @@ def directory_of(name: str) -> str:
 
 
 FULL_PRECISION = "full precision"
+LENET_STAGE1 = "XNOR-Net ReActNet stage 1"
 RESNET_FLOAT = "ResNet-20 float"
 RESNET_STAGE1 = "ResNet-20 stage 1"
 LENET = "fashion_mnist_lenet.yaml"
@@ -86,6 +92,12 @@ VARIANTS = {
     "XNOR-Net": Variant("lenet5", LENET, XNOR, FULL_PRECISION),
     "BWN distilled": Variant("lenet5", LENET, BINARY_WEIGHTS + DISTILLED, FULL_PRECISION, (FULL_PRECISION,)),
     "XNOR-Net distilled": Variant("lenet5", LENET, XNOR + DISTILLED, FULL_PRECISION, (FULL_PRECISION,)),
+    LENET_STAGE1: Variant("lenet5-reactnet", "fashion_mnist_lenet_reactnet_stage1.yaml", (), FULL_PRECISION, epochs=7),
+    "XNOR-Net ReActNet two-stage": Variant(
+        "lenet5-reactnet", "fashion_mnist_lenet_reactnet.yaml", (f"model.init_from={run_of(LENET_STAGE1)}",),
+        FULL_PRECISION, (LENET_STAGE1,), epochs=8),
+    "XNOR-Net ReActNet one-stage": Variant(
+        "lenet5-reactnet", "fashion_mnist_lenet_reactnet.yaml", ("model.init_from=null",), FULL_PRECISION, epochs=15),
     RESNET_FLOAT: Variant("resnet20", "fashion_mnist_resnet_float.yaml", (), RESNET_FLOAT, epochs=12),
     RESNET_STAGE1: Variant("resnet20", "fashion_mnist_resnet_stage1.yaml", (), RESNET_FLOAT, epochs=6),
     "ResNet-20 ReActNet two-stage": Variant(
@@ -95,7 +107,23 @@ VARIANTS = {
         "resnet20", "fashion_mnist_resnet.yaml", ("model.init_from=null", RESNET_TEACHER), RESNET_FLOAT,
         (RESNET_FLOAT,), epochs=12),
 }
-MODELS = sorted({v.model for v in VARIANTS.values()})
+GROUPS = list(dict.fromkeys(v.model for v in VARIANTS.values()))
+
+
+def with_prerequisites(names: list[str]) -> list[str]:
+    """`names` and every variant they start from, distil from or take their gap against,
+    in the table's order."""
+    chosen = set()
+
+    def add(name: str) -> None:
+        if name not in chosen:
+            chosen.add(name)
+            for other in (*VARIANTS[name].needs, VARIANTS[name].twin):
+                add(other)
+
+    for name in names:
+        add(name)
+    return [name for name in VARIANTS if name in chosen]
 
 
 QUICK_SUBSET = 10_000  # --quick: 1 epoch on the first 10,000 training images
@@ -183,7 +211,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 epoch each on the first 10,000 training images")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed of each round (default: 0)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs of each LeNet-5 run (default: 15)")
-    parser.add_argument("--only", nargs="+", choices=MODELS, default=MODELS, help="the rows of these models alone")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=GROUPS,
+                        help="these groups of rows alone, with the rows they start from or compare against")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, the CPU cores split between them (default: 1)")
     parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
@@ -192,7 +221,7 @@ def main() -> None:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     out_dir = Path(args.out)
-    names = [name for name, variant in VARIANTS.items() if variant.model in args.only]
+    names = with_prerequisites([name for name, variant in VARIANTS.items() if variant.model in args.only])
     rows = run_all(names, args.seeds, args.epochs, args.quick, out_dir, args.jobs)
     table = markdown(rows, args.jobs)
     print(table)

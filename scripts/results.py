@@ -1,6 +1,6 @@
 """Run the benchmarks and write docs/results.md (and one JSON file per benchmark beside it).
 
-    python scripts/results.py            # every benchmark, full size (hours: accuracy trains 3 seeds)
+    python scripts/results.py            # every benchmark, full size (hours: the accuracy rows train 3 seeds)
     python scripts/results.py --quick    # every benchmark's --quick form (minutes)
     python scripts/results.py --only binop inference   # re-runs these, keeps the other sections
 
@@ -26,9 +26,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # name: (title, script, full arguments, quick arguments); every script also takes --json PATH
 BENCHMARKS = {
-    "accuracy": ("Accuracy on the real Fashion-MNIST: LeNet-5 and ResNet-20, binary against float",
-                 "bench_accuracy",
-                 ["--seeds", "0", "1", "2", "--jobs", "2"], ["--quick"]),
+    "accuracy": ("Accuracy: LeNet-5 on the real Fashion-MNIST, full precision, BWN and XNOR-Net", "bench_accuracy",
+                 ["--only", "lenet5", "--seeds", "0", "1", "2", "--jobs", "2"], ["--only", "lenet5", "--quick"]),
+    "ingredients": ("Accuracy: LeNet-5 XNOR-Net with today's ingredients, in two stages and in one",
+                    "bench_accuracy", ["--only", "lenet5-reactnet", "--seeds", "0", "1", "2", "--jobs", "2"],
+                    ["--only", "lenet5-reactnet", "--quick"]),
+    "resnet": ("Accuracy: a binary ResNet-20 against its float twin", "bench_accuracy",
+               ["--only", "resnet20", "--seeds", "0", "1", "2", "--jobs", "2"], ["--only", "resnet20", "--quick"]),
     "binop": ("BinOp's cost in a training step (BinOp / plain step time)", "bench_binop", [], ["--quick"]),
     "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", "bench_inference", [],
                   ["--quick"]),

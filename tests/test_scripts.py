@@ -114,6 +114,18 @@ def test_bench_accuracy_runs_the_teachers_first_and_each_student_after_its_own(m
     assert finished.index((1, "ResNet-20 stage 1")) < finished.index((1, "ResNet-20 ReActNet two-stage"))
 
 
+def test_bench_accuracy_groups_bring_the_rows_they_start_from_or_compare_against():
+    bench = load_script("bench_accuracy")
+    reactnet = [name for name, v in bench.VARIANTS.items() if v.model == "lenet5-reactnet"]
+    assert bench.with_prerequisites(reactnet) == [bench.FULL_PRECISION, *reactnet]
+    assert bench.with_prerequisites(["XNOR-Net ReActNet two-stage"]) == [
+        bench.FULL_PRECISION, bench.LENET_STAGE1, "XNOR-Net ReActNet two-stage"]
+    resnet = [name for name, v in bench.VARIANTS.items() if v.model == "resnet20"]
+    assert bench.with_prerequisites(resnet) == resnet  # the ResNet rows' twin is a ResNet row
+    two, one = bench.VARIANTS["XNOR-Net ReActNet two-stage"], bench.VARIANTS["XNOR-Net ReActNet one-stage"]
+    assert one.config == two.config and one.epochs == two.epochs + bench.VARIANTS[bench.LENET_STAGE1].epochs
+
+
 def test_bench_accuracy_has_no_table_over_seeds_for_one_seed():
     bench = load_script("bench_accuracy")
     rows = [accuracy_row("full precision", 3, 0.92), accuracy_row("BWN", 3, 0.91), accuracy_row("XNOR-Net", 3, 0.90)]
@@ -133,8 +145,8 @@ def test_results_page_names_the_date_machine_torch_and_each_command():
     assert "`python scripts/bench_binop.py --quick` (1.5 min, 2026-01-02 03:04 UTC" in text
     assert "LeNet-5 eager 1.02" in text
     assert f"torch {torch.__version__}" in text and f"{os.cpu_count()} cores" in text
-    assert results.command_of("accuracy", quick=False)[1:] == ["scripts/bench_accuracy.py", "--seeds", "0", "1", "2",
-                                                                "--jobs", "2"]
+    assert results.command_of("accuracy", quick=False)[1:] == ["scripts/bench_accuracy.py", "--only", "lenet5",
+                                                                "--seeds", "0", "1", "2", "--jobs", "2"]
 
 
 def test_results_replaces_the_sections_it_runs_and_keeps_the_others(monkeypatch, tmp_path):

@@ -90,3 +90,22 @@ def test_the_shipped_two_stage_resnet_recipe_runs_its_three_commands(tmp_path):
     thresholds = [k for k in stage1 if k.endswith("input_shift")]
     assert len(thresholds) == 6 and all(stage1[k].any() for k in thresholds)  # learned in stage 1, carried over
     assert set(stage1) == set(stage2)
+
+
+def test_the_shipped_two_stage_lenet_recipe_runs_its_two_commands(tmp_path):
+    """Stage 1 (RSign inputs, real weights) then stage 2 (everything binary, from stage 1),
+    as shipped but for the data and length: stage 2 starts from stage 1's thresholds."""
+    small = ["data.name=synthetic", "data.synthetic_shape=[1,28,28]", "data.synthetic_train_size=32",
+             "data.synthetic_eval_size=16", "data.batch_size=16", "train.epochs=1"]
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+
+    def train(config: str, *sets: str) -> int:
+        return main(["--config", str(TESTS.parent / "configs" / f"{config}.yaml"),
+                     *[a for s in (*small, *sets) for a in ("--set", s)], "--quiet"])
+
+    assert train("fashion_mnist_lenet_reactnet_stage1", f"train.out_dir={stage1}") == 0
+    assert train("fashion_mnist_lenet_reactnet", f"train.out_dir={stage2}", f"model.init_from={stage1 / 'last.pt'}") == 0
+    first, second = weights(stage1 / "last.pt"), weights(stage2 / "last.pt")
+    thresholds = [k for k in first if k.endswith("input_shift")]
+    assert len(thresholds) == 2 and all(first[k].any() for k in thresholds)  # conv2's and fc3's, learned in stage 1
+    assert set(first) == set(second)
