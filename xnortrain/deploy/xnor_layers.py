@@ -45,7 +45,7 @@ class XnorLinear(nn.Module):
             self.register_buffer("kernel_words", kernel_layout(self.weight_words[:, None, None], 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha, bias = self.alpha.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        alpha, bias = in_dtype_of(self.alpha, x), in_dtype_of(self.bias, x)
         if self.native:
             return torch.ops.xnortrain.xnor_linear(x, self.kernel_words, alpha, bias, *input_map(self, x))
         a_words = channel_words(mapped(self, x.reshape(-1, self.in_features)) >= 0)  # (rows, words)
@@ -83,7 +83,7 @@ class XnorConv2d(nn.Module):
             self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha, bias = self.alpha.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
+        alpha, bias = in_dtype_of(self.alpha, x), in_dtype_of(self.bias, x)
         if self.native:
             return torch.ops.xnortrain.xnor_conv2d(x, self.kernel_words, alpha, bias, self.stride, self.padding,
                                                    self.dilation, self.groups, *input_map(self, x))
@@ -124,9 +124,16 @@ def register_input_map(layer: nn.Module) -> None:
 
 def input_map(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(a, b) in x's dtype for the native kernels, or (None, None)."""
-    if layer.input_scale is None:
+    scale = layer.input_scale
+    if scale is None:
         return None, None
-    return layer.input_scale.to(x.dtype), layer.input_bias.to(x.dtype)
+    return in_dtype_of(scale, x), in_dtype_of(layer.input_bias, x)
+
+
+def in_dtype_of(t: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """t in x's dtype: t itself where it already is (no call into torch, which a batch-1 pass
+    makes a few times per layer), None for None."""
+    return t if t is None or t.dtype == x.dtype else t.to(x.dtype)
 
 
 def mapped(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
