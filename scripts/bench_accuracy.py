@@ -9,10 +9,10 @@ Each variant runs through the normal command line (`python -m xnortrain --config
 changing every step, the `xnor` gradient rule; lr 0.001 for full precision, 0.002 for BWN and
 0.003 for XNOR-Net), for --epochs epochs; their distilled rows set `distill.teacher` to the
 last.pt of the full-precision run of the same seed (weight 0.5, temperature 1). The
-`lenet5-reactnet` rows are the shipped configs as they are, with their own epochs: stage 1
-(fashion_mnist_lenet_reactnet_stage1.yaml, binary inputs and real weights, 7 epochs), stage 2
-(fashion_mnist_lenet_reactnet.yaml, everything binary, 8 epochs, started from stage 1), and the
-one-stage control: stage 2's recipe for 15 epochs from a fresh initialisation. The ResNet-20
+`lenet5-reactnet` rows are the shipped configs as they are, with their own epochs: the
+one-stage recipe (fashion_mnist_lenet_reactnet.yaml, 15 epochs) and its two-stage form,
+stage 1 (fashion_mnist_lenet_reactnet_stage1.yaml, binary inputs and real weights, 7 epochs)
+then the one-stage config for 8 epochs started from stage 1. The ResNet-20
 rows are the shipped configs as they are, with their own epochs: the float twin
 (fashion_mnist_resnet_float.yaml, 12 epochs), stage 1 (fashion_mnist_resnet_stage1.yaml,
 binary inputs and real weights, 6 epochs), stage 2 (fashion_mnist_resnet.yaml, everything
@@ -96,8 +96,8 @@ VARIANTS = {
     "XNOR-Net ReActNet two-stage": Variant(
         "lenet5-reactnet", "fashion_mnist_lenet_reactnet.yaml", (f"model.init_from={run_of(LENET_STAGE1)}",),
         FULL_PRECISION, (LENET_STAGE1,), epochs=8),
-    "XNOR-Net ReActNet one-stage": Variant(
-        "lenet5-reactnet", "fashion_mnist_lenet_reactnet.yaml", ("model.init_from=null",), FULL_PRECISION, epochs=15),
+    "XNOR-Net ReActNet one-stage": Variant("lenet5-reactnet", "fashion_mnist_lenet_reactnet.yaml", (), FULL_PRECISION,
+                                           epochs=15),
     RESNET_FLOAT: Variant("resnet20", "fashion_mnist_resnet_float.yaml", (), RESNET_FLOAT, epochs=12),
     RESNET_STAGE1: Variant("resnet20", "fashion_mnist_resnet_stage1.yaml", (), RESNET_FLOAT, epochs=6),
     "ResNet-20 ReActNet two-stage": Variant(
