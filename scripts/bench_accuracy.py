@@ -56,11 +56,12 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 @dataclass(frozen=True)
 class Variant:
-    """One row: a shipped config, the settings that make the variant, the full-precision
-    variant its gap is taken against, the variants of the same seed it starts from or distils
-    from (`needs`), and its epochs (None: the benchmark's --epochs)."""
+    """One row: its group (what --only selects), a shipped config, the settings that make the
+    variant, the full-precision variant its gap is taken against, the variants of the same
+    seed it starts from or distils from (`needs`), and its epochs (None: the benchmark's
+    --epochs)."""
 
-    model: str
+    group: str
     config: str
     sets: tuple[str, ...]
     twin: str
@@ -107,7 +108,7 @@ VARIANTS = {
         "resnet20", "fashion_mnist_resnet.yaml", ("model.init_from=null", RESNET_TEACHER), RESNET_FLOAT,
         (RESNET_FLOAT,), epochs=12),
 }
-GROUPS = list(dict.fromkeys(v.model for v in VARIANTS.values()))
+GROUPS = list(dict.fromkeys(v.group for v in VARIANTS.values()))
 
 
 def with_prerequisites(names: list[str]) -> list[str]:
@@ -221,7 +222,7 @@ def main() -> None:
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     out_dir = Path(args.out)
-    names = with_prerequisites([name for name, variant in VARIANTS.items() if variant.model in args.only])
+    names = with_prerequisites([name for name, variant in VARIANTS.items() if variant.group in args.only])
     rows = run_all(names, args.seeds, args.epochs, args.quick, out_dir, args.jobs)
     table = markdown(rows, args.jobs)
     print(table)

@@ -116,11 +116,11 @@ def test_bench_accuracy_runs_the_teachers_first_and_each_student_after_its_own(m
 
 def test_bench_accuracy_groups_bring_the_rows_they_start_from_or_compare_against():
     bench = load_script("bench_accuracy")
-    reactnet = [name for name, v in bench.VARIANTS.items() if v.model == "lenet5-reactnet"]
+    reactnet = [name for name, v in bench.VARIANTS.items() if v.group == "lenet5-reactnet"]
     assert bench.with_prerequisites(reactnet) == [bench.FULL_PRECISION, *reactnet]
     assert bench.with_prerequisites(["XNOR-Net ReActNet two-stage"]) == [
         bench.FULL_PRECISION, bench.LENET_STAGE1, "XNOR-Net ReActNet two-stage"]
-    resnet = [name for name, v in bench.VARIANTS.items() if v.model == "resnet20"]
+    resnet = [name for name, v in bench.VARIANTS.items() if v.group == "resnet20"]
     assert bench.with_prerequisites(resnet) == resnet  # the ResNet rows' twin is a ResNet row
     two, one = bench.VARIANTS["XNOR-Net ReActNet two-stage"], bench.VARIANTS["XNOR-Net ReActNet one-stage"]
     assert one.config == two.config and one.epochs == two.epochs + bench.VARIANTS[bench.LENET_STAGE1].epochs
