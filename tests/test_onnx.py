@@ -30,8 +30,8 @@ def ort():
 
 def run_onnx(ort, path: Path, x: torch.Tensor) -> torch.Tensor:
     """The logits onnxruntime computes from the ONNX file at `path`."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])
+    model = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(model.run(["logits"], {"input": x.numpy()})[0])
 
 
 def float_path(packed: Path, x: torch.Tensor) -> torch.Tensor:

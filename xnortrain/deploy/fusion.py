@@ -14,9 +14,9 @@ and folds into an XNOR-popcount layer on either side of it:
 The BatchNorm becomes an identity: one pass over the activations less, with the same values
 up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
 BatchNorm's dtype). The pairs are found on the model's graph (`torch.fx` symbolic tracing,
-the XNOR-popcount layers and the package's RPReLU and LearnedScale kept whole): a BatchNorm and a layer each called once, the one
-reading the other's output alone, which nothing else reads. A model that fx cannot trace
-keeps its BatchNorms.
+the XNOR-popcount layers and the package's RPReLU and LearnedScale kept whole): a BatchNorm
+and a layer each called once, the one reading the other's output alone, which nothing else
+reads. A model that fx cannot trace keeps its BatchNorms.
 """
 
 from __future__ import annotations

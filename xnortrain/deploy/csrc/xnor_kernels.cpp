@@ -82,14 +82,14 @@ struct Geometry {
 #if defined(__x86_64__)
 #define WIDE_TARGET __attribute__((target("avx512f,avx512vl,avx512dq,avx512vpopcntdq")))
 
-bool wide_popcount() {
+bool avx512_path() {
   static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vpopcntdq");
   const char* off = std::getenv("XNORTRAIN_NO_AVX512");
   return supported && !(off && *off && std::string(off) != "0");
 }
 #else
-bool wide_popcount() { return false; }
+bool avx512_path() { return false; }
 #endif
 
 // One word of sign bits from `bits` (<= 64) contiguous channels through their affine map
@@ -179,9 +179,10 @@ WIDE_TARGET void sign_words_planar_wide(const float* src, int64_t sc, const floa
 // Signs of a * x + b (x (N, C, H, W), a and b one per channel) into words
 // (N, H, W, groups, words_per_group), 64 channels a word. Channels-last input builds each
 // word from contiguous channels; other layouts go an image row at a time, one channel row
-// after another, so that reads stay sequential.
+// after another, so that reads stay sequential. `wide`: float32 input packs on AVX-512.
 template <typename scalar_t>
-void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const Geometry& g, word_t* packed) {
+void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const Geometry& g,
+                [[maybe_unused]] bool wide, word_t* packed) {
   const scalar_t* data = x.data_ptr<scalar_t>();
   const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   const int64_t pixel_words = g.groups * g.words_per_group;
@@ -200,7 +201,6 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
     });
   };
   if (sc == 1) {
-    [[maybe_unused]] const bool wide = wide_popcount();
     word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
       word_t* out = packed + row * g.w * pixel_words + word;
 #if defined(__x86_64__)
@@ -213,7 +213,6 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
     return;
   }
   // 32-bit halves, so that the compiler can compare and shift four float32 columns at once
-  [[maybe_unused]] const bool wide = wide_popcount();
   word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
 #if defined(__x86_64__)
     if constexpr (std::is_same_v<scalar_t, float>) {
@@ -550,8 +549,9 @@ template <typename scalar_t>
 void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& g, const at::Tensor& weight,
                       const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t filters = alpha.numel(), per_group = filters / g.groups, pixels = g.n * g.oh * g.ow;
+  const bool wide = avx512_path();
   auto words = at::empty({g.n * g.h * g.w * g.groups * g.words_per_group}, x.options().dtype(at::kLong));
-  pack_signs<scalar_t>(x, map.scale.data_ptr<scalar_t>(), map.bias.data_ptr<scalar_t>(), g,
+  pack_signs<scalar_t>(x, map.scale.data_ptr<scalar_t>(), map.bias.data_ptr<scalar_t>(), g, wide,
                        reinterpret_cast<word_t*>(words.data_ptr<int64_t>()));
   at::Tensor patches = words;
   if (!g.pointwise()) {
@@ -574,7 +574,6 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
   const int64_t row_tiles = (pixels + kTileRows - 1) / kTileRows;
   const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
   const int64_t lda = g.groups * g.depth();
-  const bool wide = wide_popcount();
   const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
   static_assert(kTileCols % kLanes == 0, "a tile's first filter starts an interleaved block");
   const int64_t tile_work = std::min(kTileRows, pixels) * std::min(kTileCols, per_group) * g.depth();  // popcounts
@@ -681,7 +680,7 @@ bool hardware_popcount() {
 #endif
 }
 
-std::string popcount_path() { return wide_popcount() ? "AVX-512 VPOPCNTDQ" : "64-bit POPCNT"; }
+std::string popcount_path() { return avx512_path() ? "AVX-512 VPOPCNTDQ" : "64-bit POPCNT"; }
 
 }  // namespace
 
