@@ -48,6 +48,7 @@ import io
 import json
 import logging
 import math
+import random
 import tempfile
 import time
 from functools import partial
@@ -101,12 +102,16 @@ def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
 @torch.no_grad()
 def interleaved_times(calls: dict, repeats: int) -> dict[str, list[float]]:
     """Seconds of each zero-argument call in each of `repeats` rounds (after one warm-up call
-    each): every round calls each once, in turn, in reverse order every other round."""
+    each): every round calls each once, in an order shuffled every round (a fixed seed). A call
+    right after a call of the same model finds that model's weights and activations in the
+    caches; in a fixed order, or one reversed every other round, the first and last calls
+    would follow themselves at every turn of the rounds and the others never."""
     for call in calls.values():
         call()
     times = {k: [] for k in calls}
-    for i in range(repeats):
-        for k in (list(calls) if i % 2 == 0 else list(reversed(calls))):
+    order = random.Random(0)
+    for _ in range(repeats):
+        for k in order.sample(list(calls), len(calls)):
             start = time.perf_counter()
             calls[k]()
             times[k].append(time.perf_counter() - start)
