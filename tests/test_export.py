@@ -290,6 +290,8 @@ def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels
                     f"{folded} BatchNorms folded into them; {float_layers} conv/linear layers on the float path")
     on_kernels = [m for m in fast.modules() if isinstance(m, XnorConv2d)]
     assert len(on_kernels) == binary_convs and all(m.native for m in on_kernels)
+    float_convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]  # channels-last, as the kernels' outputs
+    assert float_convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in float_convs)
     x = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(fast(x).argmax(1), float_path(x).argmax(1))

@@ -140,10 +140,22 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     if binary_kernels:
         rescaled = {name for name, q in hooked.items() if q.scale != "none"}
         folded = fusion.fold_batchnorms(model, input_hooked=hooked, output_hooked=rescaled) if fold_batchnorms else []
+        if native:
+            use_channels_last(model)
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
         print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}, {len(folded)} BatchNorms folded "
               f"into them; {layers} conv/linear layers on the float path", file=sys.stderr)
     return model
+
+
+def use_channels_last(model: nn.Module) -> None:
+    """Put the float Conv2d layers' weights in channels-last memory format, so that their
+    outputs are channels-last, as the native kernels' are: the tensors between layers then keep
+    one format (an add or a BatchNorm of a channels-last and a contiguous tensor takes PyTorch's
+    slow strided path) and a kernel packs its input's signs from contiguous channels."""
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d):
+            layer.to(memory_format=torch.channels_last)
 
 
 def exported_spec(path: str | Path) -> dict:
