@@ -36,6 +36,10 @@ def conv_cases() -> list[tuple]:
         size = (max(7, reach - 2 * padding + 3), max(6, reach - 2 * padding + 2))  # not square: H and W differ
         cases.append((c_in, (5, 67)[i % 2], k, stride, padding, dilation, 1, batch, size))
     cases += [(64, 6, 3, 1, 1, 1, 2, 7, (9, 8)), (63, 9, 3, 2, 2, 2, 3, 1, (11, 10)), (200, 8, 1, 1, 0, 1, 4, 1, (5, 6))]
+    # per-axis geometry (read in place: dilation along y only; gathered: along x), and output lines
+    # of several row tiles
+    cases += [(70, 9, 3, (2, 1), (0, 2), (2, 1), 1, 2, (12, 9)), (16, 16, 3, 1, 1, (1, 2), 1, 1, (9, 10)),
+              (16, 24, 3, 1, 1, 1, 1, 2, (5, 70)), (130, 12, 1, (1, 2), 0, 1, 1, 3, (4, 9))]
     return cases
 
 
@@ -71,7 +75,7 @@ def test_kernel_layout_interleaves_each_groups_filters_eight_at_a_time():
 def test_xnor_conv_counts_exactly_what_the_float_conv_sums(native, c_in, c_out, k, stride, padding, dilation,
                                                            groups, batch, size):
     signs = random_signs(c_out, c_in // groups, k, k, seed=c_in * k)
-    x = random_signs(batch, c_in, *size, seed=stride + padding)
+    x = random_signs(batch, c_in, *size, seed=c_in + c_out * batch)
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, groups=groups)
     layer = XnorConv2d(conv, signs >= 0, torch.ones(c_out), None, native=native)
     expected = nn.functional.conv2d(x.double(), signs.double(), None, stride, padding, dilation, groups)

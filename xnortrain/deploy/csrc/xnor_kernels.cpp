@@ -8,12 +8,15 @@
 // at a time, (groups, blocks, KH, KW, words, 8) int64 with zero filters filling the last block
 // (`kernel_layout` in xnor_layers.py, done once when a layer is built), so that both popcount
 // paths read eight filters' words of one patch position side by side. The input is packed to
-// (N, H, W, groups, words), output pixel rows are gathered (binary im2col) into
-// (pixels, groups, KH * KW * words) and multiplied by the weights as a packed GEMM:
+// (N, H, W, groups, words) and multiplied by the weights as a packed GEMM, a row of A being an
+// output pixel's patch (KH * KW * words per group):
 //
 //     dot(a, w) = C * taps - 2 * popcount(A XOR W)
 //
-// Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word in A, so its
+// With one group and no dilation along x, a patch's kernel row is kw adjacent pixels of the
+// packed input, so A is read in place (an implicit GEMM) from an input packed with a border
+// of zero words as wide as the padding; otherwise the patches are gathered first (binary
+// im2col). Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word in A, so its
 // XOR counts the weight's own set bits, which the epilogue takes back out
 // (popcount(W[o, tap]) per padded tap) before out = alpha_o * dot + bias_o.
 //
@@ -176,13 +179,33 @@ WIDE_TARGET void sign_words_planar_wide(const float* src, int64_t sc, const floa
 }
 #endif
 
-// Signs of a * x + b (x (N, C, H, W), a and b one per channel) into words
-// (N, H, W, groups, words_per_group), 64 channels a word. Channels-last input builds each
-// word from contiguous channels; other layouts go an image row at a time, one channel row
-// after another, so that reads stay sequential. `wide`: float32 input packs on AVX-512.
+// The packed input, pixels of `groups * words_per_group` words, channels-last: image row y of
+// image n starts at first + n * image_words + y * row_words. Bordered, it holds the zero
+// padding as zero words around each image (`ph` rows above and below, `pw` pixels left and
+// right), so that a patch's kernel row lies in place as kw adjacent pixels.
+struct PackedInput {
+  at::Tensor words;
+  word_t* first;
+  int64_t row_words, image_words;
+
+  PackedInput(const at::Tensor& x, const Geometry& g, bool bordered) {
+    const int64_t pixel_words = g.groups * g.words_per_group, ph = bordered ? g.ph : 0, pw = bordered ? g.pw : 0;
+    row_words = (g.w + 2 * pw) * pixel_words, image_words = (g.h + 2 * ph) * row_words;
+    const auto options = x.options().dtype(at::kLong);
+    words = ph || pw ? at::zeros({g.n * image_words}, options) : at::empty({g.n * image_words}, options);
+    first = reinterpret_cast<word_t*>(words.data_ptr<int64_t>()) + ph * row_words + pw * pixel_words;
+  }
+
+  word_t* row(int64_t n, int64_t y) const { return first + n * image_words + y * row_words; }
+};
+
+// Signs of a * x + b (x (N, C, H, W), a and b one per channel) into the packed input's words,
+// 64 channels a word. Channels-last input builds each word from contiguous channels; other
+// layouts go an image row at a time, one channel row after another, so that reads stay
+// sequential. `wide`: float32 input packs on AVX-512.
 template <typename scalar_t>
 void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const Geometry& g,
-                [[maybe_unused]] bool wide, word_t* packed) {
+                [[maybe_unused]] bool wide, const PackedInput& packed) {
   const scalar_t* data = x.data_ptr<scalar_t>();
   const int64_t sn = x.stride(0), sc = x.stride(1), sh = x.stride(2), sw = x.stride(3);
   const int64_t pixel_words = g.groups * g.words_per_group;
@@ -202,7 +225,7 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
   };
   if (sc == 1) {
     word_slots([&](const scalar_t* src, int64_t row, int64_t word, int64_t channel, int64_t bits) {
-      word_t* out = packed + row * g.w * pixel_words + word;
+      word_t* out = packed.row(row / g.h, row % g.h) + word;
 #if defined(__x86_64__)
       if constexpr (std::is_same_v<scalar_t, float>) {
         if (wide) return sign_words_wide(src, sw, a + channel, b + channel, bits, g.w, out, pixel_words);
@@ -218,7 +241,7 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (wide && sw == 1)
         return sign_words_planar_wide(src, sc, a + channel, b + channel, bits, g.w,
-                                      packed + row * g.w * pixel_words + word, pixel_words);
+                                      packed.row(row / g.h, row % g.h) + word, pixel_words);
     }
 #endif
     std::vector<uint32_t> low(g.w, 0), high(g.w, 0);
@@ -233,51 +256,21 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
         for (int64_t col = 0; col < g.w; ++col) half[col] |= uint32_t{values[col * sw] * ai + bi >= 0} << shift;
       }
     }
-    for (int64_t col = 0; col < g.w; ++col)
-      packed[(row * g.w + col) * pixel_words + word] = word_t{high[col]} << 32 | low[col];
+    word_t* out = packed.row(row / g.h, row % g.h) + word;
+    for (int64_t col = 0; col < g.w; ++col) out[col * pixel_words] = word_t{high[col]} << 32 | low[col];
   });
 }
 
-// One kernel row's words of every patch along output line `patch_rows` (kernel row i at
-// input row y, `inside` whether y lies in the image) when a kernel row's taps are adjacent
-// pixels (one group, no dilation along x): the taps inside the image are adjacent words in
-// both the packed input and the patch, so an interior patch copies kw * words words at once.
-void gather_kernel_row(const word_t* packed_row, bool inside, const Geometry& g, int64_t i, word_t* patch_rows) {
-  const int64_t span = g.kw * g.words_per_group, row_words = g.depth();
-  for (int64_t ox = 0; ox < g.ow; ++ox) {
-    word_t* taps = patch_rows + ox * row_words + i * span;
-    const int64_t x0 = ox * g.sw - g.pw;
-    if (inside && x0 >= 0 && x0 + g.kw <= g.w) {
-      const word_t* src = packed_row + x0 * g.words_per_group;
-      for (int64_t k = 0; k < span; ++k) taps[k] = src[k];
-      continue;
-    }
-    const int64_t first = inside ? std::clamp<int64_t>(-x0, 0, g.kw) * g.words_per_group : span;
-    const int64_t last = inside ? std::clamp<int64_t>(g.w - x0, 0, g.kw) * g.words_per_group : span;
-    for (int64_t k = 0; k < span; ++k) taps[k] = k >= first && k < last ? packed_row[x0 * g.words_per_group + k] : 0;
-  }
-}
-
-// Patch rows (pixels, groups, taps * words) from the packed input; taps outside the image
-// are zero words. Output lines go to the threads, kernel row after kernel row within a line
-// (`gather_kernel_row` where a row's taps are adjacent); otherwise tap by tap, a tap of one
-// word (up to 64 channels in one group) copied as a word, wider ones word by word.
-void gather_patches(const word_t* packed, const Geometry& g, word_t* patches) {
+// Patch rows (pixels, groups, taps * words) gathered from the packed input (not bordered), for
+// the layers whose patches do not lie in place (several groups, or dilation along x); taps
+// outside the image are zero words. Output lines go to the threads; a tap of one word (up to
+// 64 channels in one group) is copied as a word, wider ones word by word.
+void gather_patches(const PackedInput& packed, const Geometry& g, word_t* patches) {
   const int64_t pixel_words = g.groups * g.words_per_group, row_words = g.groups * g.depth();
-  const bool adjacent_taps = g.groups == 1 && g.dw == 1;
   at::parallel_for(0, g.n * g.oh, grain_for(g.ow * row_words), [&](int64_t begin, int64_t end) {
     for (int64_t line = begin; line < end; ++line) {
       const int64_t n = line / g.oh, oy = line % g.oh;
-      word_t* line_rows = patches + line * g.ow * row_words;
-      if (adjacent_taps) {
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t y = oy * g.sh - g.ph + i * g.dh;
-          const bool inside = y >= 0 && y < g.h;
-          gather_kernel_row(packed + (n * g.h + (inside ? y : 0)) * g.w * pixel_words, inside, g, i, line_rows);
-        }
-        continue;
-      }
-      word_t* row = line_rows;
+      word_t* row = patches + line * g.ow * row_words;
       for (int64_t ox = 0; ox < g.ow; ++ox, row += row_words) {
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t y = oy * g.sh - g.ph + i * g.dh;
@@ -289,7 +282,7 @@ void gather_patches(const word_t* packed, const Geometry& g, word_t* patches) {
                 std::fill_n(tap + group * g.depth(), g.words_per_group, word_t{0});
               continue;
             }
-            const word_t* src = packed + ((n * g.h + y) * g.w + x) * pixel_words;
+            const word_t* src = packed.row(n, y) + x * pixel_words;
             if (pixel_words == 1) {  // up to 64 channels, one group: one word (a loop here becomes a memmove call)
               *tap = *src;
               continue;
@@ -316,6 +309,19 @@ struct Epilogue {
   int64_t ldo;
 };
 
+// The patch rows a tile multiplies, `span` words for each of `kernel_rows` kernel rows: word
+// i * span + k of row r (kernel row i) at a[i * kernel_row_step + r * lda + k]. Gathered rows
+// are one span of all their words; rows read in place from the bordered packed input have one
+// span per kernel row (its kw taps, adjacent pixels), lda the words from one output pixel's
+// patch to the next's (the stride times a pixel's words).
+struct PatchRows {
+  const word_t* a;
+  int64_t lda, span, kernel_rows, kernel_row_step;
+
+  int64_t depth() const { return kernel_rows * span; }
+  PatchRows from(int64_t r) const { return {a + r * lda, lda, span, kernel_rows, kernel_row_step}; }
+};
+
 template <typename scalar_t>
 inline void finish(const Epilogue<scalar_t>& e, int64_t r, int64_t c, int64_t count) {
   const int64_t differ = count - (e.padded[r] ? e.padded[r][c] : 0);
@@ -324,18 +330,22 @@ inline void finish(const Epilogue<scalar_t>& e, int64_t r, int64_t c, int64_t co
 }
 
 // out for an MR x NR block of patch rows and filters: popcount(A[r] XOR W[c]) accumulated in
-// registers over `depth` words, then the epilogue. `w` points at filter c0's lane of its
+// registers over the rows' words, then the epilogue. `w` points at filter c0's lane of its
 // interleaved block, so filter c0 + c's word d is w[d * kLanes + c].
 template <typename scalar_t, int MR, int NR>
-POPCOUNT_TARGET inline void xnor_block(const word_t* a, int64_t lda, const word_t* w, int64_t depth,
-                                       const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
+POPCOUNT_TARGET inline void xnor_block(const PatchRows& p, const word_t* w, const Epilogue<scalar_t>& e, int64_t r0,
+                                       int64_t c0) {
   int64_t acc[MR][NR] = {};
-  for (int64_t d = 0; d < depth; ++d) {
-    word_t av[MR], wv[NR];
-    for (int r = 0; r < MR; ++r) av[r] = a[r * lda + d];
-    for (int c = 0; c < NR; ++c) wv[c] = w[d * kLanes + c];
-    for (int r = 0; r < MR; ++r)
-      for (int c = 0; c < NR; ++c) acc[r][c] += __builtin_popcountll(av[r] ^ wv[c]);
+  for (int64_t i = 0; i < p.kernel_rows; ++i) {
+    const word_t* a = p.a + i * p.kernel_row_step;
+    const word_t* wi = w + i * p.span * kLanes;
+    for (int64_t k = 0; k < p.span; ++k) {
+      word_t av[MR], wv[NR];
+      for (int r = 0; r < MR; ++r) av[r] = a[r * p.lda + k];
+      for (int c = 0; c < NR; ++c) wv[c] = wi[k * kLanes + c];
+      for (int r = 0; r < MR; ++r)
+        for (int c = 0; c < NR; ++c) acc[r][c] += __builtin_popcountll(av[r] ^ wv[c]);
+    }
   }
   for (int r = 0; r < MR; ++r)
     for (int c = 0; c < NR; ++c) finish(e, r0 + r, c0 + c, acc[r][c]);
@@ -347,24 +357,23 @@ inline const word_t* filter_lane(const word_t* w8, int64_t c, int64_t depth) {
 }
 
 template <typename scalar_t, int MR>
-POPCOUNT_TARGET void xnor_rows(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t cols,
-                               const Epilogue<scalar_t>& e, int64_t r0) {
+POPCOUNT_TARGET void xnor_rows(const PatchRows& p, const word_t* w8, int64_t cols, const Epilogue<scalar_t>& e,
+                               int64_t r0) {
   static_assert(kLanes % kBlockCols == 0, "a register block of filters lies within one interleaved block");
   int64_t c = 0;
   for (; c + kBlockCols <= cols; c += kBlockCols)
-    xnor_block<scalar_t, MR, kBlockCols>(a, lda, filter_lane(w8, c, depth), depth, e, r0, c);
-  for (; c < cols; ++c) xnor_block<scalar_t, MR, 1>(a, lda, filter_lane(w8, c, depth), depth, e, r0, c);
+    xnor_block<scalar_t, MR, kBlockCols>(p, filter_lane(w8, c, p.depth()), e, r0, c);
+  for (; c < cols; ++c) xnor_block<scalar_t, MR, 1>(p, filter_lane(w8, c, p.depth()), e, r0, c);
 }
 
-// A tile: rows of A (patches) against cols filters of W (interleaved, from the tile's first
-// filter, which starts a block), `depth` words each.
+// A tile: rows patch rows against cols filters of W (interleaved, from the tile's first
+// filter, which starts a block).
 template <typename scalar_t>
-POPCOUNT_TARGET void xnor_tile(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
-                               int64_t cols, const Epilogue<scalar_t>& e) {
+POPCOUNT_TARGET void xnor_tile(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
+                               const Epilogue<scalar_t>& e) {
   int64_t r = 0;
-  for (; r + kBlockRows <= rows; r += kBlockRows)
-    xnor_rows<scalar_t, kBlockRows>(a + r * lda, lda, w8, depth, cols, e, r);
-  for (; r < rows; ++r) xnor_rows<scalar_t, 1>(a + r * lda, lda, w8, depth, cols, e, r);
+  for (; r + kBlockRows <= rows; r += kBlockRows) xnor_rows<scalar_t, kBlockRows>(p.from(r), w8, cols, e, r);
+  for (; r < rows; ++r) xnor_rows<scalar_t, 1>(p.from(r), w8, cols, e, r);
 }
 
 #if defined(__x86_64__)
@@ -402,18 +411,23 @@ WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r0, int
 }
 
 template <typename scalar_t, int MR, int NB>
-WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t cols,
-                                 const Epilogue<scalar_t>& e, int64_t r0, int64_t c0) {
+WIDE_TARGET void xnor_block_wide(const PatchRows& p, const word_t* w8, int64_t cols, const Epilogue<scalar_t>& e,
+                                 int64_t r0, int64_t c0) {
+  const int64_t depth = p.depth();
   __m512i acc[MR][NB];
   for (int r = 0; r < MR; ++r)
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_si512();
-  for (int64_t d = 0; d < depth; ++d) {
+  const word_t* a = p.a;
+  const int64_t lda = p.lda, span = p.span, step = p.kernel_row_step;
+  for (int64_t d = 0, k = 0; d < depth; ++d) {
     __m512i wv[NB];
     for (int b = 0; b < NB; ++b) wv[b] = _mm512_loadu_si512(w8 + (b * depth + d) * kWide);
     for (int r = 0; r < MR; ++r) {
-      const __m512i av = _mm512_set1_epi64(static_cast<long long>(a[r * lda + d]));
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_add_epi64(acc[r][b], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv[b])));
+      const __m512i av = _mm512_set1_epi64(static_cast<long long>(a[r * lda + k]));
+      for (int b = 0; b < NB; ++b)
+        acc[r][b] = _mm512_add_epi64(acc[r][b], _mm512_popcnt_epi64(_mm512_xor_si512(av, wv[b])));
     }
+    if (++k == span) k = 0, a += step;
   }
   for (int b = 0; b < NB; ++b) {
     __m512i counts[MR];
@@ -423,21 +437,20 @@ WIDE_TARGET void xnor_block_wide(const word_t* a, int64_t lda, const word_t* w8,
 }
 
 template <typename scalar_t, int NB>
-WIDE_TARGET void xnor_rows_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
-                                int64_t cols, const Epilogue<scalar_t>& e, int64_t c) {
+WIDE_TARGET void xnor_rows_wide(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
+                                const Epilogue<scalar_t>& e, int64_t c) {
   int64_t r = 0;
-  for (; r + kBlockRows <= rows; r += kBlockRows)
-    xnor_block_wide<scalar_t, kBlockRows, NB>(a + r * lda, lda, w8, depth, cols, e, r, c);
-  for (; r < rows; ++r) xnor_block_wide<scalar_t, 1, NB>(a + r * lda, lda, w8, depth, cols, e, r, c);
+  for (; r + kBlockRows <= rows; r += kBlockRows) xnor_block_wide<scalar_t, kBlockRows, NB>(p.from(r), w8, cols, e, r, c);
+  for (; r < rows; ++r) xnor_block_wide<scalar_t, 1, NB>(p.from(r), w8, cols, e, r, c);
 }
 
 template <typename scalar_t>
-WIDE_TARGET void xnor_tile_wide(const word_t* a, int64_t lda, const word_t* w8, int64_t depth, int64_t rows,
-                                int64_t cols, const Epilogue<scalar_t>& e) {
+WIDE_TARGET void xnor_tile_wide(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
+                                const Epilogue<scalar_t>& e) {
   int64_t c = 0;
   for (; c + kWide * kWideBlocks <= cols; c += kWide * kWideBlocks)
-    xnor_rows_wide<scalar_t, kWideBlocks>(a, lda, w8 + c / kWide * depth * kWide, depth, rows, cols, e, c);
-  for (; c < cols; c += kWide) xnor_rows_wide<scalar_t, 1>(a, lda, w8 + c / kWide * depth * kWide, depth, rows, cols, e, c);
+    xnor_rows_wide<scalar_t, kWideBlocks>(p, w8 + c / kWide * p.depth() * kWide, rows, cols, e, c);
+  for (; c < cols; c += kWide) xnor_rows_wide<scalar_t, 1>(p, w8 + c / kWide * p.depth() * kWide, rows, cols, e, c);
 }
 
 #endif
@@ -540,26 +553,80 @@ struct RowTerms {
 };
 
 // The affine map of the input before its sign, a and b one per input channel: a folded
-// BatchNorm's, or a = 1 and b = 0.
+// BatchNorm's (tensors), or, undefined, a = 1 and b = 0.
 struct InputMap {
   at::Tensor scale, bias;
+};
+
+// An InputMap's a and b as pointers; the identity map's ones and zeros are held here, so that a
+// layer without a folded BatchNorm allocates no tensors for them.
+template <typename scalar_t>
+struct ChannelMap {
+  std::vector<scalar_t> ones, zeros;
+  const scalar_t *scale, *bias;
+
+  ChannelMap(const InputMap& map, int64_t channels) {
+    if (map.scale.defined()) {
+      scale = map.scale.data_ptr<scalar_t>(), bias = map.bias.data_ptr<scalar_t>();
+      return;
+    }
+    ones.assign(channels, scalar_t(1)), zeros.assign(channels, scalar_t(0));
+    scale = ones.data(), bias = zeros.data();
+  }
+};
+
+// The row tiles of a conv's output, up to kTileRows output pixels each, with their patch
+// rows. Read in place (`PackedInput` bordered), a tile lies within one output line, along which
+// the patches are a constant stride apart; gathered, or a 1x1 conv's packed pixels, tiles run
+// over all pixels.
+struct RowTiles {
+  const Geometry& g;
+  const PackedInput& packed;
+  const word_t* gathered;  // null: read in place, or the packed pixels of a 1x1 conv of stride 1
+  int64_t per_line, count;
+
+  RowTiles(const Geometry& g, const PackedInput& packed, const word_t* gathered)
+      : g(g), packed(packed), gathered(gathered), per_line((g.ow + kTileRows - 1) / kTileRows) {
+    count = in_place() ? g.n * g.oh * per_line : (g.n * g.oh * g.ow + kTileRows - 1) / kTileRows;
+  }
+
+  bool in_place() const { return !gathered && !g.pointwise(); }
+  int64_t full_rows() const { return std::min(kTileRows, in_place() ? g.ow : g.n * g.oh * g.ow); }
+
+  struct Tile {
+    int64_t first_pixel, rows;
+    PatchRows patches;
+  };
+
+  Tile operator()(int64_t tile, int64_t group) const {
+    if (in_place()) {
+      const int64_t line = tile / per_line, ox = tile % per_line * kTileRows;
+      const word_t* a = packed.row(line / g.oh, line % g.oh * g.sh - g.ph) + (ox * g.sw - g.pw) * g.words_per_group;
+      return {line * g.ow + ox, std::min(kTileRows, g.ow - ox),
+              {a, g.sw * g.words_per_group, g.kw * g.words_per_group, g.kh, g.dh * packed.row_words}};
+    }
+    const int64_t first = tile * kTileRows, lda = g.groups * g.depth();
+    const word_t* a = (gathered ? gathered : packed.first) + first * lda + group * g.depth();
+    return {first, std::min(kTileRows, g.n * g.oh * g.ow - first), {a, lda, g.depth(), 1, 0}};
+  }
 };
 
 template <typename scalar_t>
 void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& g, const at::Tensor& weight,
                       const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
-  const int64_t filters = alpha.numel(), per_group = filters / g.groups, pixels = g.n * g.oh * g.ow;
+  const int64_t filters = alpha.numel(), per_group = filters / g.groups;
   const bool wide = avx512_path();
-  auto words = at::empty({g.n * g.h * g.w * g.groups * g.words_per_group}, x.options().dtype(at::kLong));
-  pack_signs<scalar_t>(x, map.scale.data_ptr<scalar_t>(), map.bias.data_ptr<scalar_t>(), g, wide,
-                       reinterpret_cast<word_t*>(words.data_ptr<int64_t>()));
-  at::Tensor patches = words;
-  if (!g.pointwise()) {
-    patches = at::empty({pixels * g.groups * g.depth()}, words.options());
-    gather_patches(reinterpret_cast<const word_t*>(words.data_ptr<int64_t>()), g,
-                   reinterpret_cast<word_t*>(patches.data_ptr<int64_t>()));
+  // a patch's kernel rows lie in place in the bordered input where its taps along x are adjacent pixels
+  const bool in_place = g.groups == 1 && g.dw == 1 && !g.pointwise();
+  const PackedInput packed(x, g, in_place);
+  const ChannelMap<scalar_t> affine(map, g.groups * g.channels_per_group);
+  pack_signs<scalar_t>(x, affine.scale, affine.bias, g, wide, packed);
+  at::Tensor gathered;
+  if (!in_place && !g.pointwise()) {
+    gathered = at::empty({g.n * g.oh * g.ow * g.groups * g.depth()}, packed.words.options());
+    gather_patches(packed, g, reinterpret_cast<word_t*>(gathered.data_ptr<int64_t>()));
   }
-  const word_t* a = reinterpret_cast<const word_t*>(patches.data_ptr<int64_t>());
+  const RowTiles row_tiles(g, packed, gathered.defined() ? reinterpret_cast<const word_t*>(gathered.data_ptr<int64_t>()) : nullptr);
   const word_t* w8 = reinterpret_cast<const word_t*>(weight.data_ptr<int64_t>());
   std::unique_ptr<BorderClasses> classes;
   if (g.ph > 0 || g.pw > 0) {
@@ -571,32 +638,31 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
   const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
   scalar_t* out_data = out.data_ptr<scalar_t>();
 
-  const int64_t row_tiles = (pixels + kTileRows - 1) / kTileRows;
   const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
-  const int64_t lda = g.groups * g.depth();
   const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
   static_assert(kTileCols % kLanes == 0, "a tile's first filter starts an interleaved block");
-  const int64_t tile_work = std::min(kTileRows, pixels) * std::min(kTileCols, per_group) * g.depth();  // popcounts
-  at::parallel_for(0, row_tiles * col_tiles * g.groups, grain_for(tile_work), [&](int64_t begin, int64_t end) {
+  const int64_t tile_work = row_tiles.full_rows() * std::min(kTileCols, per_group) * g.depth();  // popcounts
+  const int64_t tiles = row_tiles.count * col_tiles;
+  at::parallel_for(0, tiles * g.groups, grain_for(tile_work), [&](int64_t begin, int64_t end) {
     RowTerms terms;
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t group = t / (row_tiles * col_tiles), tile = t % (row_tiles * col_tiles);
-      const int64_t p0 = tile / col_tiles * kTileRows, rows = std::min(kTileRows, pixels - p0);
+      const int64_t group = t / tiles, tile = t % tiles;
+      const RowTiles::Tile rows = row_tiles(tile / col_tiles, group);
       const int64_t o0 = group * per_group + tile % col_tiles * kTileCols;
       const int64_t cols = std::min(kTileCols, (group + 1) * per_group - o0);
-      terms.fill(g, p0, rows, o0, filters, classes.get());
+      terms.fill(g, rows.first_pixel, rows.rows, o0, filters, classes.get());
       const Epilogue<scalar_t> e{terms.real_bits.data(), terms.padded.data(), alpha_data + o0,
-                                 bias_data ? bias_data + o0 : nullptr, out_data + p0 * filters + o0, filters};
-      const word_t* rows_a = a + p0 * lda + group * g.depth();
+                                 bias_data ? bias_data + o0 : nullptr, out_data + rows.first_pixel * filters + o0,
+                                 filters};
       const int64_t block = group * group_blocks + (o0 - group * per_group) / kLanes;
       const word_t* tile_w8 = w8 + block * g.depth() * kLanes;
 #if defined(__x86_64__)
       if (wide) {
-        xnor_tile_wide<scalar_t>(rows_a, lda, tile_w8, g.depth(), rows, cols, e);
+        xnor_tile_wide<scalar_t>(rows.patches, tile_w8, rows.rows, cols, e);
         continue;
       }
 #endif
-      xnor_tile<scalar_t>(rows_a, lda, tile_w8, g.depth(), rows, cols, e);
+      xnor_tile<scalar_t>(rows.patches, tile_w8, rows.rows, cols, e);
     }
   });
 }
@@ -616,7 +682,7 @@ void check_layer(const at::Tensor& x, const at::Tensor& weight, const at::Tensor
 InputMap input_map(const at::Tensor& x, int64_t channels, const c10::optional<at::Tensor>& scale,
                    const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(scale.has_value() == bias.has_value(), "input_scale and input_bias come together");
-  if (!scale) return {at::ones({channels}, x.options()), at::zeros({channels}, x.options())};
+  if (!scale) return {};
   for (const at::Tensor& t : {*scale, *bias})
     TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.is_contiguous() && t.numel() == channels,
                 "input_scale and input_bias must hold one contiguous value of the input's dtype per input channel");
