@@ -1,4 +1,5 @@
-"""BatchNorm folded into the XNOR-popcount layers next to it: which pairs fold, and the outputs stay."""
+"""BatchNorm folded into the XNOR-popcount layers next to it and into the float convs before it:
+which pairs fold, and the outputs stay."""
 
 from __future__ import annotations
 
@@ -78,6 +79,39 @@ def test_a_batchnorm_between_two_layers_folds_once_into_the_first():
     x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         torch.testing.assert_close(model(x), before(x), rtol=1e-5, atol=1e-5)
+
+
+class FloatStem(nn.Module):
+    """A float stem conv -> BN -> ReLU (folds into the conv's weights), then a float conv with a
+    bias whose output a residual sum reads too -> BN (stays), and a binary layer."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(8)
+        self.stem, self.stem_norm = nn.Conv2d(3, 4, 3, padding=1, bias=False), trained_norm(4, 9)
+        self.side, self.side_norm = nn.Conv2d(4, 4, 1), trained_norm(4, 10)
+        for conv in (self.stem, self.side):
+            conv.weight.data = torch.randn(conv.weight.shape, generator=gen)
+        self.conv = xnor_conv(4, 4, 11)
+
+    def forward(self, x):
+        h = torch.relu(self.stem_norm(self.stem(x)))
+        y = self.side(h)
+        return self.conv(self.side_norm(y) + y)
+
+
+def test_a_batchnorm_after_a_float_conv_folds_into_its_weights_and_the_outputs_stay():
+    model = FloatStem().eval()
+    before = copy.deepcopy(model)
+    assert fold_batchnorms(model) == ["stem_norm"]
+    assert isinstance(model.stem_norm, nn.Identity) and isinstance(model.side_norm, nn.BatchNorm2d)
+    assert model.stem.bias is not None  # b, where the conv had no bias
+    x = torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(12))
+    with torch.no_grad():
+        torch.testing.assert_close(model.stem(x), before.stem_norm(before.stem(x)), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model(x), before(x), rtol=1e-5, atol=1e-4)
+    assert fold_batchnorms(hooked := FloatStem().eval(), output_hooked={"stem"}) == []  # K rescales its output
+    assert isinstance(hooked.stem_norm, nn.BatchNorm2d)
 
 
 def test_a_layer_whose_input_or_output_a_hook_changes_keeps_its_batchnorm_on_that_side():

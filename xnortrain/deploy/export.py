@@ -113,8 +113,10 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     (`xnor_layers.XnorConv2d`, `xnor_layers.XnorLinear`) holding its weights as packed words,
     with no float copy, on the native kernels where they load (`kernels.load`, which builds
     them on a machine's first use), and with `fold_batchnorms` each BatchNorm that alone reads
-    or feeds such a layer is folded into it (`fusion.fold_batchnorms`); it prints one line
-    saying how many layers run which path."""
+    or feeds such a layer is folded into it, and each that alone reads a float Conv2d into its
+    weights (`fusion.fold_batchnorms`); on the native kernels the float Conv2d layers are
+    channels-last (`use_channels_last`). It prints one line saying how many layers run which
+    path."""
     payload = _read(path)
     spec = payload["model"]
     model = build_model(spec["name"], spec["kwargs"], spec["num_classes"], spec["input_shape"][0])
@@ -144,7 +146,7 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
             use_channels_last(model)
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
         print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}, {len(folded)} BatchNorms folded "
-              f"into them; {layers} conv/linear layers on the float path", file=sys.stderr)
+              f"into the layers next to them; {layers} conv/linear layers on the float path", file=sys.stderr)
     return model
 
 

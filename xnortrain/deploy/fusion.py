@@ -1,4 +1,5 @@
-"""BatchNorm folded into the XNOR-popcount layers next to it, for inference.
+"""BatchNorm folded into the XNOR-popcount layers next to it, and into the float convs before
+it, for inference.
 
 In eval mode a BatchNorm is an affine map per channel,
 
@@ -10,6 +11,10 @@ and folds into an XNOR-popcount layer on either side of it:
   BN(y)_o = (a_o * alpha_o) * dot_o + (a_o * bias_o + b_o), a new alpha and bias;
 - before it, where the layer binarizes its input: sign(BN(x))_c = sign(a_c * x_c + b_c),
   which the layer computes while it packs the input bits (`xnor_layers.input_map`).
+
+A BatchNorm after a float Conv2d (a stem, a real-valued downsampling conv) folds into its
+weights, W'_o = a_o * W_o and bias'_o = a_o * bias_o + b_o (`torch.nn.utils.fusion`), as
+onnxruntime and OpenVINO fold it.
 
 The BatchNorm becomes an identity: one pass over the activations less, with the same values
 up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
@@ -26,6 +31,7 @@ from collections.abc import Collection
 
 import torch
 from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..layers import LearnedScale, RPReLU
 from .xnor_layers import XnorConv2d, XnorLinear
@@ -60,10 +66,11 @@ def adjacent_pairs(model: nn.Module) -> list[tuple[str, str]]:
 def fold_batchnorms(model: nn.Module, input_hooked: Collection[str] = (),
                     output_hooked: Collection[str] = ()) -> list[str]:
     """Fold each BatchNorm (eval mode, running statistics) that reads only an XNOR-popcount
-    layer's output into the layer's epilogue, then each that alone feeds such a layer into the
-    layer's input map, and put identities in their place; returns the folded BatchNorms'
-    names. Layers whose input (`input_hooked`: a threshold or XNOR-Net's K reads it) or
-    output (`output_hooked`: K rescales it) a hook changes keep their BatchNorms on that side."""
+    layer's output into the layer's epilogue, each that alone feeds such a layer into the
+    layer's input map, and each that reads only a float Conv2d's output into its weights, and
+    put identities in their place; returns the folded BatchNorms' names. Layers whose input
+    (`input_hooked`: a threshold or XNOR-Net's K reads it) or output (`output_hooked`: K
+    rescales it) a hook changes keep their BatchNorms on that side."""
     modules = dict(model.named_modules())
     foldable = {name for name, m in modules.items()
                 if isinstance(m, BATCHNORMS) and not m.training and m.running_var is not None}
@@ -73,6 +80,8 @@ def fold_batchnorms(model: nn.Module, input_hooked: Collection[str] = (),
             fold_into_epilogue(modules[first], modules[second])
         elif first in foldable and isinstance(modules[second], XNOR_LAYERS) and second not in input_hooked:
             fold_into_input(modules[second], modules[first])
+        elif type(modules[first]) is nn.Conv2d and second in foldable and first not in output_hooked:
+            fold_into_conv(modules[first], modules[second])
         else:
             continue
         norm = first if first in foldable else second
@@ -89,6 +98,12 @@ def fold_into_epilogue(layer: nn.Module, norm: nn.Module) -> None:
     bias = layer.bias if layer.bias is not None else torch.zeros_like(layer.alpha)
     layer.alpha = scale * layer.alpha
     layer.bias = (scale * bias + shift).to(bias.dtype)
+
+
+def fold_into_conv(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """W' = a * W per output channel, bias' = a * bias + b, in the conv's dtype."""
+    conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, norm.running_mean, norm.running_var,
+                                                  norm.eps, norm.weight, norm.bias)
 
 
 def fold_into_input(layer: nn.Module, norm: nn.Module) -> None:
