@@ -19,13 +19,14 @@ inputs hold). Then, in eval mode, it times
   64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
   (one 512-bit VPOPCNTQ a cycle); float32 FMA peaks at 16 MACs per cycle per core on AVX2.
 
-Float and binary runs alternate, and each figure is the median of the repetitions, so that
-other work on the machine slows both alike.
+Float and binary runs alternate, in an order shuffled every round, and each figure is the
+median of the repetitions, so that other work on the machine slows both alike.
 
 With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
 AlexNet and ResNet-20 Bi-Real at batch 1 and 8, on the runtimes people deploy with, all
 interleaved in one process: the PyTorch float path, the xnortrain kernels (eager, and under
-`torch.compile`, which fuses the float operations between the binary layers), onnxruntime FP32
+`torch.compile` with inductor's C++ wrapper, which fuses the float operations between the
+binary layers and calls them all from C++), onnxruntime FP32
 (the ONNX file of `python -m xnortrain export --format onnx`, as many intra-op threads as
 torch), OpenVINO on the same file at FP32 and at its default precision (bf16 on CPUs that
 have it; the table names the one it used), both with as many threads and the batch made
@@ -78,7 +79,7 @@ MODELS = {
 MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
 PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal"], [1, 8]
 FLOAT_PATH, KERNELS, OPENVINO_DEFAULT = "PyTorch float path", "xnortrain kernels", "OpenVINO default"
-COMPILED = "xnortrain kernels, torch.compile"
+COMPILED = "xnortrain kernels, torch.compile (cpp_wrapper)"
 FP32_RUNTIMES = (FLOAT_PATH, "onnxruntime FP32", "OpenVINO FP32")
 CALIBRATION_INPUTS = 32
 
@@ -245,7 +246,8 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
         return precision, lambda x: torch.from_numpy(compiled(x.numpy())[0])
 
     runs = {FLOAT_PATH: ("f32", load_exported(exported)), KERNELS: ("1 bit, f32", load_exported(exported, binary_kernels=True)),
-            COMPILED: ("1 bit, f32", torch.compile(load_exported(exported, binary_kernels=True))),
+            COMPILED: ("1 bit, f32", torch.compile(load_exported(exported, binary_kernels=True),
+                                                   options={"cpp_wrapper": True})),
             "onnxruntime FP32": ("f32", onnxruntime(onnx_file)),
             "OpenVINO FP32": openvino({"INFERENCE_PRECISION_HINT": "f32"}), OPENVINO_DEFAULT: openvino({})}
     if int8_file is not None:
