@@ -16,8 +16,8 @@
 // With one group and no dilation along x, a patch's kernel row is kw adjacent pixels of the
 // packed input, so A is read in place (an implicit GEMM) from an input packed with a border
 // of zero words as wide as the padding; otherwise the patches are gathered first (binary
-// im2col). Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word in A, so its
-// XOR counts the weight's own set bits, which the epilogue takes back out
+// im2col). Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word in
+// A, so its XOR counts the weight's own set bits, which the epilogue takes back out
 // (popcount(W[o, tap]) per padded tap) before out = alpha_o * dot + bias_o.
 //
 // Portability: the popcount loops use __builtin_popcountll. On x86-64 they carry
@@ -440,7 +440,8 @@ template <typename scalar_t, int NB>
 WIDE_TARGET void xnor_rows_wide(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
                                 const Epilogue<scalar_t>& e, int64_t c) {
   int64_t r = 0;
-  for (; r + kBlockRows <= rows; r += kBlockRows) xnor_block_wide<scalar_t, kBlockRows, NB>(p.from(r), w8, cols, e, r, c);
+  for (; r + kBlockRows <= rows; r += kBlockRows)
+    xnor_block_wide<scalar_t, kBlockRows, NB>(p.from(r), w8, cols, e, r, c);
   for (; r < rows; ++r) xnor_block_wide<scalar_t, 1, NB>(p.from(r), w8, cols, e, r, c);
 }
 
@@ -622,11 +623,13 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
   const ChannelMap<scalar_t> affine(map, g.groups * g.channels_per_group);
   pack_signs<scalar_t>(x, affine.scale, affine.bias, g, wide, packed);
   at::Tensor gathered;
+  word_t* gathered_rows = nullptr;
   if (!in_place && !g.pointwise()) {
     gathered = at::empty({g.n * g.oh * g.ow * g.groups * g.depth()}, packed.words.options());
-    gather_patches(packed, g, reinterpret_cast<word_t*>(gathered.data_ptr<int64_t>()));
+    gathered_rows = reinterpret_cast<word_t*>(gathered.data_ptr<int64_t>());
+    gather_patches(packed, g, gathered_rows);
   }
-  const RowTiles row_tiles(g, packed, gathered.defined() ? reinterpret_cast<const word_t*>(gathered.data_ptr<int64_t>()) : nullptr);
+  const RowTiles row_tiles(g, packed, gathered_rows);
   const word_t* w8 = reinterpret_cast<const word_t*>(weight.data_ptr<int64_t>());
   std::unique_ptr<BorderClasses> classes;
   if (g.ph > 0 || g.pw > 0) {
