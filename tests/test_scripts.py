@@ -6,6 +6,7 @@ import importlib.util
 import statistics
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -235,13 +236,23 @@ def test_bench_inference_percentiles_interpolate_between_the_nearest_ranks():
 
 def test_bench_inference_peers_ratios_take_the_fastest_fp32_runtime_over_the_kernels():
     bench = load_script("bench_inference")
-    p50 = {"PyTorch float path": 20.0, "xnortrain kernels": 5.0, "xnortrain kernels, torch.compile": 4.0,
+    p50 = {"PyTorch float path": 20.0, "xnortrain kernels": 5.0, bench.COMPILED: 4.0,
            "onnxruntime FP32": 10.0, "OpenVINO FP32": 12.0, "OpenVINO default": 4.0,
            "onnxruntime INT8": 2.0}  # INT8 and bf16 are no FP32 runtime
     rows = [{"runtime": runtime, "p50_ms": ms} for runtime, ms in p50.items()]
     assert bench.peer_ratios(rows) == {"best_fp32": "onnxruntime FP32", "best_fp32_over_kernels": 2.0,
                                        "best_fp32_over_compiled": 2.5, "openvino_default_over_kernels": 0.8,
                                        "openvino_default_over_compiled": 1.0}
+
+
+def test_interleaved_rounds_call_each_runtime_once_a_round_in_shuffled_orders():
+    """A call right after its own runtime finds warm caches: no runtime may hold a fixed place."""
+    bench = load_script("bench_inference")
+    calls = []
+    times = bench.interleaved_times({k: partial(calls.append, k) for k in "abc"}, repeats=30)
+    rounds = [calls[i:i + 3] for i in range(3, len(calls), 3)]  # after the warm-up calls
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds) and all(len(t) == 30 for t in times.values())
+    assert {r[0] for r in rounds} == {r[-1] for r in rounds} == {"a", "b", "c"}
 
 
 def test_bench_processes_gives_the_spread_of_process_medians_and_the_worst_p90_over_p50(monkeypatch, capsys):
