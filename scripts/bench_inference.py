@@ -19,7 +19,8 @@ inputs hold). Then, in eval mode, it times
   64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
   (one 512-bit VPOPCNTQ a cycle); float32 FMA peaks at 16 MACs per cycle per core on AVX2.
 
-Float and binary runs alternate, in an order shuffled every round, and each figure is the
+Float and binary runs alternate, in an order shuffled every round, each timed call right after
+an untimed call of the same model (its weights back in the caches), and each figure is the
 median of the repetitions, so that other work on the machine slows both alike.
 
 With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
@@ -102,17 +103,18 @@ def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
 
 @torch.no_grad()
 def interleaved_times(calls: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of each zero-argument call in each of `repeats` rounds (after one warm-up call
-    each): every round calls each once, in an order shuffled every round (a fixed seed). A call
-    right after a call of the same model finds that model's weights and activations in the
-    caches; in a fixed order, or one reversed every other round, the first and last calls
-    would follow themselves at every turn of the rounds and the others never."""
-    for call in calls.values():
-        call()
+    """Seconds of each zero-argument call in each of `repeats` rounds: every round gives each
+    call a turn, in an order shuffled every round (a fixed seed), and a turn is one untimed call
+    and one timed call. The untimed call brings the call's own weights and activations back into
+    the caches after the other calls', so that each is timed as a process that runs that one
+    model would see it. Timed right after another runtime instead (one process, 200 pairs
+    each), NIN's kernels (a 0.2 MB model) took 1.1-1.4x as long as right after themselves, and
+    its float runtimes (4 MB) 0.8-1.1x: rounds of single calls favour the larger models."""
     times = {k: [] for k in calls}
     order = random.Random(0)
     for _ in range(repeats):
         for k in order.sample(list(calls), len(calls)):
+            calls[k]()
             start = time.perf_counter()
             calls[k]()
             times[k].append(time.perf_counter() - start)
@@ -120,7 +122,7 @@ def interleaved_times(calls: dict, repeats: int) -> dict[str, list[float]]:
 
 
 def median_times(calls: dict, repeats: int) -> dict:
-    """Median seconds of each zero-argument call, the calls alternated in turn."""
+    """Median seconds of each zero-argument call, the calls interleaved (`interleaved_times`)."""
     return {k: percentile(v, 50) for k, v in interleaved_times(calls, repeats).items()}
 
 
