@@ -174,6 +174,21 @@ def test_native_layers_export_with_torch_export():
     torch.testing.assert_close(program.module()(x), model(x))
 
 
+def test_native_layers_compile_ahead_of_time_with_aotinductor(tmp_path):
+    """AOTInductor (PyTorch's `aoti_compile_and_package`): the exported program becomes a .pt2
+    package of C++ that calls the kernels as ops, and runs with the same outputs as eager."""
+    require_native_kernels()
+    conv = nn.Conv2d(8, 4, 3, padding=1)
+    model = nn.Sequential(XnorConv2d(conv, random_signs(4, 8, 3, 3, seed=0) >= 0, torch.rand(4), None, native=True),
+                          nn.ReLU(), nn.Flatten(),
+                          XnorLinear(random_signs(3, 4 * 25, seed=1) >= 0, torch.rand(3), torch.zeros(3), native=True))
+    x = torch.randn(2, 8, 5, 5)
+    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)),
+                                                       package_path=str(tmp_path / "model.pt2"))
+    with torch.no_grad():
+        torch.testing.assert_close(torch._inductor.aoti_load_package(package)(x), model(x))
+
+
 def test_native_layers_run_under_torch_compile_with_the_float_work_between_them():
     """torch.compile keeps the kernels as calls (their fake implementations give the shapes)
     and compiles the BatchNorm and ReLU around them: the same outputs as eager."""
@@ -210,6 +225,6 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     # conv, linear, input map, alpha/bias, zeros; then no-build and the weight layout, which have no native twin
     pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
-    # both native paths of each with a twin; torch.export, torch.compile and the disable test
-    assert skipped == 2 * (pytorch_tests - 2) + 3
+    # both native paths of each with a twin; torch.export, AOTInductor, torch.compile and the disable test
+    assert skipped == 2 * (pytorch_tests - 2) + 4
     assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout
