@@ -25,9 +25,10 @@ median of the repetitions, so that other work on the machine slows both alike.
 
 With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
 AlexNet and ResNet-20 Bi-Real at batch 1 and 8, on the runtimes people deploy with, all
-interleaved in one process: the PyTorch float path, the xnortrain kernels (eager, and under
+interleaved in one process: the PyTorch float path, the xnortrain kernels (eager, under
 `torch.compile` with inductor's C++ wrapper, which fuses the float operations between the
-binary layers and calls them all from C++), onnxruntime FP32
+binary layers and calls them all from C++, and as an AOTInductor package of the exported
+program, compiled C++ with no Python between the operations), onnxruntime FP32
 (the ONNX file of `python -m xnortrain export --format onnx`, as many intra-op threads as
 torch), OpenVINO on the same file at FP32 and at its default precision (bf16 on CPUs that
 have it; the table names the one it used), both with as many threads and the batch made
@@ -60,6 +61,7 @@ import torch
 from torch import nn
 
 from xnortrain.deploy import kernels, load_exported
+from xnortrain.deploy.export import exported_spec
 from xnortrain.deploy.onnx_export import export_onnx
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 from xnortrain.optional import require
@@ -81,6 +83,7 @@ MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs 
 PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal"], [1, 8]
 FLOAT_PATH, KERNELS, OPENVINO_DEFAULT = "PyTorch float path", "xnortrain kernels", "OpenVINO default"
 COMPILED = "xnortrain kernels, torch.compile (cpp_wrapper)"
+AOT_PACKAGE = "xnortrain kernels, AOTInductor package"
 FP32_RUNTIMES = (FLOAT_PATH, "onnxruntime FP32", "OpenVINO FP32")
 CALIBRATION_INPUTS = 32
 
@@ -250,11 +253,23 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     runs = {FLOAT_PATH: ("f32", load_exported(exported)), KERNELS: ("1 bit, f32", load_exported(exported, binary_kernels=True)),
             COMPILED: ("1 bit, f32", torch.compile(load_exported(exported, binary_kernels=True),
                                                    options={"cpp_wrapper": True})),
+            AOT_PACKAGE: ("1 bit, f32", aot_package(exported, batch)),
             "onnxruntime FP32": ("f32", onnxruntime(onnx_file)),
             "OpenVINO FP32": openvino({"INFERENCE_PRECISION_HINT": "f32"}), OPENVINO_DEFAULT: openvino({})}
     if int8_file is not None:
         runs["onnxruntime INT8"] = ("int8", onnxruntime(int8_file))
     return runs
+
+
+def aot_package(exported: Path, batch: int):
+    """The kernels' model of an export as an AOTInductor package for this batch size
+    (`torch.export`, then PyTorch's `aoti_compile_and_package`): compiled C++ that calls the
+    kernels as ops, with no Python between the operations."""
+    model = load_exported(exported, binary_kernels=True)
+    x = torch.zeros(batch, *exported_spec(exported)["input_shape"])
+    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)),
+                                                       package_path=str(exported.with_suffix(f".batch{batch}.pt2")))
+    return torch._inductor.aoti_load_package(package)
 
 
 def bench_peers(name: str, exported: Path, onnx_file: Path, int8_file: Path | None, batch: int,
@@ -274,14 +289,15 @@ def bench_peers(name: str, exported: Path, onnx_file: Path, int8_file: Path | No
 
 def peer_ratios(rows: list[dict]) -> dict:
     """Of one model and batch's rows: the FP32 runtime of least p50, and the p50 of it and of
-    OpenVINO's default precision over the xnortrain kernels', eager and compiled (above 1:
-    the kernels are faster)."""
+    OpenVINO's default precision over the xnortrain kernels', eager, compiled and as an
+    AOTInductor package (above 1: the kernels are faster)."""
     p50 = {r["runtime"]: r["p50_ms"] for r in rows}
     best = min(FP32_RUNTIMES, key=p50.__getitem__)
-    return {"best_fp32": best, "best_fp32_over_kernels": p50[best] / p50[KERNELS],
-            "best_fp32_over_compiled": p50[best] / p50[COMPILED],
-            "openvino_default_over_kernels": p50[OPENVINO_DEFAULT] / p50[KERNELS],
-            "openvino_default_over_compiled": p50[OPENVINO_DEFAULT] / p50[COMPILED]}
+    ratios = {"best_fp32": best}
+    for over, runtime in (("kernels", KERNELS), ("compiled", COMPILED), ("aot", AOT_PACKAGE)):
+        ratios[f"best_fp32_over_{over}"] = p50[best] / p50[runtime]
+        ratios[f"openvino_default_over_{over}"] = p50[OPENVINO_DEFAULT] / p50[runtime]
+    return ratios
 
 
 def onnx_files(name: str, exported: Path, workdir: Path) -> tuple[Path, Path | None]:
@@ -312,17 +328,19 @@ def print_peers(names: list[str], exported: dict, workdir: Path, repeats_of) -> 
                       f"{r['same_predictions']}/{batch} |", flush=True)
             rows += measured
             ratios.append((name, batch, measured, peer_ratios(measured)))
-    print("\n| model | batch | kernels p50 ms | compiled p50 ms | fastest FP32 runtime | its p50 ms | "
-          "fastest FP32 / kernels | / compiled | OpenVINO default (precision) p50 ms | OpenVINO default / kernels "
-          "| / compiled |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | batch | kernels p50 ms | compiled p50 ms | AOT package p50 ms | fastest FP32 runtime | "
+          "its p50 ms | fastest FP32 / kernels | / compiled | / AOT package | OpenVINO default (precision) p50 ms | "
+          "OpenVINO default / kernels | / compiled | / AOT package |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    xnortrain = {"kernels": KERNELS, "compiled": COMPILED, "aot": AOT_PACKAGE}
     for name, batch, measured, q in ratios:
-        by_runtime = {r["runtime"]: r for r in measured}
-        default = by_runtime[OPENVINO_DEFAULT]
-        print(f"| {name} | {batch} | {by_runtime[KERNELS]['p50_ms']:.2f} | {by_runtime[COMPILED]['p50_ms']:.2f} | "
-              f"{q['best_fp32']} | {by_runtime[q['best_fp32']]['p50_ms']:.2f} | {q['best_fp32_over_kernels']:.2f}x | "
-              f"{q['best_fp32_over_compiled']:.2f}x | {default['p50_ms']:.2f} ({default['precision']}) | "
-              f"{q['openvino_default_over_kernels']:.2f}x | {q['openvino_default_over_compiled']:.2f}x |")
+        p50 = {r["runtime"]: r["p50_ms"] for r in measured}
+        precision = {r["runtime"]: r["precision"] for r in measured}[OPENVINO_DEFAULT]
+        cells = [f"{p50[runtime]:.2f}" for runtime in xnortrain.values()]
+        cells += [q["best_fp32"], f"{p50[q['best_fp32']]:.2f}", *(f"{q[f'best_fp32_over_{k}']:.2f}x" for k in xnortrain)]
+        cells += [f"{p50[OPENVINO_DEFAULT]:.2f} ({precision})",
+                  *(f"{q[f'openvino_default_over_{k}']:.2f}x" for k in xnortrain)]
+        print(f"| {name} | {batch} | " + " | ".join(cells) + " |")
     return rows
 
 

@@ -236,13 +236,14 @@ def test_bench_inference_percentiles_interpolate_between_the_nearest_ranks():
 
 def test_bench_inference_peers_ratios_take_the_fastest_fp32_runtime_over_the_kernels():
     bench = load_script("bench_inference")
-    p50 = {"PyTorch float path": 20.0, "xnortrain kernels": 5.0, bench.COMPILED: 4.0,
+    p50 = {"PyTorch float path": 20.0, "xnortrain kernels": 5.0, bench.COMPILED: 4.0, bench.AOT_PACKAGE: 2.5,
            "onnxruntime FP32": 10.0, "OpenVINO FP32": 12.0, "OpenVINO default": 4.0,
            "onnxruntime INT8": 2.0}  # INT8 and bf16 are no FP32 runtime
     rows = [{"runtime": runtime, "p50_ms": ms} for runtime, ms in p50.items()]
     assert bench.peer_ratios(rows) == {"best_fp32": "onnxruntime FP32", "best_fp32_over_kernels": 2.0,
-                                       "best_fp32_over_compiled": 2.5, "openvino_default_over_kernels": 0.8,
-                                       "openvino_default_over_compiled": 1.0}
+                                       "best_fp32_over_compiled": 2.5, "best_fp32_over_aot": 4.0,
+                                       "openvino_default_over_kernels": 0.8, "openvino_default_over_compiled": 1.0,
+                                       "openvino_default_over_aot": 1.6}
 
 
 def test_interleaved_rounds_time_each_runtime_right_after_itself_in_shuffled_orders():
