@@ -224,10 +224,11 @@ def int8_onnx(onnx_file: Path, input_shape: list[int], out: Path) -> Path:
 
 def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch: int) -> dict[str, tuple]:
     """runtime name -> (precision, run), `run(x)` the logits of a batch x, for the same export:
-    the PyTorch float path and the xnortrain kernels from the packed file, onnxruntime (FP32,
-    and INT8 where `int8_file` is given) and OpenVINO (FP32 and its default precision, the
-    precision read back from the compiled model) from its ONNX file. The runtimes use as many
-    threads as torch; OpenVINO compiles the graph for this batch size."""
+    the PyTorch float path and the xnortrain kernels (eager, compiled, and as an AOTInductor
+    package) from the packed file, onnxruntime (FP32, and INT8 where `int8_file` is given) and
+    OpenVINO (FP32 and its default precision, the precision read back from the compiled model)
+    from its ONNX file. The runtimes use as many threads as torch; OpenVINO and the package
+    are compiled for this batch size."""
     ort = require("onnxruntime", "bench", "bench_inference.py --peers")
     ov = require("openvino", "bench", "bench_inference.py --peers")
     threads = torch.get_num_threads()
