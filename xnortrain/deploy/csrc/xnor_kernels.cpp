@@ -77,6 +77,8 @@ struct Geometry {
   int64_t taps() const { return kh * kw; }
   int64_t depth() const { return taps() * words_per_group; }  // words of one group's patch
   bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
+  // a patch's kernel row is kw adjacent pixels of the (bordered) packed input: read in place
+  bool patches_in_place() const { return groups == 1 && dw == 1 && !pointwise(); }
 };
 
 // The AVX-512 paths (the popcounts, the float32 epilogue and the float32 packing) are built
@@ -591,7 +593,7 @@ struct RowTiles {
     count = in_place() ? g.n * g.oh * per_line : (g.n * g.oh * g.ow + kTileRows - 1) / kTileRows;
   }
 
-  bool in_place() const { return !gathered && !g.pointwise(); }
+  bool in_place() const { return g.patches_in_place(); }
   int64_t full_rows() const { return std::min(kTileRows, in_place() ? g.ow : g.n * g.oh * g.ow); }
 
   struct Tile {
@@ -617,8 +619,7 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
                       const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   const int64_t filters = alpha.numel(), per_group = filters / g.groups;
   const bool wide = avx512_path();
-  // a patch's kernel rows lie in place in the bordered input where its taps along x are adjacent pixels
-  const bool in_place = g.groups == 1 && g.dw == 1 && !g.pointwise();
+  const bool in_place = g.patches_in_place();
   const PackedInput packed(x, g, in_place);
   const ChannelMap<scalar_t> affine(map, g.groups * g.channels_per_group);
   pack_signs<scalar_t>(x, affine.scale, affine.bias, g, wide, packed);
