@@ -13,7 +13,9 @@ inputs hold). Then, in eval mode, it times
 - the whole model: `load_exported(path)` (float path: every layer a float op) against
   `load_exported(path, binary_kernels=True)` (every layer with 1-bit weights and inputs as an XNOR-popcount layer);
 - the binary layers alone, each on the input it gets inside the model: the float path's
-  sign(x) then conv/linear, the part the XNOR-popcount layer replaces, against that layer;
+  sign(x) then conv/linear, the part the XNOR-popcount layer replaces, against that layer
+  (a chain of layers that pass their signs packed as one: the float path's layers and the
+  ReLUs and BatchNorms between them, which the chain's epilogues compute);
   with the binary multiply-accumulates per second it achieves, next to the limits of this
   CPU at the clock /proc/cpuinfo reports: 64 binary MACs per cycle per thread for the
   64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
@@ -62,6 +64,7 @@ from torch import nn
 
 from xnortrain.deploy import kernels, load_exported
 from xnortrain.deploy.export import exported_spec
+from xnortrain.deploy.fusion import sign_chains
 from xnortrain.deploy.onnx_export import export_onnx
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 from xnortrain.optional import require
@@ -139,9 +142,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * (rank - below)
 
 
-def binary_layer_pairs(float_model: nn.Module, fast_model: nn.Module, x: torch.Tensor) -> list[tuple]:
-    """(float layer, XNOR-popcount layer, the layer's input in the model, binary MACs) per binary layer."""
+def binary_segments(float_model: nn.Module, fast_model: nn.Module, x: torch.Tensor) -> list[tuple]:
+    """(float modules, XNOR-popcount modules, the first one's input in the model, binary MACs)
+    per binary layer, or per chain of them that pass their signs packed (`fusion.sign_chains`),
+    whose float work between (ReLUs, BatchNorms) the chain's first layer does in its epilogue."""
     fast = {name: m for name, m in fast_model.named_modules() if isinstance(m, (XnorConv2d, XnorLinear))}
+    chains = []
+    for first, *rest in (link for link in sign_chains(fast_model) if fast[link[0]].sign_output):
+        if chains and chains[-1][-1] == first:
+            chains[-1].extend(rest)
+        else:
+            chains.append([first, *rest])
+    starting = {chain[0]: chain for chain in chains}
+    chained = {name for chain in chains for name in chain}
+    runs = [starting.get(name, [name]) for name in fast if name in starting or name not in chained]
     inputs, hooks = {}, []
     for name, m in float_model.named_modules():
         if name in fast:
@@ -150,16 +164,26 @@ def binary_layer_pairs(float_model: nn.Module, fast_model: nn.Module, x: torch.T
         float_model(x)  # after the float path's own pre-hook: these hooks see sign(x)
     for h in hooks:
         h.remove()
-    pairs = []
-    float_layers = dict(float_model.named_modules())
-    for name, layer in fast.items():
-        signs = inputs[name]
-        with torch.no_grad():
-            out = float_layers[name](signs)
-        per_output = (layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-                      if isinstance(layer, XnorConv2d) else layer.in_features)
-        pairs.append((float_layers[name], layer, signs, out.numel() * per_output))
-    return pairs
+    segments = []
+    for run in runs:
+        float_modules = [float_model.get_submodule(name) for name in run]
+        fast_modules = [fast_model.get_submodule(name) for name in run]
+        macs = 0
+        for name in (n for n in run if n in fast):
+            layer = fast[name]
+            with torch.no_grad():
+                out = float_model.get_submodule(name)(inputs[name])
+            per_output = (layer.in_channels // layer.groups * math.prod(layer.kernel_size)
+                          if isinstance(layer, XnorConv2d) else layer.in_features)
+            macs += out.numel() * per_output
+        segments.append((float_modules, fast_modules, inputs[run[0]], macs))
+    return segments
+
+
+def run_in_turn(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for m in modules:
+        x = m(x)
+    return x
 
 
 def bench_model(name: str, exported: Path, batch: int, repeats: int) -> dict:
@@ -168,12 +192,12 @@ def bench_model(name: str, exported: Path, batch: int, repeats: int) -> dict:
     with torch.no_grad():
         reference, got = float_model(x), fast_model(x)
     whole = median_times({"float": lambda: float_model(x), "binary": lambda: fast_model(x)}, repeats)
-    pairs = binary_layer_pairs(float_model, fast_model, x)
+    segments = binary_segments(float_model, fast_model, x)
     # the float path runs sign(x) (its pre-hook) then the layer; the XNOR-popcount layer
     # binarizes while it packs; sign(sign(x)) = sign(x)
-    layers = median_times({"float": lambda: [f(s) for f, _, s, _ in pairs],
-                           "binary": lambda: [b(s) for _, b, s, _ in pairs]}, repeats)
-    macs = sum(m for *_, m in pairs)
+    layers = median_times({"float": lambda: [run_in_turn(f, s) for f, _, s, _ in segments],
+                           "binary": lambda: [run_in_turn(b, s) for _, b, s, _ in segments]}, repeats)
+    macs = sum(m for *_, m in segments)
     return {"model": name, "batch": batch, "float_ms": whole["float"] * 1e3, "binary_ms": whole["binary"] * 1e3,
             "speedup": whole["float"] / whole["binary"], "layers_float_ms": layers["float"] * 1e3,
             "layers_binary_ms": layers["binary"] * 1e3, "layers_speedup": layers["float"] / layers["binary"],

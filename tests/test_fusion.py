@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
-from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms
+from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms, sign_chains
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
 
 
@@ -148,3 +149,35 @@ def test_a_model_fx_cannot_trace_keeps_its_batchnorms():
 
     model = Branching().eval()
     assert fold_batchnorms(model) == [] and isinstance(model.norm, nn.BatchNorm2d)
+
+
+class Chains(nn.Module):
+    """a -> ReLU -> b -> c, then c's output read by d and by the sum after d, then e (two
+    groups) after a ReLU called twice."""
+
+    def __init__(self, native: bool):
+        super().__init__()
+        def conv(c_in, c_out, seed, groups=1):
+            signs = torch.randn(c_out, c_in // groups, 3, 3, generator=torch.Generator().manual_seed(seed)) >= 0
+            return XnorConv2d(nn.Conv2d(c_in, c_out, 3, padding=1, groups=groups), signs, torch.ones(c_out), None,
+                              native=native)
+
+        self.a, self.relu_a, self.b, self.c, self.d = conv(4, 8, 0), nn.ReLU(), conv(8, 8, 1), conv(8, 8, 2), conv(8, 8, 3)
+        self.shared, self.e = nn.ReLU(), conv(8, 8, 4, groups=2)
+
+    def forward(self, x):
+        h = self.c(self.b(self.relu_a(self.a(x))))
+        h = self.shared(self.d(h) + h)
+        return self.e(self.shared(h))
+
+
+def test_convs_link_where_the_next_alone_reads_the_output_through_relus_on_the_kernels_with_one_group():
+    from xnortrain.deploy import kernels
+
+    problem = kernels.load()
+    if problem is not None:
+        pytest.skip(f"native kernels unavailable: {problem}")
+    assert sign_chains(Chains(native=True)) == [["a", "relu_a", "b"], ["b", "c"]]
+    assert sign_chains(Chains(native=True), input_hooked={"b"}) == [["b", "c"]]
+    assert sign_chains(Chains(native=True), output_hooked={"b"}) == [["a", "relu_a", "b"]]
+    assert sign_chains(Chains(native=False)) == []  # the pure-PyTorch layers take floats

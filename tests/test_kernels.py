@@ -6,6 +6,7 @@ checks."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import re
@@ -132,6 +133,48 @@ def test_an_input_map_gives_the_bits_of_sign_of_a_times_x_plus_b(native, channel
     torch.testing.assert_close(linear(rows), expected, rtol=0, atol=0)
 
 
+@pytest.fixture(params=["native", "native-scalar"])
+def native_path(request, monkeypatch) -> None:
+    require_native_kernels()
+    if request.param == "native-scalar":
+        monkeypatch.setenv("XNORTRAIN_NO_AVX512", "1")
+
+
+def sign_chain(dtype: torch.dtype) -> nn.Sequential:
+    """70 -> 130 channels (3x3, padded), ReLU and a BatchNorm's map -> 65 (3x3, padded: the packed
+    signs copied into a bordered buffer), a map with one a = 0 -> 9 (1x1), on the kernels."""
+    def conv(c_in, c_out, k, seed):
+        gen = torch.Generator().manual_seed(seed)
+        layer = XnorConv2d(nn.Conv2d(c_in, c_out, k, padding=k // 2), random_signs(c_out, c_in, k, k, seed=seed) >= 0,
+                           torch.rand(c_out, generator=gen) + 0.1, torch.randn(c_out, generator=gen), native=True)
+        layer.input_scale, layer.input_bias = torch.randn(c_in, generator=gen), torch.randn(c_in, generator=gen)
+        return layer
+
+    model = nn.Sequential(conv(70, 130, 3, 0), nn.ReLU(), nn.Identity(), conv(130, 65, 3, 1), conv(65, 9, 1, 2))
+    model[4].input_scale[3] = 0.0
+    return model.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_conv_that_hands_the_next_its_packed_signs_gives_the_same_outputs(native_path, dtype):
+    """The epilogue's bits sign(a * relu(y) + b) are those the next layer packs from y after the
+    ReLU: the same outputs, bit for bit, with some outputs exactly 0 before the ReLU (a bias
+    cancelling the count) and the odd image sizes of a part tile."""
+    from xnortrain.deploy.fusion import fuse_sign_chains
+
+    unfused = sign_chain(dtype)
+    unfused[0].bias[:5] = -unfused[0].alpha[:5] * 6  # dot = 6 somewhere: y = 0
+    fused = copy.deepcopy(unfused)
+    assert fuse_sign_chains(fused) == [["0", "1", "2", "3"], ["3", "4"]]
+    assert fused[0].sign_output and fused[0].output_relu and fused[3].signs_in and fused[3].sign_output
+    assert isinstance(fused[1], nn.Identity) and fused[3].input_scale is None
+    x = torch.randn(2, 70, 7, 37, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    with torch.no_grad():
+        signs = fused[0](x)
+        assert signs.dtype == torch.int64 and signs.shape == (2, 7, 37, 3)
+        assert torch.equal(fused(x), unfused(x))
+
+
 def test_exact_zeros_count_as_plus_one(native):
     x = torch.randn(2, 70, 6, 5)
     x[x.abs() < 0.7] = 0.0  # about half the input exactly 0
@@ -172,6 +215,17 @@ def test_native_layers_export_with_torch_export():
     assert {"xnortrain.xnor_conv2d.default", "xnortrain.xnor_linear.default"} <= {
         str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     torch.testing.assert_close(program.module()(x), model(x))
+
+
+def test_convs_that_pass_their_packed_signs_export_with_torch_export():
+    from xnortrain.deploy.fusion import fuse_sign_chains
+
+    require_native_kernels()
+    model = sign_chain(torch.float32)
+    fuse_sign_chains(model)
+    x = torch.randn(2, 70, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), model(x), rtol=0, atol=0)
 
 
 def test_native_layers_compile_ahead_of_time_with_aotinductor(tmp_path):
@@ -225,6 +279,7 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     # conv, linear, input map, alpha/bias, zeros; then no-build and the weight layout, which have no native twin
     pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
-    # both native paths of each with a twin; torch.export, AOTInductor, torch.compile and the disable test
-    assert skipped == 2 * (pytorch_tests - 2) + 4
+    # both native paths of each with a twin and of the sign chain (two dtypes); torch.export (twice),
+    # AOTInductor, torch.compile and the disable test
+    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 5
     assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout

@@ -270,3 +270,32 @@ def test_bench_processes_gives_the_spread_of_process_medians_and_the_worst_p90_o
     assert summary["kernels"] == {"process_spread": 1.25, "worst_p90_over_p50": 1.4}
     assert summary["python loop"]["process_spread"] == pytest.approx(1.1)
     assert "| 2 | 6.00 (1.10) | 2.50 (1.40) | 9.90 (1.10) | 2.40x |" in capsys.readouterr().out
+
+
+def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_work_they_replace(tmp_path,
+                                                                                                  monkeypatch):
+    """NIN's binary convs pass their signs packed in three runs; each run's float side holds the
+    float layers and the ReLUs and BatchNorms between them, and both sides give the same output."""
+    from xnortrain.deploy import kernels, load_exported
+
+    if kernels.load() is not None:
+        pytest.skip(f"native kernels unavailable: {kernels.load()}")
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    bench = load_script("bench_inference")
+    _, exported = bench.export_one("nin", tmp_path)
+    float_model, fast_model = load_exported(exported), load_exported(exported, binary_kernels=True)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    segments = bench.binary_segments(float_model, fast_model, x)
+    names = {id(m): name for name, m in float_model.named_modules()}
+    assert [[names[id(m)] for m in f] for f, *_ in segments] == [
+        ["block2.conv", "block2.relu", "block3.norm", "block3.conv"],
+        ["block4.conv", "block4.relu", "block5.norm", "block5.conv", "block5.relu", "block6.norm", "block6.conv"],
+        ["block7.conv", "block7.relu", "block8.norm", "block8.conv"]]
+    # binary MACs: 1x1 192->160 and 160->96 at 32x32, 5x5 96->192 and two 1x1 192->192 at 16x16,
+    # 3x3 and 1x1 192->192 at 8x8
+    assert [m for *_, m in segments] == [1024 * (192 * 160 + 160 * 96), 256 * (96 * 25 * 192 + 2 * 192 * 192),
+                                         64 * (192 * 9 * 192 + 192 * 192)]
+    with torch.no_grad():
+        for float_modules, fast_modules, signs, _ in segments:
+            torch.testing.assert_close(bench.run_in_turn(fast_modules, signs), bench.run_in_turn(float_modules, signs),
+                                       rtol=1e-4, atol=1e-4)

@@ -104,7 +104,8 @@ def _predictions(model: nn.Module, inputs: torch.Tensor, batch: int = 100) -> to
     return torch.cat([model(inputs[i:i + batch]).argmax(1) for i in range(0, len(inputs), batch)])
 
 
-def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorms: bool = True) -> nn.Module:
+def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorms: bool = True,
+                  fuse_signs: bool = True) -> nn.Module:
     """The inference model (eval mode) of an exported file.
 
     Every packed weight is unpacked to W~ = alpha * sign, and the inputs the file records as
@@ -115,7 +116,9 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     them on a machine's first use), and with `fold_batchnorms` each BatchNorm that alone reads
     or feeds such a layer is folded into it, and each that alone reads a float Conv2d into its
     weights (`fusion.fold_batchnorms`); on the native kernels the float Conv2d layers are
-    channels-last (`use_channels_last`). It prints one line saying how many layers run which
+    channels-last (`use_channels_last`), and with `fuse_signs` an XNOR conv whose output the
+    next XNOR conv alone reads, through ReLUs and folded BatchNorms, hands it the packed signs
+    it reads (`fusion.fuse_sign_chains`). It prints one line saying how many layers run which
     path."""
     payload = _read(path)
     spec = payload["model"]
@@ -142,11 +145,13 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     if binary_kernels:
         rescaled = {name for name, q in hooked.items() if q.scale != "none"}
         folded = fusion.fold_batchnorms(model, input_hooked=hooked, output_hooked=rescaled) if fold_batchnorms else []
+        links = fusion.fuse_sign_chains(model, hooked, rescaled) if native and fuse_signs else []
         if native:
             use_channels_last(model)
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
         print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}, {len(folded)} BatchNorms folded "
-              f"into the layers next to them; {layers} conv/linear layers on the float path", file=sys.stderr)
+              f"into the layers next to them, {len(links)} passing their signs packed to the next; {layers} "
+              f"conv/linear layers on the float path", file=sys.stderr)
     return model
 
 

@@ -16,6 +16,12 @@ A BatchNorm after a float Conv2d (a stem, a real-valued downsampling conv) folds
 weights, W'_o = a_o * W_o and bias'_o = a_o * bias_o + b_o (`torch.nn.utils.fusion`), as
 onnxruntime and OpenVINO fold it.
 
+Between two XNOR convs the float work folds away altogether: where a conv's output y reaches
+the next XNOR conv through nothing but ReLUs and identities (folded BatchNorms), the next
+layer reads only the bits sign(a * relu(y) + b), a and b its input map. The first conv then
+packs those bits in its epilogue and the second takes them as they are (`fuse_sign_chains`):
+no float output written and read back, no second packing, the same bits.
+
 The BatchNorm becomes an identity: one pass over the activations less, with the same values
 up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
 BatchNorm's dtype). The pairs are found on the model's graph (`torch.fx` symbolic tracing,
@@ -118,3 +124,58 @@ def affine_of(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     scale = inverse_std * norm.weight if norm.weight is not None else inverse_std
     shift = -norm.running_mean * scale if norm.bias is None else norm.bias - norm.running_mean * scale
     return scale, shift
+
+
+PASS_THROUGH = (nn.Identity, nn.ReLU)  # what a chain of sign-linked convs may pass between them
+
+
+def sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
+                output_hooked: Collection[str] = ()) -> list[list[str]]:
+    """Links of native one-group XNOR convs whose output reaches the next such conv through
+    nothing but ReLUs and identities, each module called once and its output read by the next
+    alone: [first conv, the modules between, next conv] by name; [] where fx cannot trace.
+    Convs whose output (`output_hooked`) or input (`input_hooked`) a hook changes are left out."""
+    try:
+        graph = _Leaves().trace(model)
+    except Exception:  # whatever stops fx, the model keeps its float outputs
+        return []
+    modules = dict(model.named_modules())
+    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
+
+    def linkable(node: fx.Node, kinds) -> bool:
+        return (node.op == "call_module" and calls[node.target] == 1 and isinstance(modules[node.target], kinds)
+                and len(node.args) == 1 and not node.kwargs)
+
+    def chainable_conv(node: fx.Node) -> bool:
+        return linkable(node, XnorConv2d) and modules[node.target].native and modules[node.target].groups == 1
+
+    links = []
+    for node in graph.nodes:
+        if not chainable_conv(node) or node.target in output_hooked:
+            continue
+        link = [node]
+        while len(link[-1].users) == 1 and linkable(next(iter(link[-1].users)), PASS_THROUGH):
+            link.append(next(iter(link[-1].users)))
+        last = link[-1]
+        if len(last.users) == 1 and chainable_conv(consumer := next(iter(last.users))) and \
+                consumer.target not in input_hooked:
+            links.append([n.target for n in (*link, consumer)])
+    return links
+
+
+def fuse_sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
+                     output_hooked: Collection[str] = ()) -> list[list[str]]:
+    """Link the convs of each of `sign_chains`: the first packs the signs the next reads
+    (its input map and any ReLU between move into the first's epilogue; the ReLUs become
+    identities), the next takes them packed; returns the links."""
+    links = sign_chains(model, input_hooked, output_hooked)
+    for first, *between, second in links:
+        producer, consumer = model.get_submodule(first), model.get_submodule(second)
+        producer.sign_output = consumer.signs_in = True
+        producer.output_relu = any(isinstance(model.get_submodule(name), nn.ReLU) for name in between)
+        producer.output_scale, producer.output_bias = consumer.input_scale, consumer.input_bias
+        consumer.input_scale = consumer.input_bias = None
+        for name in between:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, nn.Identity())
+    return links

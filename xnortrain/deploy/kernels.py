@@ -8,11 +8,16 @@ import or inside a layer's constructor: `load_exported(..., binary_kernels=True)
 ``python -m xnortrain kernels`` call `load`. Once loaded, the library registers
 
     torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups,
-                                    input_scale=None, input_bias=None)
+                                    input_scale=None, input_bias=None, signs_channels=0,
+                                    sign_output=False, output_relu=False, output_scale=None,
+                                    output_bias=None)
     torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias, input_scale=None, input_bias=None)
 
 (weights in the layout of `xnor_layers.kernel_layout`; the input bits are sign(x), or
-sign(input_scale * x + input_bias) per input channel)
+sign(input_scale * x + input_bias) per input channel; with `sign_output` a conv returns,
+instead of y, the packed signs of sign(output_scale * relu(y) + output_bias) (relu with
+`output_relu`), int64 (N, H, W, words), which the next conv takes as x with
+`signs_channels` = C: `fusion.fuse_sign_chains`)
 with fake implementations, so `torch.export` and `torch.compile` can trace a model that
 calls them. Without a compiler, when the build fails, on a CPU without POPCNT, or with
 ``XNORTRAIN_NO_KERNELS=1``, `load` returns the reason in one line and the binary layers run
@@ -104,12 +109,17 @@ def _openmp_flags() -> list[str]:
 
 
 def _register_fakes() -> None:
-    from .xnor_layers import conv_output_shape
+    from .xnor_layers import conv_output_size, words_for
 
     @torch.library.register_fake("xnortrain::xnor_conv2d")
-    def _(x, weight, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None):
-        shape = conv_output_shape(x, alpha.shape[0], weight.shape[2:4], stride, padding, dilation)
-        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    def _(x, weight, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None,
+          signs_channels=0, sign_output=False, output_relu=False, output_scale=None, output_bias=None):
+        h, w = conv_output_size(x.shape[1:3] if signs_channels else x.shape[2:], weight.shape[2:4], stride, padding,
+                                dilation)
+        if sign_output:
+            return x.new_empty((x.shape[0], h, w, words_for(alpha.shape[0])), dtype=torch.int64)
+        return torch.empty((x.shape[0], alpha.shape[0], h, w), dtype=alpha.dtype, device=x.device,
+                           memory_format=torch.channels_last)
 
     @torch.library.register_fake("xnortrain::xnor_linear")
     def _(x, weight, alpha, bias, input_scale=None, input_bias=None):

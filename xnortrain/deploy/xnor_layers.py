@@ -65,7 +65,12 @@ class XnorConv2d(nn.Module):
 
     `weight_signs` (C_out, C_in / groups, KH, KW) bool holds sign(W) >= 0; the geometry
     comes from `conv`; `native` as in `XnorLinear`. The native kernel returns a
-    channels-last tensor."""
+    channels-last tensor.
+
+    Chained by `fusion.fuse_sign_chains` (native, one group), a layer whose output only the
+    next XNOR conv's signs read returns those signs packed instead (`sign_output`: the words of
+    sign(a * relu(y) + b), relu with `output_relu`, a and b the next layer's input map in
+    `output_scale` and `output_bias`), and the next layer takes them as they are (`signs_in`)."""
 
     def __init__(self, conv: nn.Conv2d, weight_signs: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
                  native: bool = False):
@@ -79,16 +84,26 @@ class XnorConv2d(nn.Module):
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
         register_input_map(self)
+        self.signs_in = self.sign_output = self.output_relu = False
+        self.register_buffer("output_scale", None)
+        self.register_buffer("output_bias", None)
         if native:
             self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha, bias = in_dtype_of(self.alpha, x), in_dtype_of(self.bias, x)
+        float_like = self.alpha if self.signs_in else x  # packed signs carry no float dtype
+        alpha, bias = in_dtype_of(self.alpha, float_like), in_dtype_of(self.bias, float_like)
         if self.native:
-            return torch.ops.xnortrain.xnor_conv2d(x, self.kernel_words, alpha, bias, self.stride, self.padding,
-                                                   self.dilation, self.groups, *input_map(self, x))
+            args = (x, self.kernel_words, alpha, bias, self.stride, self.padding, self.dilation, self.groups,
+                    *input_map(self, x))
+            if not (self.signs_in or self.sign_output):
+                return torch.ops.xnortrain.xnor_conv2d(*args)
+            return torch.ops.xnortrain.xnor_conv2d(*args, self.in_channels if self.signs_in else 0, self.sign_output,
+                                                   self.output_relu, in_dtype_of(self.output_scale, float_like),
+                                                   in_dtype_of(self.output_bias, float_like))
         n = x.shape[0]
-        shape = conv_output_shape(x, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation)
+        shape = [n, self.out_channels, *conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
+                                                          self.dilation)]
         c_in, c_out = self.in_channels // self.groups, self.out_channels // self.groups
         inside = self._patch_words(torch.ones_like(x[:1, :c_in])) if any(self.padding) else None  # (L, words)
         signs = (mapped(self, x) >= 0).to(x.dtype)  # sign(0) = +1
@@ -112,7 +127,8 @@ class XnorConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, native={self.native}")
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, native={self.native}"
+                + (", signs_in=True" if self.signs_in else "") + (", sign_output=True" if self.sign_output else ""))
 
 
 def register_input_map(layer: nn.Module) -> None:
@@ -144,11 +160,14 @@ def mapped(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x * per_channel(scale, x) + per_channel(bias, x)
 
 
-def conv_output_shape(x: torch.Tensor, out_channels: int, kernel_size, stride, padding, dilation) -> list[int]:
-    """(N, C_out, H_out, W_out) of a conv of input x."""
-    sizes = [(x.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1
-             for i in range(2)]
-    return [x.shape[0], out_channels, *sizes]
+def conv_output_size(sizes, kernel_size, stride, padding, dilation) -> list[int]:
+    """(H_out, W_out) of a conv of an input of `sizes` (H, W)."""
+    return [(sizes[i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1 for i in range(2)]
+
+
+def words_for(channels: int) -> int:
+    """Channel words of `channels` channels, 64 a word."""
+    return -(-channels // 64)
 
 
 LANES = 8  # filters interleaved a word apart in the kernels' layout

@@ -20,6 +20,10 @@
 // A, so its XOR counts the weight's own set bits, which the epilogue takes back out
 // (popcount(W[o, tap]) per padded tap) before out = alpha_o * dot + bias_o.
 //
+// Linked convs (one group): where the next conv reads only sign(a * relu(out) + b), a and b
+// its input map, the epilogue writes those bits, packed as the next conv's input
+// (N, H, W, words), instead of out, and the next conv takes them without packing.
+//
 // Portability: the popcount loops use __builtin_popcountll. On x86-64 they carry
 // target("popcnt"), so the file builds for every x86-64 CPU without -march flags and the
 // builtin becomes the POPCNT instruction; `hardware_popcount` lets the loader refuse the
@@ -190,15 +194,42 @@ struct PackedInput {
   word_t* first;
   int64_t row_words, image_words;
 
-  PackedInput(const at::Tensor& x, const Geometry& g, bool bordered) {
-    const int64_t pixel_words = g.groups * g.words_per_group, ph = bordered ? g.ph : 0, pw = bordered ? g.pw : 0;
-    row_words = (g.w + 2 * pw) * pixel_words, image_words = (g.h + 2 * ph) * row_words;
+  // A buffer for the signs of input x, its border zero.
+  static PackedInput for_input(const at::Tensor& x, const Geometry& g, bool bordered) {
     const auto options = x.options().dtype(at::kLong);
-    words = ph || pw ? at::zeros({g.n * image_words}, options) : at::empty({g.n * image_words}, options);
-    first = reinterpret_cast<word_t*>(words.data_ptr<int64_t>()) + ph * row_words + pw * pixel_words;
+    const PackedInput shape(g, bordered);
+    const int64_t size = g.n * shape.image_words;
+    return PackedInput(g, bordered, shape.has_border() ? at::zeros({size}, options) : at::empty({size}, options));
+  }
+
+  // The words a previous layer packed, (N, H, W, words) contiguous: used as they are, or
+  // copied row by row into a bordered buffer.
+  static PackedInput of_signs(const at::Tensor& signs, const Geometry& g, bool bordered) {
+    if (!PackedInput(g, bordered).has_border()) return PackedInput(g, false, signs);
+    PackedInput packed = for_input(signs, g, bordered);
+    const word_t* src = reinterpret_cast<const word_t*>(signs.data_ptr<int64_t>());
+    const int64_t pixel_words = g.groups * g.words_per_group;
+    at::parallel_for(0, g.n * g.h, grain_for(g.w * pixel_words), [&](int64_t begin, int64_t end) {
+      for (int64_t line = begin; line < end; ++line)
+        std::copy_n(src + line * g.w * pixel_words, g.w * pixel_words, packed.row(line / g.h, line % g.h));
+    });
+    return packed;
   }
 
   word_t* row(int64_t n, int64_t y) const { return first + n * image_words + y * row_words; }
+
+ private:
+  int64_t ph, pw;
+
+  PackedInput(const Geometry& g, bool bordered, at::Tensor buffer = {})
+      : words(std::move(buffer)), ph(bordered ? g.ph : 0), pw(bordered ? g.pw : 0) {
+    const int64_t pixel_words = g.groups * g.words_per_group;
+    row_words = (g.w + 2 * pw) * pixel_words, image_words = (g.h + 2 * ph) * row_words;
+    first = words.defined() ? reinterpret_cast<word_t*>(words.data_ptr<int64_t>()) + ph * row_words + pw * pixel_words
+                            : nullptr;
+  }
+
+  bool has_border() const { return ph || pw; }
 };
 
 // Signs of a * x + b (x (N, C, H, W), a and b one per channel) into the packed input's words,
@@ -299,8 +330,10 @@ void gather_patches(const PackedInput& packed, const Geometry& g, word_t* patche
 }
 
 // What the epilogue of a tile needs per row r and column c (filter o0 + c):
-// out = alpha_o * (real_bits[r] - 2 * (popcount - padded[r][c])) + bias_o, padded[r] null
-// for pixels whose taps all lie inside the image.
+// y = alpha_o * (real_bits[r] - 2 * (popcount - padded[r][c])) + bias_o, padded[r] null
+// for pixels whose taps all lie inside the image. It writes y to `out`, or, where `signs` is
+// set, bit c of the row's bytes: sign(a_o * relu(y) + b_o), relu(y) = 0 for y < 0 and y
+// otherwise (NaN stays NaN, as in torch.relu), only with `relu`.
 template <typename scalar_t>
 struct Epilogue {
   const int64_t* real_bits;
@@ -309,6 +342,10 @@ struct Epilogue {
   const scalar_t* bias;
   scalar_t* out;  // (pixels, C_out), at the tile's first row and column
   int64_t ldo;
+  uint8_t* signs;  // (pixels, bytes), zeroed, at the tile's first row and byte; null: floats out
+  int64_t ldb;
+  const scalar_t *sign_scale, *sign_bias;  // a and b
+  bool relu;
 };
 
 // The patch rows a tile multiplies, `span` words for each of `kernel_rows` kernel rows: word
@@ -328,7 +365,13 @@ template <typename scalar_t>
 inline void finish(const Epilogue<scalar_t>& e, int64_t r, int64_t c, int64_t count) {
   const int64_t differ = count - (e.padded[r] ? e.padded[r][c] : 0);
   const scalar_t dot = static_cast<scalar_t>(e.real_bits[r] - 2 * differ);
-  e.out[r * e.ldo + c] = e.alpha[c] * dot + (e.bias ? e.bias[c] : scalar_t(0));
+  const scalar_t y = e.alpha[c] * dot + (e.bias ? e.bias[c] : scalar_t(0));
+  if (!e.signs) {
+    e.out[r * e.ldo + c] = y;
+    return;
+  }
+  const scalar_t v = e.relu && y < 0 ? scalar_t(0) : y;
+  if (v * e.sign_scale[c] + e.sign_bias[c] >= 0) e.signs[r * e.ldb + c / 8] |= uint8_t(1u << (c % 8));
 }
 
 // out for an MR x NR block of patch rows and filters: popcount(A[r] XOR W[c]) accumulated in
@@ -386,7 +429,7 @@ constexpr int kWide = kLanes, kWideBlocks = 2;
 
 // The epilogue of one vector of eight filters c0 .. c0 + 8 for patch rows r0 .. r0 + MR, from
 // their popcounts: alpha and bias loaded once for the rows, each dot converted from int64
-// lanes to float32 in one instruction.
+// lanes to float32 in one instruction; with sign output, the eight signs are one byte.
 template <typename scalar_t, int MR>
 WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r0, int64_t c0, int64_t cols,
                                     const __m512i (&counts)[MR]) {
@@ -395,13 +438,22 @@ WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r0, int
     const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
     const __m256 alpha = _mm256_maskz_loadu_ps(lanes, e.alpha + c0);
     const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 sign_scale = e.signs ? _mm256_maskz_loadu_ps(lanes, e.sign_scale + c0) : zero;
+    const __m256 sign_bias = e.signs ? _mm256_maskz_loadu_ps(lanes, e.sign_bias + c0) : zero;
     for (int r = 0; r < MR; ++r) {
       __m512i count = counts[r];
       if (const int32_t* padded = e.padded[r0 + r])
         count = _mm512_sub_epi64(count, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, padded + c0)));
       const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r0 + r]), _mm512_slli_epi64(count, 1));
-      const __m256 product = _mm256_mul_ps(alpha, _mm512_cvtepi64_ps(dot));
-      _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, _mm256_add_ps(product, bias));
+      const __m256 y = _mm256_add_ps(_mm256_mul_ps(alpha, _mm512_cvtepi64_ps(dot)), bias);
+      if (!e.signs) {
+        _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, y);
+        continue;
+      }
+      const __m256 v = e.relu ? _mm256_mask_mov_ps(y, _mm256_cmp_ps_mask(y, zero, _CMP_LT_OQ), zero) : y;
+      const __m256 mapped = _mm256_add_ps(_mm256_mul_ps(v, sign_scale), sign_bias);
+      e.signs[(r0 + r) * e.ldb + c0 / 8] = _mm256_mask_cmp_ps_mask(lanes, mapped, zero, _CMP_GE_OQ);
     }
   } else {
     for (int r = 0; r < MR; ++r) {
@@ -555,20 +607,20 @@ struct RowTerms {
   }
 };
 
-// The affine map of the input before its sign, a and b one per input channel: a folded
+// An affine map a * x + b per channel before a sign, a and b one per channel: a folded
 // BatchNorm's (tensors), or, undefined, a = 1 and b = 0.
-struct InputMap {
+struct SignMap {
   at::Tensor scale, bias;
 };
 
-// An InputMap's a and b as pointers; the identity map's ones and zeros are held here, so that a
+// A SignMap's a and b as pointers; the identity map's ones and zeros are held here, so that a
 // layer without a folded BatchNorm allocates no tensors for them.
 template <typename scalar_t>
 struct ChannelMap {
   std::vector<scalar_t> ones, zeros;
   const scalar_t *scale, *bias;
 
-  ChannelMap(const InputMap& map, int64_t channels) {
+  ChannelMap(const SignMap& map, int64_t channels) {
     if (map.scale.defined()) {
       scale = map.scale.data_ptr<scalar_t>(), bias = map.bias.data_ptr<scalar_t>();
       return;
@@ -576,6 +628,23 @@ struct ChannelMap {
     ones.assign(channels, scalar_t(1)), zeros.assign(channels, scalar_t(0));
     scale = ones.data(), bias = zeros.data();
   }
+};
+
+// A layer's input: floats x (N, C, H, W), whose signs of a * x + b (`map`) the layer packs, or,
+// `signs`, the words of its signs that the layer before packed, (N, H, W, words).
+struct LayerInput {
+  const at::Tensor& x;
+  SignMap map;
+  bool signs;
+};
+
+// A layer's output: floats y (N, C_out, OH, OW), channels-last, or, `signs`, the words of
+// sign(a * relu(y) + b) (`relu` optional, `map` the next layer's a and b), (N, OH, OW, words):
+// the next layer's packed input, with no float output written and read back.
+struct LayerOutput {
+  at::Tensor tensor;
+  bool signs, relu;
+  SignMap map;
 };
 
 // The row tiles of a conv's output, up to kTileRows output pixels each, with their patch
@@ -614,18 +683,34 @@ struct RowTiles {
   }
 };
 
+// The packed input of a layer: its input's signs packed, or the words the layer before packed.
 template <typename scalar_t>
-void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& g, const at::Tensor& weight,
-                      const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, at::Tensor& out) {
+PackedInput packed_input(const LayerInput& in, const Geometry& g, bool wide, bool bordered) {
+  if (in.signs) return PackedInput::of_signs(in.x, g, bordered);
+  const PackedInput packed = PackedInput::for_input(in.x, g, bordered);
+  const ChannelMap<scalar_t> affine(in.map, g.groups * g.channels_per_group);
+  pack_signs<scalar_t>(in.x, affine.scale, affine.bias, g, wide, packed);
+  return packed;
+}
+
+template <typename scalar_t>
+void multiply_tile([[maybe_unused]] bool wide, const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
+                   const Epilogue<scalar_t>& e) {
+#if defined(__x86_64__)
+  if (wide) return xnor_tile_wide<scalar_t>(p, w8, rows, cols, e);
+#endif
+  xnor_tile<scalar_t>(p, w8, rows, cols, e);
+}
+
+template <typename scalar_t>
+void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
+                      const c10::optional<at::Tensor>& bias, const LayerOutput& out) {
   const int64_t filters = alpha.numel(), per_group = filters / g.groups;
   const bool wide = avx512_path();
-  const bool in_place = g.patches_in_place();
-  const PackedInput packed(x, g, in_place);
-  const ChannelMap<scalar_t> affine(map, g.groups * g.channels_per_group);
-  pack_signs<scalar_t>(x, affine.scale, affine.bias, g, wide, packed);
+  const PackedInput packed = packed_input<scalar_t>(in, g, wide, g.patches_in_place());
   at::Tensor gathered;
   word_t* gathered_rows = nullptr;
-  if (!in_place && !g.pointwise()) {
+  if (!g.patches_in_place() && !g.pointwise()) {
     gathered = at::empty({g.n * g.oh * g.ow * g.groups * g.depth()}, packed.words.options());
     gathered_rows = reinterpret_cast<word_t*>(gathered.data_ptr<int64_t>());
     gather_patches(packed, g, gathered_rows);
@@ -640,11 +725,17 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
   }
   const scalar_t* alpha_data = alpha.data_ptr<scalar_t>();
   const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
-  scalar_t* out_data = out.data_ptr<scalar_t>();
+  scalar_t* out_data = out.signs ? nullptr : out.tensor.data_ptr<scalar_t>();
+  // the signs' words as bytes, little-endian: bit c % 8 of byte c / 8 of a pixel holds channel c
+  uint8_t* out_signs = out.signs ? reinterpret_cast<uint8_t*>(out.tensor.data_ptr<int64_t>()) : nullptr;
+  const ChannelMap<scalar_t> out_map(out.map, out.signs ? filters : 0);
+  const int64_t out_bytes = words_for(filters) * int64_t{sizeof(word_t)};
 
   const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
   const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
   static_assert(kTileCols % kLanes == 0, "a tile's first filter starts an interleaved block");
+  static_assert(kTileCols % kBits == 0 && kLanes == 8, "with one group, a tile's filters start a word of output "
+                "signs, and eight of them are one byte");
   const int64_t tile_work = row_tiles.full_rows() * std::min(kTileCols, per_group) * g.depth();  // popcounts
   const int64_t tiles = row_tiles.count * col_tiles;
   at::parallel_for(0, tiles * g.groups, grain_for(tile_work), [&](int64_t begin, int64_t end) {
@@ -656,51 +747,55 @@ void xnor_conv_kernel(const at::Tensor& x, const InputMap& map, const Geometry& 
       const int64_t cols = std::min(kTileCols, (group + 1) * per_group - o0);
       terms.fill(g, rows.first_pixel, rows.rows, o0, filters, classes.get());
       const Epilogue<scalar_t> e{terms.real_bits.data(), terms.padded.data(), alpha_data + o0,
-                                 bias_data ? bias_data + o0 : nullptr, out_data + rows.first_pixel * filters + o0,
-                                 filters};
+                                 bias_data ? bias_data + o0 : nullptr,
+                                 out_data ? out_data + rows.first_pixel * filters + o0 : nullptr, filters,
+                                 out_signs ? out_signs + rows.first_pixel * out_bytes + o0 / 8 : nullptr, out_bytes,
+                                 out_signs ? out_map.scale + o0 : nullptr, out_signs ? out_map.bias + o0 : nullptr,
+                                 out.relu};
       const int64_t block = group * group_blocks + (o0 - group * per_group) / kLanes;
-      const word_t* tile_w8 = w8 + block * g.depth() * kLanes;
-#if defined(__x86_64__)
-      if (wide) {
-        xnor_tile_wide<scalar_t>(rows.patches, tile_w8, rows.rows, cols, e);
-        continue;
-      }
-#endif
-      xnor_tile<scalar_t>(rows.patches, tile_w8, rows.rows, cols, e);
+      multiply_tile<scalar_t>(wide, rows.patches, w8 + block * g.depth() * kLanes, rows.rows, cols, e);
     }
   });
 }
 
-void check_layer(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+// `dtype`: the float dtype of the layer's input and output (alpha's, where the input is packed signs).
+void check_layer(const at::Tensor& x, at::ScalarType dtype, const at::Tensor& weight, const at::Tensor& alpha,
                  const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu(), "xnortrain XNOR kernels run on the CPU");
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, "input must be float32 or float64");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "input must be float32 or float64");
   TORCH_CHECK(weight.scalar_type() == at::kLong && weight.is_contiguous(), "packed weights must be contiguous int64");
-  TORCH_CHECK(alpha.scalar_type() == x.scalar_type() && alpha.is_contiguous() && alpha.dim() == 1,
+  TORCH_CHECK(alpha.scalar_type() == dtype && alpha.is_contiguous() && alpha.dim() == 1,
               "alpha must hold one contiguous value of the input's dtype per output channel");
-  TORCH_CHECK(!bias || (bias->scalar_type() == x.scalar_type() && bias->is_contiguous() &&
-                        bias->numel() == alpha.numel()),
+  TORCH_CHECK(!bias || (bias->scalar_type() == dtype && bias->is_contiguous() && bias->numel() == alpha.numel()),
               "bias must hold one contiguous value of the input's dtype per output channel");
 }
 
-InputMap input_map(const at::Tensor& x, int64_t channels, const c10::optional<at::Tensor>& scale,
-                   const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(scale.has_value() == bias.has_value(), "input_scale and input_bias come together");
+SignMap sign_map(at::ScalarType dtype, int64_t channels, const c10::optional<at::Tensor>& scale,
+                 const c10::optional<at::Tensor>& bias, const char* what) {
+  TORCH_CHECK(scale.has_value() == bias.has_value(), what, "_scale and ", what, "_bias come together");
   if (!scale) return {};
   for (const at::Tensor& t : {*scale, *bias})
-    TORCH_CHECK(t.scalar_type() == x.scalar_type() && t.is_contiguous() && t.numel() == channels,
-                "input_scale and input_bias must hold one contiguous value of the input's dtype per input channel");
+    TORCH_CHECK(t.scalar_type() == dtype && t.is_contiguous() && t.numel() == channels, what, "_scale and ", what,
+                "_bias must hold one contiguous value of the layer's dtype per ", what, " channel");
   return {*scale, *bias};
 }
 
-at::Tensor run_conv(const at::Tensor& x, const InputMap& map, const Geometry& g, const at::Tensor& weight,
-                    const at::Tensor& alpha, const c10::optional<at::Tensor>& bias) {
+// The output tensor of a layer of geometry g: floats, or the words of its signs.
+LayerOutput layer_output(const Geometry& g, const at::Tensor& alpha, bool sign_output, bool relu, SignMap map) {
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "the kernel does not fit the padded input");
-  auto out = at::empty({g.n, alpha.numel(), g.oh, g.ow}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "xnor_conv2d", [&] {
-    xnor_conv_kernel<scalar_t>(x, map, g, weight, alpha, bias, out);
+  const int64_t filters = alpha.numel();
+  if (!sign_output)
+    return {at::empty({g.n, filters, g.oh, g.ow}, alpha.options().memory_format(at::MemoryFormat::ChannelsLast)),
+            false, false, {}};
+  TORCH_CHECK(g.groups == 1, "an XNOR conv packs the signs of its output with one group only");
+  return {at::zeros({g.n, g.oh, g.ow, words_for(filters)}, alpha.options().dtype(at::kLong)), true, relu, map};
+}
+
+void run_conv(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
+              const c10::optional<at::Tensor>& bias, const LayerOutput& out) {
+  AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "xnor_conv2d", [&] {
+    xnor_conv_kernel<scalar_t>(in, g, weight, alpha, bias, out);
   });
-  return out;
 }
 
 // The weights' shape in the kernel's layout: (groups, blocks, KH, KW, words, 8).
@@ -711,35 +806,50 @@ void check_layout(const at::Tensor& weight, int64_t groups, int64_t filters, int
   TORCH_CHECK(weight.size(4) == words_for(channels_per_group), "packed weights do not fit the input's channels");
 }
 
+// x: floats (N, C, H, W), or, with signs_channels > 0, the packed signs (N, H, W, words) of
+// that many channels, which the layer before wrote (its sign_output).
 at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, int64_t groups, const c10::optional<at::Tensor>& input_scale,
-                       const c10::optional<at::Tensor>& input_bias) {
-  check_layer(x, weight, alpha, bias);
-  TORCH_CHECK(x.dim() == 4, "xnor_conv2d takes input (N, C, H, W)");
-  TORCH_CHECK(groups > 0 && x.size(1) % groups == 0 && alpha.numel() % groups == 0,
+                       const c10::optional<at::Tensor>& input_bias, int64_t signs_channels, bool sign_output,
+                       bool output_relu, const c10::optional<at::Tensor>& output_scale,
+                       const c10::optional<at::Tensor>& output_bias) {
+  const bool signs = signs_channels > 0;
+  check_layer(x, signs ? alpha.scalar_type() : x.scalar_type(), weight, alpha, bias);
+  TORCH_CHECK(x.dim() == 4, "xnor_conv2d takes input (N, C, H, W), or packed signs (N, H, W, words)");
+  TORCH_CHECK(!signs || (x.scalar_type() == at::kLong && x.is_contiguous() && x.size(3) == words_for(signs_channels) &&
+                         groups == 1 && !input_scale),
+              "packed signs must be contiguous int64 (N, H, W, words) for one group, with no input map");
+  const int64_t channels = signs ? signs_channels : x.size(1), h = x.size(signs ? 1 : 2), w = x.size(signs ? 2 : 3);
+  TORCH_CHECK(groups > 0 && channels % groups == 0 && alpha.numel() % groups == 0,
               "groups must divide the input and output channels");
-  check_layout(weight, groups, alpha.numel(), x.size(1) / groups);
-  Geometry g{groups, x.size(1) / groups, weight.size(4), weight.size(2), weight.size(3), stride[0], stride[1],
-             padding[0], padding[1], dilation[0], dilation[1], x.size(0), x.size(2), x.size(3), 0, 0};
+  check_layout(weight, groups, alpha.numel(), channels / groups);
+  Geometry g{groups, channels / groups, weight.size(4), weight.size(2), weight.size(3), stride[0], stride[1],
+             padding[0], padding[1], dilation[0], dilation[1], x.size(0), h, w, 0, 0};
   g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
-  return run_conv(x, input_map(x, x.size(1), input_scale, input_bias), g, weight, alpha, bias);
+  const LayerOutput out = layer_output(g, alpha, sign_output, output_relu,
+                                       sign_map(alpha.scalar_type(), alpha.numel(), output_scale, output_bias, "output"));
+  run_conv({x, sign_map(alpha.scalar_type(), channels, input_scale, input_bias, "input"), signs}, g, weight, alpha,
+           bias, out);
+  return out.tensor;
 }
 
 at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                        const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& input_scale,
                        const c10::optional<at::Tensor>& input_bias) {
-  check_layer(x, weight, alpha, bias);
+  check_layer(x, x.scalar_type(), weight, alpha, bias);
   TORCH_CHECK(x.dim() >= 1, "xnor_linear takes input (*, F)");
   const int64_t features = x.size(-1);
   check_layout(weight, 1, alpha.numel(), features);  // a linear layer is a 1x1 conv on 1x1 images
   auto rows = x.reshape({-1, features, 1, 1});
   Geometry g{1, features, weight.size(4), 1, 1, 1, 1, 0, 0, 1, 1, rows.size(0), 1, 1, 1, 1};
-  auto out = run_conv(rows, input_map(x, features, input_scale, input_bias), g, weight, alpha, bias);
+  const LayerOutput out = layer_output(g, alpha, false, false, {});
+  run_conv({rows, sign_map(x.scalar_type(), features, input_scale, input_bias, "input"), false}, g, weight, alpha,
+           bias, out);
   auto shape = x.sizes().vec();
   shape.back() = alpha.numel();
-  return out.view(shape);
+  return out.tensor.view(shape);
 }
 
 bool hardware_popcount() {
@@ -756,7 +866,8 @@ std::string popcount_path() { return avx512_path() ? "AVX-512 VPOPCNTDQ" : "64-b
 
 TORCH_LIBRARY(xnortrain, m) {
   m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
-        "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None) -> Tensor");
+        "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None, int signs_channels=0, "
+        "bool sign_output=False, bool output_relu=False, Tensor? output_scale=None, Tensor? output_bias=None) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
         "Tensor? input_bias=None) -> Tensor");
   m.def("hardware_popcount() -> bool", &hardware_popcount);
