@@ -20,7 +20,7 @@ from torch import nn
 
 from xnortrain.activations import bin_active
 from xnortrain.deploy import kernels
-from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear, kernel_layout
+from xnortrain.deploy.xnor_layers import SignMaxPool2d, XnorConv2d, XnorLinear, kernel_layout
 
 PATHS = {"native": True, "native-scalar": True, "pytorch": False}  # native-scalar: without AVX-512
 CHANNELS = (1, 3, 63, 64, 65, 200)
@@ -142,7 +142,8 @@ def native_path(request, monkeypatch) -> None:
 
 def sign_chain(dtype: torch.dtype) -> nn.Sequential:
     """70 -> 130 channels (3x3, padded), ReLU and a BatchNorm's map -> 65 (3x3, padded: the packed
-    signs copied into a bordered buffer), a map with one a = 0 -> 9 (1x1), on the kernels."""
+    signs copied into a bordered buffer), max pooling (3x3, stride 2, padded, ceil mode), a map
+    with some a < 0 and one a = 0 -> 9 (1x1), on the kernels."""
     def conv(c_in, c_out, k, seed):
         gen = torch.Generator().manual_seed(seed)
         layer = XnorConv2d(nn.Conv2d(c_in, c_out, k, padding=k // 2), random_signs(c_out, c_in, k, k, seed=seed) >= 0,
@@ -150,28 +151,31 @@ def sign_chain(dtype: torch.dtype) -> nn.Sequential:
         layer.input_scale, layer.input_bias = torch.randn(c_in, generator=gen), torch.randn(c_in, generator=gen)
         return layer
 
-    model = nn.Sequential(conv(70, 130, 3, 0), nn.ReLU(), nn.Identity(), conv(130, 65, 3, 1), conv(65, 9, 1, 2))
-    model[4].input_scale[3] = 0.0
+    model = nn.Sequential(conv(70, 130, 3, 0), nn.ReLU(), nn.Identity(), conv(130, 65, 3, 1),
+                          nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), conv(65, 9, 1, 2))
+    model[5].input_scale[3] = 0.0
     return model.to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_conv_that_hands_the_next_its_packed_signs_gives_the_same_outputs(native_path, dtype):
     """The epilogue's bits sign(a * relu(y) + b) are those the next layer packs from y after the
-    ReLU: the same outputs, bit for bit, with some outputs exactly 0 before the ReLU (a bias
-    cancelling the count) and the odd image sizes of a part tile."""
+    ReLU, and max pooling them (OR, or AND where a < 0) gives those of the pooled floats: the
+    same outputs, bit for bit, with some outputs exactly 0 before the ReLU (a bias cancelling
+    the count), a part tile, and a pooled width that ceil mode makes one wider."""
     from xnortrain.deploy.fusion import fuse_sign_chains
 
     unfused = sign_chain(dtype)
     unfused[0].bias[:5] = -unfused[0].alpha[:5] * 6  # dot = 6 somewhere: y = 0
     fused = copy.deepcopy(unfused)
-    assert fuse_sign_chains(fused) == [["0", "1", "2", "3"], ["3", "4"]]
+    assert fuse_sign_chains(fused) == [["0", "1", "2", "3"], ["3", "4", "5"]]
     assert fused[0].sign_output and fused[0].output_relu and fused[3].signs_in and fused[3].sign_output
-    assert isinstance(fused[1], nn.Identity) and fused[3].input_scale is None
-    x = torch.randn(2, 70, 7, 37, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    assert isinstance(fused[1], nn.Identity) and isinstance(fused[4], SignMaxPool2d) and fused[3].input_scale is None
+    x = torch.randn(2, 70, 8, 36, generator=torch.Generator().manual_seed(5), dtype=dtype)
     with torch.no_grad():
         signs = fused[0](x)
-        assert signs.dtype == torch.int64 and signs.shape == (2, 7, 37, 3)
+        assert signs.dtype == torch.int64 and signs.shape == (2, 8, 36, 3)
+        assert fused[4](fused[3](signs)).shape == (2, 5, 19, 2)  # floor mode: (2, 4, 18, 2)
         assert torch.equal(fused(x), unfused(x))
 
 
@@ -224,8 +228,10 @@ def test_convs_that_pass_their_packed_signs_export_with_torch_export():
     model = sign_chain(torch.float32)
     fuse_sign_chains(model)
     x = torch.randn(2, 70, 5, 6)
+    program = torch.export.export(model, (x,))
+    assert "xnortrain.sign_max_pool2d.default" in {str(node.target) for node in program.graph.nodes}
     with torch.no_grad():
-        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), model(x), rtol=0, atol=0)
+        torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
 
 
 def test_native_layers_compile_ahead_of_time_with_aotinductor(tmp_path):

@@ -274,8 +274,9 @@ def test_bench_processes_gives_the_spread_of_process_medians_and_the_worst_p90_o
 
 def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_work_they_replace(tmp_path,
                                                                                                   monkeypatch):
-    """NIN's binary convs pass their signs packed in three runs; each run's float side holds the
-    float layers and the ReLUs and BatchNorms between them, and both sides give the same output."""
+    """NIN's binary convs pass their signs packed in two runs (the first through a max pool);
+    each run's float side holds the float layers and the ReLUs, BatchNorms and pools between
+    them, and both sides give the same output."""
     from xnortrain.deploy import kernels, load_exported
 
     if kernels.load() is not None:
@@ -288,12 +289,12 @@ def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_
     segments = bench.binary_segments(float_model, fast_model, x)
     names = {id(m): name for name, m in float_model.named_modules()}
     assert [[names[id(m)] for m in f] for f, *_ in segments] == [
-        ["block2.conv", "block2.relu", "block3.norm", "block3.conv"],
-        ["block4.conv", "block4.relu", "block5.norm", "block5.conv", "block5.relu", "block6.norm", "block6.conv"],
+        ["block2.conv", "block2.relu", "block3.norm", "block3.conv", "block3.relu", "pool3", "block4.norm",
+         "block4.conv", "block4.relu", "block5.norm", "block5.conv", "block5.relu", "block6.norm", "block6.conv"],
         ["block7.conv", "block7.relu", "block8.norm", "block8.conv"]]
     # binary MACs: 1x1 192->160 and 160->96 at 32x32, 5x5 96->192 and two 1x1 192->192 at 16x16,
     # 3x3 and 1x1 192->192 at 8x8
-    assert [m for *_, m in segments] == [1024 * (192 * 160 + 160 * 96), 256 * (96 * 25 * 192 + 2 * 192 * 192),
+    assert [m for *_, m in segments] == [1024 * (192 * 160 + 160 * 96) + 256 * (96 * 25 * 192 + 2 * 192 * 192),
                                          64 * (192 * 9 * 192 + 192 * 192)]
     with torch.no_grad():
         for float_modules, fast_modules, signs, _ in segments:

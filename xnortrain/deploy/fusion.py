@@ -20,7 +20,8 @@ Between two XNOR convs the float work folds away altogether: where a conv's outp
 the next XNOR conv through nothing but ReLUs and identities (folded BatchNorms), the next
 layer reads only the bits sign(a * relu(y) + b), a and b its input map. The first conv then
 packs those bits in its epilogue and the second takes them as they are (`fuse_sign_chains`):
-no float output written and read back, no second packing, the same bits.
+no float output written and read back, no second packing, the same bits. A max pool between
+them pools the packed bits (`xnor_layers.SignMaxPool2d`).
 
 The BatchNorm becomes an identity: one pass over the activations less, with the same values
 up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
@@ -40,13 +41,13 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..layers import LearnedScale, RPReLU
-from .xnor_layers import XnorConv2d, XnorLinear
+from .xnor_layers import SignMaxPool2d, XnorConv2d, XnorLinear
 
 XNOR_LAYERS = (XnorConv2d, XnorLinear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-# kept whole on the graph: the XNOR-popcount layers, and the package's layers, whose forward
-# depends on the input's rank, which fx does not know
-LEAVES = (*XNOR_LAYERS, RPReLU, LearnedScale)
+# kept whole on the graph: the XNOR-popcount layers and the pool on their packed signs, and the
+# package's layers, whose forward depends on the input's rank, which fx does not know
+LEAVES = (*XNOR_LAYERS, SignMaxPool2d, RPReLU, LearnedScale)
 
 
 class _Leaves(fx.Tracer):
@@ -126,15 +127,22 @@ def affine_of(norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, shift
 
 
-PASS_THROUGH = (nn.Identity, nn.ReLU)  # what a chain of sign-linked convs may pass between them
+def passes_signs(m: nn.Module) -> bool:
+    """What may lie between two linked convs: identities, ReLUs (their zeros go into the
+    first conv's epilogue) and max pooling of dilation 1 (done on the packed bits,
+    `xnor_layers.SignMaxPool2d`, which a linked model holds in its place)."""
+    if isinstance(m, nn.MaxPool2d):
+        return m.dilation in (1, (1, 1)) and not m.return_indices
+    return isinstance(m, (nn.Identity, nn.ReLU, SignMaxPool2d))
 
 
 def sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
                 output_hooked: Collection[str] = ()) -> list[list[str]]:
     """Links of native one-group XNOR convs whose output reaches the next such conv through
-    nothing but ReLUs and identities, each module called once and its output read by the next
-    alone: [first conv, the modules between, next conv] by name; [] where fx cannot trace.
-    Convs whose output (`output_hooked`) or input (`input_hooked`) a hook changes are left out."""
+    nothing but ReLUs, identities and max pooling (`passes_signs`), each module called once and
+    its output read by the next alone: [first conv, the modules between, next conv] by name;
+    [] where fx cannot trace. Convs whose output (`output_hooked`) or input (`input_hooked`) a
+    hook changes are left out."""
     try:
         graph = _Leaves().trace(model)
     except Exception:  # whatever stops fx, the model keeps its float outputs
@@ -142,22 +150,22 @@ def sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
     modules = dict(model.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
 
-    def linkable(node: fx.Node, kinds) -> bool:
-        return (node.op == "call_module" and calls[node.target] == 1 and isinstance(modules[node.target], kinds)
+    def linkable(node: fx.Node, accepts) -> bool:
+        return (node.op == "call_module" and calls[node.target] == 1 and accepts(modules[node.target])
                 and len(node.args) == 1 and not node.kwargs)
 
-    def chainable_conv(node: fx.Node) -> bool:
-        return linkable(node, XnorConv2d) and modules[node.target].native and modules[node.target].groups == 1
+    def chainable_conv(m: nn.Module) -> bool:
+        return isinstance(m, XnorConv2d) and m.native and m.groups == 1
 
     links = []
     for node in graph.nodes:
-        if not chainable_conv(node) or node.target in output_hooked:
+        if not linkable(node, chainable_conv) or node.target in output_hooked:
             continue
         link = [node]
-        while len(link[-1].users) == 1 and linkable(next(iter(link[-1].users)), PASS_THROUGH):
+        while len(link[-1].users) == 1 and linkable(next(iter(link[-1].users)), passes_signs):
             link.append(next(iter(link[-1].users)))
         last = link[-1]
-        if len(last.users) == 1 and chainable_conv(consumer := next(iter(last.users))) and \
+        if len(last.users) == 1 and linkable(consumer := next(iter(last.users)), chainable_conv) and \
                 consumer.target not in input_hooked:
             links.append([n.target for n in (*link, consumer)])
     return links
@@ -167,15 +175,20 @@ def fuse_sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
                      output_hooked: Collection[str] = ()) -> list[list[str]]:
     """Link the convs of each of `sign_chains`: the first packs the signs the next reads
     (its input map and any ReLU between move into the first's epilogue; the ReLUs become
-    identities), the next takes them packed; returns the links."""
+    identities, the max pools `SignMaxPool2d`), the next takes them packed; returns the links."""
     links = sign_chains(model, input_hooked, output_hooked)
     for first, *between, second in links:
         producer, consumer = model.get_submodule(first), model.get_submodule(second)
         producer.sign_output = consumer.signs_in = True
         producer.output_relu = any(isinstance(model.get_submodule(name), nn.ReLU) for name in between)
         producer.output_scale, producer.output_bias = consumer.input_scale, consumer.input_bias
+        falling = (consumer.input_scale < 0 if consumer.input_scale is not None
+                   else torch.zeros(consumer.in_channels, dtype=torch.bool))
         consumer.input_scale = consumer.input_bias = None
         for name in between:
+            m = model.get_submodule(name)
             parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, nn.Identity())
+            if isinstance(m, (nn.ReLU, nn.MaxPool2d)):
+                setattr(model.get_submodule(parent), child,
+                        SignMaxPool2d(m, falling) if isinstance(m, nn.MaxPool2d) else nn.Identity())
     return links

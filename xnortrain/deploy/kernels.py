@@ -12,12 +12,14 @@ import or inside a layer's constructor: `load_exported(..., binary_kernels=True)
                                     sign_output=False, output_relu=False, output_scale=None,
                                     output_bias=None)
     torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias, input_scale=None, input_bias=None)
+    torch.ops.xnortrain.sign_max_pool2d(signs, falling, kernel, stride, padding, ceil_mode)
 
 (weights in the layout of `xnor_layers.kernel_layout`; the input bits are sign(x), or
 sign(input_scale * x + input_bias) per input channel; with `sign_output` a conv returns,
 instead of y, the packed signs of sign(output_scale * relu(y) + output_bias) (relu with
 `output_relu`), int64 (N, H, W, words), which the next conv takes as x with
-`signs_channels` = C: `fusion.fuse_sign_chains`)
+`signs_channels` = C, max-pooled on the way where a pool lies between them
+(`xnor_layers.SignMaxPool2d`): `fusion.fuse_sign_chains`)
 with fake implementations, so `torch.export` and `torch.compile` can trace a model that
 calls them. Without a compiler, when the build fails, on a CPU without POPCNT, or with
 ``XNORTRAIN_NO_KERNELS=1``, `load` returns the reason in one line and the binary layers run
@@ -109,7 +111,7 @@ def _openmp_flags() -> list[str]:
 
 
 def _register_fakes() -> None:
-    from .xnor_layers import conv_output_size, words_for
+    from .xnor_layers import conv_output_size, pooled_size, words_for
 
     @torch.library.register_fake("xnortrain::xnor_conv2d")
     def _(x, weight, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None,
@@ -120,6 +122,11 @@ def _register_fakes() -> None:
             return x.new_empty((x.shape[0], h, w, words_for(alpha.shape[0])), dtype=torch.int64)
         return torch.empty((x.shape[0], alpha.shape[0], h, w), dtype=alpha.dtype, device=x.device,
                            memory_format=torch.channels_last)
+
+    @torch.library.register_fake("xnortrain::sign_max_pool2d")
+    def _(signs, falling, kernel, stride, padding, ceil_mode):
+        sizes = [pooled_size(signs.shape[1 + i], kernel[i], stride[i], padding[i], ceil_mode) for i in range(2)]
+        return signs.new_empty((signs.shape[0], *sizes, signs.shape[3]))
 
     @torch.library.register_fake("xnortrain::xnor_linear")
     def _(x, weight, alpha, bias, input_scale=None, input_bias=None):

@@ -131,6 +131,37 @@ class XnorConv2d(nn.Module):
                 + (", signs_in=True" if self.signs_in else "") + (", sign_output=True" if self.sign_output else ""))
 
 
+class SignMaxPool2d(nn.Module):
+    """max_pool2d between two linked XNOR convs, on the packed bits of sign(a * x + b) (a and b
+    the next conv's input map; `fusion.fuse_sign_chains` puts it in place of an nn.MaxPool2d of
+    dilation 1). a * x + b rises with x where a >= 0 and falls where a < 0, and rounding keeps
+    both monotone, so
+
+        sign(a * max_window(x) + b) = OR_window sign(a * x + b)    (a >= 0)
+                                    = AND_window sign(a * x + b)   (a < 0)
+
+    bit for bit, for windows without NaN (max_pool2d's NaN would make the bit 0). `falling`
+    holds the a < 0 channels as channel words. Native kernels only."""
+
+    def __init__(self, pool: nn.MaxPool2d, falling: torch.Tensor):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
+                                                       _pair(pool.padding))
+        self.ceil_mode = pool.ceil_mode
+        self.register_buffer("falling", channel_words(falling))
+
+    def forward(self, signs: torch.Tensor) -> torch.Tensor:
+        return torch.ops.xnortrain.sign_max_pool2d(signs, self.falling, self.kernel_size, self.stride, self.padding,
+                                                   self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 def register_input_map(layer: nn.Module) -> None:
     """`input_scale` and `input_bias` (a and b per input channel, None until a BatchNorm is
     folded in): the layer's input bits are then those of sign(a * x + b)."""
@@ -163,6 +194,12 @@ def mapped(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def conv_output_size(sizes, kernel_size, stride, padding, dilation) -> list[int]:
     """(H_out, W_out) of a conv of an input of `sizes` (H, W)."""
     return [(sizes[i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1) // stride[i] + 1 for i in range(2)]
+
+
+def pooled_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
+    """Output size of max pooling (dilation 1) along one axis, as PyTorch computes it."""
+    out = (size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
+    return out - 1 if ceil_mode and (out - 1) * stride >= size + padding else out
 
 
 def words_for(channels: int) -> int:

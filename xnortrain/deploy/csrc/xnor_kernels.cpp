@@ -22,7 +22,8 @@
 //
 // Linked convs (one group): where the next conv reads only sign(a * relu(out) + b), a and b
 // its input map, the epilogue writes those bits, packed as the next conv's input
-// (N, H, W, words), instead of out, and the next conv takes them without packing.
+// (N, H, W, words), instead of out, and the next conv takes them without packing; a max pool
+// between them pools the bits (sign_max_pool2d).
 //
 // Portability: the popcount loops use __builtin_popcountll. On x86-64 they carry
 // target("popcnt"), so the file builds for every x86-64 CPU without -march flags and the
@@ -852,6 +853,50 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   return out.tensor.view(shape);
 }
 
+// Max pooling of packed signs (N, H, W, words), the bits of sign(a * x + b) of the next
+// layer's input map: a * x + b rises with x where a >= 0 and falls where a < 0 (rounding
+// keeps both monotone), so sign(a * max(window) + b) is the OR of the window's bits there and
+// their AND where a < 0 (`falling`, one word of such channels' bits per input word). Taps in
+// the padding take no part, as -inf in max_pool2d. Dilation 1.
+at::Tensor sign_max_pool2d(const at::Tensor& signs, const at::Tensor& falling, at::IntArrayRef kernel,
+                           at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode) {
+  TORCH_CHECK(signs.scalar_type() == at::kLong && signs.is_contiguous() && signs.dim() == 4,
+              "packed signs must be contiguous int64 (N, H, W, words)");
+  TORCH_CHECK(falling.scalar_type() == at::kLong && falling.is_contiguous() && falling.numel() == signs.size(3),
+              "falling must hold one int64 word per word of the signs");
+  const int64_t n = signs.size(0), h = signs.size(1), w = signs.size(2), words = signs.size(3);
+  auto pooled_size = [&](int64_t size, int64_t k, int64_t s, int64_t p) {
+    int64_t out = (size + 2 * p - k + (ceil_mode ? s - 1 : 0)) / s + 1;
+    if (ceil_mode && (out - 1) * s >= size + p) --out;  // the last window starts inside the image or its left padding
+    return out;
+  };
+  const int64_t oh = pooled_size(h, kernel[0], stride[0], padding[0]), ow = pooled_size(w, kernel[1], stride[1], padding[1]);
+  TORCH_CHECK(oh > 0 && ow > 0, "the pooling window does not fit the padded input");
+  auto out = at::empty({n, oh, ow, words}, signs.options());
+  const word_t* src = reinterpret_cast<const word_t*>(signs.data_ptr<int64_t>());
+  const word_t* falls = reinterpret_cast<const word_t*>(falling.data_ptr<int64_t>());
+  word_t* dst = reinterpret_cast<word_t*>(out.data_ptr<int64_t>());
+  at::parallel_for(0, n * oh, grain_for(ow * words * kernel[0] * kernel[1]), [&](int64_t begin, int64_t end) {
+    for (int64_t line = begin; line < end; ++line) {
+      const int64_t image = line / oh, y0 = line % oh * stride[0] - padding[0];
+      const int64_t y1 = std::min(y0 + kernel[0], h);
+      for (int64_t ox = 0; ox < ow; ++ox) {
+        const int64_t x0 = ox * stride[1] - padding[1], x1 = std::min(x0 + kernel[1], w);
+        for (int64_t k = 0; k < words; ++k) {
+          word_t any = 0, all = ~word_t{0};
+          for (int64_t y = std::max<int64_t>(y0, 0); y < y1; ++y)
+            for (int64_t x = std::max<int64_t>(x0, 0); x < x1; ++x) {
+              const word_t bits = src[((image * h + y) * w + x) * words + k];
+              any |= bits, all &= bits;
+            }
+          dst[(line * ow + ox) * words + k] = (any & ~falls[k]) | (all & falls[k]);
+        }
+      }
+    }
+  });
+  return out;
+}
+
 bool hardware_popcount() {
 #if defined(__x86_64__) || defined(__i386__)
   return __builtin_cpu_supports("popcnt");
@@ -870,6 +915,8 @@ TORCH_LIBRARY(xnortrain, m) {
         "bool sign_output=False, bool output_relu=False, Tensor? output_scale=None, Tensor? output_bias=None) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
         "Tensor? input_bias=None) -> Tensor");
+  m.def("sign_max_pool2d(Tensor signs, Tensor falling, int[2] kernel, int[2] stride, int[2] padding, "
+        "bool ceil_mode) -> Tensor");
   m.def("hardware_popcount() -> bool", &hardware_popcount);
   m.def("popcount_path() -> str", &popcount_path);
 }
@@ -877,4 +924,5 @@ TORCH_LIBRARY(xnortrain, m) {
 TORCH_LIBRARY_IMPL(xnortrain, CPU, m) {
   m.impl("xnor_conv2d", &xnor_conv2d);
   m.impl("xnor_linear", &xnor_linear);
+  m.impl("sign_max_pool2d", &sign_max_pool2d);
 }
