@@ -15,7 +15,8 @@ inputs hold). Then, in eval mode, it times
 - the binary layers alone, each on the input it gets inside the model: the float path's
   sign(x) then conv/linear, the part the XNOR-popcount layer replaces, against that layer
   (a chain of layers that pass their signs packed as one: the float path's layers and the
-  ReLUs and BatchNorms between them, which the chain's epilogues compute);
+  ReLUs, BatchNorms and max pools between them, which the chain's epilogues and its pools on
+  packed bits compute);
   with the binary multiply-accumulates per second it achieves, next to the limits of this
   CPU at the clock /proc/cpuinfo reports: 64 binary MACs per cycle per thread for the
   64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
@@ -145,7 +146,8 @@ def percentile(values: list[float], q: float) -> float:
 def binary_segments(float_model: nn.Module, fast_model: nn.Module, x: torch.Tensor) -> list[tuple]:
     """(float modules, XNOR-popcount modules, the first one's input in the model, binary MACs)
     per binary layer, or per chain of them that pass their signs packed (`fusion.sign_chains`),
-    whose float work between (ReLUs, BatchNorms) the chain's first layer does in its epilogue."""
+    whose float work between (ReLUs, BatchNorms) the chain's first layer does in its epilogue
+    and whose max pools pool the packed bits."""
     fast = {name: m for name, m in fast_model.named_modules() if isinstance(m, (XnorConv2d, XnorLinear))}
     chains = []
     for first, *rest in (link for link in sign_chains(fast_model) if fast[link[0]].sign_output):

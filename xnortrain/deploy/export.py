@@ -117,8 +117,8 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     or feeds such a layer is folded into it, and each that alone reads a float Conv2d into its
     weights (`fusion.fold_batchnorms`); on the native kernels the float Conv2d layers are
     channels-last (`use_channels_last`), and with `fuse_signs` an XNOR conv whose output the
-    next XNOR conv alone reads, through ReLUs and folded BatchNorms, hands it the packed signs
-    it reads (`fusion.fuse_sign_chains`). It prints one line saying how many layers run which
+    next XNOR conv alone reads, through ReLUs, folded BatchNorms and max pools, hands it the
+    packed signs it reads (`fusion.fuse_sign_chains`). It prints one line saying how many layers run which
     path."""
     payload = _read(path)
     spec = payload["model"]

@@ -145,8 +145,7 @@ class SignMaxPool2d(nn.Module):
 
     def __init__(self, pool: nn.MaxPool2d, falling: torch.Tensor):
         super().__init__()
-        self.kernel_size, self.stride, self.padding = (_pair(pool.kernel_size), _pair(pool.stride or pool.kernel_size),
-                                                       _pair(pool.padding))
+        self.kernel_size, self.stride, self.padding = _pair(pool.kernel_size), _pair(pool.stride), _pair(pool.padding)
         self.ceil_mode = pool.ceil_mode
         self.register_buffer("falling", channel_words(falling))
 
