@@ -88,6 +88,7 @@ PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal"], [1, 8]
 FLOAT_PATH, KERNELS, OPENVINO_DEFAULT = "PyTorch float path", "xnortrain kernels", "OpenVINO default"
 COMPILED = "xnortrain kernels, torch.compile (cpp_wrapper)"
 AOT_PACKAGE = "xnortrain kernels, AOTInductor package"
+XNORTRAIN_ROWS = {"kernels": KERNELS, "compiled": COMPILED, "aot": AOT_PACKAGE}  # short names in the ratios
 FP32_RUNTIMES = (FLOAT_PATH, "onnxruntime FP32", "OpenVINO FP32")
 CALIBRATION_INPUTS = 32
 
@@ -321,7 +322,7 @@ def peer_ratios(rows: list[dict]) -> dict:
     p50 = {r["runtime"]: r["p50_ms"] for r in rows}
     best = min(FP32_RUNTIMES, key=p50.__getitem__)
     ratios = {"best_fp32": best}
-    for over, runtime in (("kernels", KERNELS), ("compiled", COMPILED), ("aot", AOT_PACKAGE)):
+    for over, runtime in XNORTRAIN_ROWS.items():
         ratios[f"best_fp32_over_{over}"] = p50[best] / p50[runtime]
         ratios[f"openvino_default_over_{over}"] = p50[OPENVINO_DEFAULT] / p50[runtime]
     return ratios
@@ -359,14 +360,13 @@ def print_peers(names: list[str], exported: dict, workdir: Path, repeats_of) -> 
           "its p50 ms | fastest FP32 / kernels | / compiled | / AOT package | OpenVINO default (precision) p50 ms | "
           "OpenVINO default / kernels | / compiled | / AOT package |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    xnortrain = {"kernels": KERNELS, "compiled": COMPILED, "aot": AOT_PACKAGE}
     for name, batch, measured, q in ratios:
         p50 = {r["runtime"]: r["p50_ms"] for r in measured}
         precision = {r["runtime"]: r["precision"] for r in measured}[OPENVINO_DEFAULT]
-        cells = [f"{p50[runtime]:.2f}" for runtime in xnortrain.values()]
-        cells += [q["best_fp32"], f"{p50[q['best_fp32']]:.2f}", *(f"{q[f'best_fp32_over_{k}']:.2f}x" for k in xnortrain)]
+        cells = [f"{p50[runtime]:.2f}" for runtime in XNORTRAIN_ROWS.values()]
+        cells += [q["best_fp32"], f"{p50[q['best_fp32']]:.2f}", *(f"{q[f'best_fp32_over_{k}']:.2f}x" for k in XNORTRAIN_ROWS)]
         cells += [f"{p50[OPENVINO_DEFAULT]:.2f} ({precision})",
-                  *(f"{q[f'openvino_default_over_{k}']:.2f}x" for k in xnortrain)]
+                  *(f"{q[f'openvino_default_over_{k}']:.2f}x" for k in XNORTRAIN_ROWS)]
         print(f"| {name} | {batch} | " + " | ".join(cells) + " |")
     return rows
 
