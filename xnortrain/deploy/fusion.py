@@ -55,17 +55,30 @@ class _Leaves(fx.Tracer):
         return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
 
 
+def module_calls(model: nn.Module) -> tuple[list[fx.Node], set[str]] | None:
+    """The model's module calls on its fx graph, in order, and the names of the modules called
+    once; None where fx cannot trace."""
+    try:
+        graph = _Leaves().trace(model)
+    except Exception:  # whatever stops fx, the model is left as it is
+        return None
+    calls = [node for node in graph.nodes if node.op == "call_module"]
+    return calls, {name for name, count in Counter(node.target for node in calls).items() if count == 1}
+
+
+def called_once_on_one_value(node: fx.Node, once: set[str]) -> bool:
+    """A call of a module called once, with one argument and no keywords."""
+    return node.op == "call_module" and node.target in once and len(node.args) == 1 and not node.kwargs
+
+
 def adjacent_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(first, second) module names, each module called once, where `second` is called on
     `first`'s output alone and nothing else reads that output; [] where fx cannot trace."""
-    try:
-        graph = _Leaves().trace(model)
-    except Exception:  # whatever stops fx, the model keeps its BatchNorms
+    if (traced := module_calls(model)) is None:
         return []
-    calls = [node for node in graph.nodes if node.op == "call_module"]
-    once = {name for name, count in Counter(node.target for node in calls).items() if count == 1}
+    calls, once = traced
     return [(node.args[0].target, node.target) for node in calls
-            if node.target in once and len(node.args) == 1 and not node.kwargs and isinstance(node.args[0], fx.Node)
+            if called_once_on_one_value(node, once) and isinstance(node.args[0], fx.Node)
             and node.args[0].op == "call_module" and node.args[0].target in once and len(node.args[0].users) == 1]
 
 
@@ -143,22 +156,19 @@ def sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
     its output read by the next alone: [first conv, the modules between, next conv] by name;
     [] where fx cannot trace. Convs whose output (`output_hooked`) or input (`input_hooked`) a
     hook changes are left out."""
-    try:
-        graph = _Leaves().trace(model)
-    except Exception:  # whatever stops fx, the model keeps its float outputs
+    if (traced := module_calls(model)) is None:
         return []
+    calls, once = traced
     modules = dict(model.named_modules())
-    calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
 
     def linkable(node: fx.Node, accepts) -> bool:
-        return (node.op == "call_module" and calls[node.target] == 1 and accepts(modules[node.target])
-                and len(node.args) == 1 and not node.kwargs)
+        return called_once_on_one_value(node, once) and accepts(modules[node.target])
 
     def chainable_conv(m: nn.Module) -> bool:
         return isinstance(m, XnorConv2d) and m.native and m.groups == 1
 
     links = []
-    for node in graph.nodes:
+    for node in calls:
         if not linkable(node, chainable_conv) or node.target in output_hooked:
             continue
         link = [node]
