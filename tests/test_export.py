@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_kernels import require_native_kernels
 from test_train import config_for
 from torch.nn.utils import parametrize
 
@@ -279,9 +280,7 @@ def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels
     and every BatchNorm that reads a float conv alone folded into its weights."""
     from xnortrain.deploy import kernels
 
-    problem = kernels.load()
-    if problem is not None:
-        pytest.skip(f"native kernels unavailable: {problem}")
+    require_native_kernels()
     run = ["--config", str(TESTS.parent / "configs" / "cifar_nin.yaml"), "--set", f"train.out_dir={tmp_path}", "--set", "data.name=synthetic", "--set", "data.synthetic_shape=[3,32,32]",
            "--set", "data.synthetic_train_size=32", "--set", "data.batch_size=16", "--set", "train.epochs=1",
            *[a for s in sets for a in ("--set", s)], "--quiet"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
+from test_kernels import require_native_kernels
 from torch import nn
 
 from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms, sign_chains
@@ -172,11 +172,7 @@ class Chains(nn.Module):
 
 
 def test_convs_link_where_the_next_alone_reads_the_output_through_relus_on_the_kernels_with_one_group():
-    from xnortrain.deploy import kernels
-
-    problem = kernels.load()
-    if problem is not None:
-        pytest.skip(f"native kernels unavailable: {problem}")
+    require_native_kernels()
     assert sign_chains(Chains(native=True)) == [["a", "relu_a", "b"], ["b", "c"]]
     assert sign_chains(Chains(native=True), input_hooked={"b"}) == [["b", "c"]]
     assert sign_chains(Chains(native=True), output_hooked={"b"}) == [["a", "relu_a", "b"]]

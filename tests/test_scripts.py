@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_kernels import require_native_kernels
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
@@ -277,10 +278,9 @@ def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_
     """NIN's binary convs pass their signs packed in two runs (the first through a max pool);
     each run's float side holds the float layers and the ReLUs, BatchNorms and pools between
     them, and both sides give the same output."""
-    from xnortrain.deploy import kernels, load_exported
+    from xnortrain.deploy import load_exported
 
-    if kernels.load() is not None:
-        pytest.skip(f"native kernels unavailable: {kernels.load()}")
+    require_native_kernels()
     monkeypatch.syspath_prepend(str(SCRIPTS))
     bench = load_script("bench_inference")
     _, exported = bench.export_one("nin", tmp_path)
