@@ -4,13 +4,17 @@ which pairs fold, and the outputs stay."""
 from __future__ import annotations
 
 import copy
+import math
 
+import numpy as np
+import pytest
 import torch
 from test_kernels import require_native_kernels
 from torch import nn
 
-from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms, sign_chains
-from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
+from xnortrain.deploy.bitpack import channel_words
+from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms, fuse_sign_chains, sign_chains
+from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear, mapped, sign_bounds
 
 
 def xnor_conv(c_in: int, c_out: int, seed: int, bias: bool = True) -> XnorConv2d:
@@ -177,3 +181,56 @@ def test_convs_link_where_the_next_alone_reads_the_output_through_relus_on_the_k
     assert sign_chains(Chains(native=True), input_hooked={"b"}) == [["b", "c"]]
     assert sign_chains(Chains(native=True), output_hooked={"b"}) == [["a", "relu_a", "b"]]
     assert sign_chains(Chains(native=False)) == []  # the pure-PyTorch layers take floats
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu", [False, True])
+def test_sign_bounds_are_the_dots_whose_next_input_bit_is_one(dtype, relu):
+    """Against each dot's bit [a * relu(alpha * dot + bias) + b >= 0] rounded one number at a
+    time in numpy scalars of the dtype: alpha < 0 (a folded BatchNorm) and 0, a < 0 and 0, b 0,
+    and biases that put y = 0 on a dot."""
+    n, scalar = 9, {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    gen = torch.Generator().manual_seed(3)
+    alpha, bias = torch.randn(12, generator=gen, dtype=dtype), torch.randn(12, generator=gen, dtype=dtype)
+    scale, shift = torch.randn(12, generator=gen, dtype=dtype), torch.randn(12, generator=gen, dtype=dtype)
+    alpha[0], scale[1], shift[2:4] = 0.0, 0.0, 0.0
+    bias[2:6] = -alpha[2:6] * torch.tensor([3.0, -4.0, 0.0, 5.0], dtype=dtype)
+    low, high = sign_bounds(alpha, bias, relu, scale, shift, n)
+    for o in range(12):
+        a, b, w, c = (scalar(t[o].item()) for t in (alpha, bias, scale, shift))
+        for dot in range(-n, n + 1):
+            y = a * scalar(dot) + b
+            bit = w * (scalar(0) if relu and y < 0 else y) + c >= 0
+            assert bit == (low[o] <= dot <= high[o]), (o, dot)
+
+
+def test_a_conv_whose_output_bits_are_no_interval_of_dots_stays_unlinked():
+    """alpha = inf: y = -inf, NaN, +inf at dots -1, 0, 1, so after the ReLU the bits are 1, 0, 1."""
+    assert sign_bounds(torch.tensor([math.inf]), None, True, None, None, 3) is None
+    require_native_kernels()
+    model = Chains(native=True)
+    model.a.alpha[0] = math.inf
+    assert fuse_sign_chains(model) == [["b", "c"]]
+    assert not model.a.sign_output and isinstance(model.relu_a, nn.ReLU) and not model.b.signs_in
+
+
+def test_a_linked_float32_conv_run_in_float64_gives_the_float64_bits():
+    """The bounds found at linking are float32's; a float64 pass finds its own. Channels 0-7:
+    y = 1/3 at dot 1, and -3 * y + 1 is 0 in float32 (bit 1) but -3e-8 in float64 (bit 0)."""
+    require_native_kernels()
+    def conv(c_in, c_out, seed):
+        signs = torch.randn(c_out, c_in, 3, 3, generator=torch.Generator().manual_seed(seed)) >= 0
+        layer = XnorConv2d(nn.Conv2d(c_in, c_out, 3), signs, torch.rand(c_out) + 0.1, torch.randn(c_out), native=True)
+        layer.input_scale, layer.input_bias = torch.randn(c_in), torch.randn(c_in)
+        return layer
+
+    model = nn.Sequential(conv(5, 70, 0), nn.ReLU(), conv(70, 5, 1))  # 45 bits: odd dots
+    model[0].alpha[:8], model[0].bias[:8] = 1 / 3, 0.0
+    model[2].input_scale[:8], model[2].input_bias[:8] = -3.0, 1.0
+    expected = copy.deepcopy(model)
+    fuse_sign_chains(model)
+    assert not torch.equal(model[0].sign_bounds, model[0]._bounds_in(torch.float64))
+    x = torch.randn(2, 5, 8, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        floats = mapped(expected[2], torch.relu(expected[0](x)))
+        assert torch.equal(model[0](x), channel_words(floats.permute(0, 2, 3, 1) >= 0))

@@ -185,13 +185,16 @@ def fuse_sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
                      output_hooked: Collection[str] = ()) -> list[list[str]]:
     """Link the convs of each of `sign_chains`: the first packs the signs the next reads
     (its input map and any ReLU between move into the first's epilogue; the ReLUs become
-    identities, the max pools `SignMaxPool2d`), the next takes them packed; returns the links."""
-    links = sign_chains(model, input_hooked, output_hooked)
-    for first, *between, second in links:
+    identities, the max pools `SignMaxPool2d`), the next takes them packed; returns the links
+    made (all but those whose bits are no interval of dots, `XnorConv2d.link_output`)."""
+    links = []
+    for first, *between, second in sign_chains(model, input_hooked, output_hooked):
         producer, consumer = model.get_submodule(first), model.get_submodule(second)
-        producer.sign_output = consumer.signs_in = True
-        producer.output_relu = any(isinstance(model.get_submodule(name), nn.ReLU) for name in between)
-        producer.output_scale, producer.output_bias = consumer.input_scale, consumer.input_bias
+        relu = any(isinstance(model.get_submodule(name), nn.ReLU) for name in between)
+        if not producer.link_output(relu, consumer.input_scale, consumer.input_bias):
+            continue
+        links.append([first, *between, second])
+        consumer.signs_in = True
         falling = (consumer.input_scale < 0 if consumer.input_scale is not None
                    else torch.zeros(consumer.in_channels, dtype=torch.bool))
         consumer.input_scale = consumer.input_bias = None

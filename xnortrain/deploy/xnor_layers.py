@@ -68,9 +68,9 @@ class XnorConv2d(nn.Module):
     channels-last tensor.
 
     Chained by `fusion.fuse_sign_chains` (native, one group), a layer whose output only the
-    next XNOR conv's signs read returns those signs packed instead (`sign_output`: the words of
-    sign(a * relu(y) + b), relu with `output_relu`, a and b the next layer's input map in
-    `output_scale` and `output_bias`), and the next layer takes them as they are (`signs_in`)."""
+    next XNOR conv's signs read returns those signs packed instead (`link_output`: the words of
+    sign(a * relu(y) + b), which the kernel finds as low_o <= dot <= high_o from `sign_bounds`),
+    and the next layer takes them as they are (`signs_in`)."""
 
     def __init__(self, conv: nn.Conv2d, weight_signs: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
                  native: bool = False):
@@ -84,9 +84,10 @@ class XnorConv2d(nn.Module):
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
         register_input_map(self)
-        self.signs_in = self.sign_output = self.output_relu = False
+        self.signs_in = self.output_relu = False
         self.register_buffer("output_scale", None)
         self.register_buffer("output_bias", None)
+        self.register_buffer("sign_bounds", None)
         if native:
             self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
 
@@ -96,11 +97,10 @@ class XnorConv2d(nn.Module):
         if self.native:
             args = (x, self.kernel_words, alpha, bias, self.stride, self.padding, self.dilation, self.groups,
                     *input_map(self, x))
-            if not (self.signs_in or self.sign_output):  # the link arguments left to their defaults: five
-                return torch.ops.xnortrain.xnor_conv2d(*args)  # more cost a batch-1 call about 1 us
-            return torch.ops.xnortrain.xnor_conv2d(*args, self.in_channels if self.signs_in else 0, self.sign_output,
-                                                   self.output_relu, in_dtype_of(self.output_scale, float_like),
-                                                   in_dtype_of(self.output_bias, float_like))
+            if not (self.signs_in or self.sign_output):  # the link arguments left to their defaults
+                return torch.ops.xnortrain.xnor_conv2d(*args)  # cost a batch-1 call less
+            return torch.ops.xnortrain.xnor_conv2d(*args, self.in_channels if self.signs_in else 0,
+                                                   self._bounds_in(float_like.dtype))
         n = x.shape[0]
         shape = [n, self.out_channels, *conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
                                                           self.dilation)]
@@ -117,6 +117,39 @@ class XnorConv2d(nn.Module):
         out = out if bias is None else out + bias
         return out.view(n, *shape[2:], self.out_channels).permute(0, 3, 1, 2)
 
+    @property
+    def sign_output(self) -> bool:
+        """Whether the layer returns the packed signs the next layer reads (`link_output`)."""
+        return self.sign_bounds is not None
+
+    @property
+    def real_bits(self) -> int:
+        """n, the bits of a patch: |dot| <= n."""
+        return self.in_channels // self.groups * math.prod(self.kernel_size)
+
+    def link_output(self, relu: bool, scale: torch.Tensor | None, shift: torch.Tensor | None) -> bool:
+        """From now on return the packed bits of sign(a * relu(y) + b) instead of y (relu where
+        `relu`; a, b = `scale`, `shift`, the next layer's input map, or none); False, and the
+        layer unchanged, where those bits are no interval of dots (`sign_bounds`)."""
+        bounds = sign_bounds(self.alpha, self.bias, relu, scale, shift, self.real_bits)
+        if bounds is None:
+            return False
+        self.output_relu, self.output_scale, self.output_bias, self.sign_bounds = relu, scale, shift, bounds
+        return True
+
+    def _bounds_in(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The sign bounds for y computed in `dtype`: those found when linked (alpha's dtype,
+        float32), or found again for another dtype (float64 runs are for testing)."""
+        if self.sign_bounds is None or dtype == self.alpha.dtype:
+            return self.sign_bounds
+        terms = (self.alpha, self.bias, self.output_scale, self.output_bias)
+        alpha, bias, scale, shift = (None if t is None else t.to(dtype) for t in terms)
+        bounds = sign_bounds(alpha, bias, self.output_relu, scale, shift, self.real_bits)
+        if bounds is None:
+            raise RuntimeError(f"a linked XNOR conv's output bits in {dtype} are no interval of dots; "
+                               f"load with fuse_signs=False to run this dtype")
+        return bounds
+
     def _patch_words(self, bits: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) of 0/1 -> (N * L, taps * words): each patch's channel words, tap by tap;
         a padded tap has no bits."""
@@ -129,6 +162,35 @@ class XnorConv2d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, native={self.native}"
                 + (", signs_in=True" if self.signs_in else "") + (", sign_output=True" if self.sign_output else ""))
+
+
+def sign_bounds(alpha: torch.Tensor, bias: torch.Tensor | None, relu: bool, scale: torch.Tensor | None,
+                shift: torch.Tensor | None, real_bits: int) -> torch.Tensor | None:
+    """Per output channel o of an XNOR conv, the lowest and highest dot at which the next
+    layer's input bit is +1, (2, C_out) int64:
+
+        bit_o(dot) = [a_o * relu(alpha_o * dot + bias_o) + b_o >= 0]
+
+    (relu where `relu`; a, b = `scale`, `shift`, or 1 and 0), each product and sum rounded in
+    alpha's dtype as the kernels and PyTorch round them. Rounding is monotone, so bit_o is
+    monotone in dot and its ones are one interval [low_o, high_o] (low_o > high_o: none),
+    found exactly by evaluating bit_o on every dot in [-n, n], n = `real_bits`. None where a
+    channel's ones are no interval (a NaN, or an infinity times 0, breaks the monotony)."""
+    dots = torch.arange(-real_bits, real_bits + 1, dtype=alpha.dtype)
+    y = alpha[:, None] * dots
+    if bias is not None:
+        y = y + bias[:, None]
+    if relu:
+        y = torch.relu(y)
+    if scale is not None:
+        y = y * scale[:, None] + shift[:, None]
+    ones = y >= 0
+    first = ones.to(torch.uint8).argmax(1)  # 0 where there are no ones
+    last = first + ones.sum(1) - 1
+    position = torch.arange(ones.shape[1])
+    if not torch.equal(ones, (position >= first[:, None]) & (position <= last[:, None])):
+        return None
+    return torch.stack([first, last]) - real_bits
 
 
 class SignMaxPool2d(nn.Module):

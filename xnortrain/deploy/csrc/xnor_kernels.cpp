@@ -21,9 +21,10 @@
 // (popcount(W[o, tap]) per padded tap) before out = alpha_o * dot + bias_o.
 //
 // Linked convs (one group): where the next conv reads only sign(a * relu(out) + b), a and b
-// its input map, the epilogue writes those bits, packed as the next conv's input
-// (N, H, W, words), instead of out, and the next conv takes them without packing; a max pool
-// between them pools the bits (sign_max_pool2d).
+// its input map, that bit is a monotone function of the integer dot, 1 on an interval
+// low_o <= dot <= high_o that the caller finds once (`sign_bounds`); the epilogue writes those
+// bits, packed as the next conv's input (N, H, W, words), instead of out, and the next conv
+// takes them without packing; a max pool between them pools the bits (sign_max_pool2d).
 //
 // Portability: the popcount loops use __builtin_popcountll. On x86-64 they carry
 // target("popcnt"), so the file builds for every x86-64 CPU without -march flags and the
@@ -330,23 +331,45 @@ void gather_patches(const PackedInput& packed, const Geometry& g, word_t* patche
   });
 }
 
-// What the epilogue of a tile needs per row r and column c (filter o0 + c):
-// y = alpha_o * (real_bits[r] - 2 * (popcount - padded[r][c])) + bias_o, padded[r] null
-// for pixels whose taps all lie inside the image. It writes y to `out`, or, where `signs` is
-// set, bit c of the row's bytes: sign(a_o * relu(y) + b_o), relu(y) = 0 for y < 0 and y
-// otherwise (NaN stays NaN, as in torch.relu), only with `relu`.
-template <typename scalar_t>
-struct Epilogue {
+// A tile's dots, for row r and column c (filter o0 + c) from the popcount of A[r] XOR W[c]:
+// dot = real_bits[r] - 2 * (popcount - padded[r][c]), padded[r] null for pixels whose taps
+// all lie inside the image.
+struct Dots {
   const int64_t* real_bits;
   const int32_t* const* padded;
+
+  int64_t of(int64_t r, int64_t c, int64_t count) const {
+    return real_bits[r] - 2 * (count - (padded[r] ? padded[r][c] : 0));
+  }
+};
+
+// The float epilogue: out[r][c] = alpha_c * dot + bias_c (bias null: + 0).
+template <typename scalar_t>
+struct FloatOutput {
+  Dots dots;
   const scalar_t* alpha;
   const scalar_t* bias;
   scalar_t* out;  // (pixels, C_out), at the tile's first row and column
   int64_t ldo;
-  uint8_t* signs;  // (pixels, bytes), zeroed, at the tile's first row and byte; null: floats out
+
+  void finish(int64_t r, int64_t c, int64_t count) const {
+    const scalar_t dot = static_cast<scalar_t>(dots.of(r, c, count));
+    out[r * ldo + c] = alpha[c] * dot + (bias ? bias[c] : scalar_t(0));
+  }
+};
+
+// The epilogue of a linked conv: bit c of row r's bytes is 1 where low_c <= dot <= high_c,
+// the dots at which the next layer's sign of its input is +1 (the caller's `sign_bounds`).
+struct SignOutput {
+  Dots dots;
+  const int64_t *low, *high;
+  uint8_t* signs;  // (pixels, bytes), zeroed, at the tile's first row and byte
   int64_t ldb;
-  const scalar_t *sign_scale, *sign_bias;  // a and b
-  bool relu;
+
+  void finish(int64_t r, int64_t c, int64_t count) const {
+    const int64_t dot = dots.of(r, c, count);
+    if (low[c] <= dot && dot <= high[c]) signs[r * ldb + c / 8] |= uint8_t(1u << (c % 8));
+  }
 };
 
 // The patch rows a tile multiplies, `span` words for each of `kernel_rows` kernel rows: word
@@ -362,24 +385,11 @@ struct PatchRows {
   PatchRows from(int64_t r) const { return {a + r * lda, lda, span, kernel_rows, kernel_row_step}; }
 };
 
-template <typename scalar_t>
-inline void finish(const Epilogue<scalar_t>& e, int64_t r, int64_t c, int64_t count) {
-  const int64_t differ = count - (e.padded[r] ? e.padded[r][c] : 0);
-  const scalar_t dot = static_cast<scalar_t>(e.real_bits[r] - 2 * differ);
-  const scalar_t y = e.alpha[c] * dot + (e.bias ? e.bias[c] : scalar_t(0));
-  if (!e.signs) {
-    e.out[r * e.ldo + c] = y;
-    return;
-  }
-  const scalar_t v = e.relu && y < 0 ? scalar_t(0) : y;
-  if (v * e.sign_scale[c] + e.sign_bias[c] >= 0) e.signs[r * e.ldb + c / 8] |= uint8_t(1u << (c % 8));
-}
-
 // out for an MR x NR block of patch rows and filters: popcount(A[r] XOR W[c]) accumulated in
 // registers over the rows' words, then the epilogue. `w` points at filter c0's lane of its
 // interleaved block, so filter c0 + c's word d is w[d * kLanes + c].
-template <typename scalar_t, int MR, int NR>
-POPCOUNT_TARGET inline void xnor_block(const PatchRows& p, const word_t* w, const Epilogue<scalar_t>& e, int64_t r0,
+template <typename Epilogue, int MR, int NR>
+POPCOUNT_TARGET inline void xnor_block(const PatchRows& p, const word_t* w, const Epilogue& e, int64_t r0,
                                        int64_t c0) {
   int64_t acc[MR][NR] = {};
   for (int64_t i = 0; i < p.kernel_rows; ++i) {
@@ -394,7 +404,7 @@ POPCOUNT_TARGET inline void xnor_block(const PatchRows& p, const word_t* w, cons
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int c = 0; c < NR; ++c) finish(e, r0 + r, c0 + c, acc[r][c]);
+    for (int c = 0; c < NR; ++c) e.finish(r0 + r, c0 + c, acc[r][c]);
 }
 
 // Filter c's lane in weights `w8` interleaved kLanes filters at a time, `depth` words each.
@@ -402,24 +412,24 @@ inline const word_t* filter_lane(const word_t* w8, int64_t c, int64_t depth) {
   return w8 + c / kLanes * depth * kLanes + c % kLanes;
 }
 
-template <typename scalar_t, int MR>
-POPCOUNT_TARGET void xnor_rows(const PatchRows& p, const word_t* w8, int64_t cols, const Epilogue<scalar_t>& e,
+template <typename Epilogue, int MR>
+POPCOUNT_TARGET void xnor_rows(const PatchRows& p, const word_t* w8, int64_t cols, const Epilogue& e,
                                int64_t r0) {
   static_assert(kLanes % kBlockCols == 0, "a register block of filters lies within one interleaved block");
   int64_t c = 0;
   for (; c + kBlockCols <= cols; c += kBlockCols)
-    xnor_block<scalar_t, MR, kBlockCols>(p, filter_lane(w8, c, p.depth()), e, r0, c);
-  for (; c < cols; ++c) xnor_block<scalar_t, MR, 1>(p, filter_lane(w8, c, p.depth()), e, r0, c);
+    xnor_block<Epilogue, MR, kBlockCols>(p, filter_lane(w8, c, p.depth()), e, r0, c);
+  for (; c < cols; ++c) xnor_block<Epilogue, MR, 1>(p, filter_lane(w8, c, p.depth()), e, r0, c);
 }
 
 // A tile: rows patch rows against cols filters of W (interleaved, from the tile's first
 // filter, which starts a block).
-template <typename scalar_t>
+template <typename Epilogue>
 POPCOUNT_TARGET void xnor_tile(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
-                               const Epilogue<scalar_t>& e) {
+                               const Epilogue& e) {
   int64_t r = 0;
-  for (; r + kBlockRows <= rows; r += kBlockRows) xnor_rows<scalar_t, kBlockRows>(p.from(r), w8, cols, e, r);
-  for (; r < rows; ++r) xnor_rows<scalar_t, 1>(p.from(r), w8, cols, e, r);
+  for (; r + kBlockRows <= rows; r += kBlockRows) xnor_rows<Epilogue, kBlockRows>(p.from(r), w8, cols, e, r);
+  for (; r < rows; ++r) xnor_rows<Epilogue, 1>(p.from(r), w8, cols, e, r);
 }
 
 #if defined(__x86_64__)
@@ -428,45 +438,48 @@ POPCOUNT_TARGET void xnor_tile(const PatchRows& p, const word_t* w8, int64_t row
 // (blocks, depth, 8). A register block is MR patch rows by NB vectors of eight filters.
 constexpr int kWide = kLanes, kWideBlocks = 2;
 
+// Row r's dots with eight filters c0 .. c0 + 8 (`lanes` of them valid) from their popcounts.
+WIDE_TARGET inline __m512i wide_dots(const Dots& d, int64_t r, int64_t c0, __mmask8 lanes, __m512i count) {
+  if (const int32_t* padded = d.padded[r])
+    count = _mm512_sub_epi64(count, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, padded + c0)));
+  return _mm512_sub_epi64(_mm512_set1_epi64(d.real_bits[r]), _mm512_slli_epi64(count, 1));
+}
+
 // The epilogue of one vector of eight filters c0 .. c0 + 8 for patch rows r0 .. r0 + MR, from
-// their popcounts: alpha and bias loaded once for the rows, each dot converted from int64
-// lanes to float32 in one instruction; with sign output, the eight signs are one byte.
-template <typename scalar_t, int MR>
-WIDE_TARGET inline void finish_wide(const Epilogue<scalar_t>& e, int64_t r0, int64_t c0, int64_t cols,
+// their popcounts, each filter's terms loaded once for the rows. Float32 out: the dots
+// converted from int64 lanes to float32 in one instruction; signs out: two integer compares
+// give the row's byte of eight bits. Float64 out goes one filter at a time.
+template <typename Epilogue, int MR>
+WIDE_TARGET inline void finish_wide(const Epilogue& e, int64_t r0, int64_t c0, int64_t cols,
                                     const __m512i (&counts)[MR]) {
   const int64_t valid = std::min<int64_t>(kWide, cols - c0);
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
+  const __mmask8 lanes = static_cast<__mmask8>((1u << valid) - 1);
+  if constexpr (std::is_same_v<Epilogue, SignOutput>) {
+    const __m512i low = _mm512_maskz_loadu_epi64(lanes, e.low + c0), high = _mm512_maskz_loadu_epi64(lanes, e.high + c0);
+    for (int r = 0; r < MR; ++r) {
+      const __m512i dot = wide_dots(e.dots, r0 + r, c0, lanes, counts[r]);
+      const __mmask8 above_low = _mm512_mask_cmp_epi64_mask(lanes, low, dot, _MM_CMPINT_LE);
+      e.signs[(r0 + r) * e.ldb + c0 / 8] = _mm512_mask_cmp_epi64_mask(above_low, dot, high, _MM_CMPINT_LE);
+    }
+  } else if constexpr (std::is_same_v<Epilogue, FloatOutput<float>>) {
     const __m256 alpha = _mm256_maskz_loadu_ps(lanes, e.alpha + c0);
     const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
-    const __m256 zero = _mm256_setzero_ps();
-    const __m256 sign_scale = e.signs ? _mm256_maskz_loadu_ps(lanes, e.sign_scale + c0) : zero;
-    const __m256 sign_bias = e.signs ? _mm256_maskz_loadu_ps(lanes, e.sign_bias + c0) : zero;
     for (int r = 0; r < MR; ++r) {
-      __m512i count = counts[r];
-      if (const int32_t* padded = e.padded[r0 + r])
-        count = _mm512_sub_epi64(count, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lanes, padded + c0)));
-      const __m512i dot = _mm512_sub_epi64(_mm512_set1_epi64(e.real_bits[r0 + r]), _mm512_slli_epi64(count, 1));
+      const __m512i dot = wide_dots(e.dots, r0 + r, c0, lanes, counts[r]);
       const __m256 y = _mm256_add_ps(_mm256_mul_ps(alpha, _mm512_cvtepi64_ps(dot)), bias);
-      if (!e.signs) {
-        _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, y);
-        continue;
-      }
-      const __m256 v = e.relu ? _mm256_mask_mov_ps(y, _mm256_cmp_ps_mask(y, zero, _CMP_LT_OQ), zero) : y;
-      const __m256 mapped = _mm256_add_ps(_mm256_mul_ps(v, sign_scale), sign_bias);
-      e.signs[(r0 + r) * e.ldb + c0 / 8] = _mm256_mask_cmp_ps_mask(lanes, mapped, zero, _CMP_GE_OQ);
+      _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, y);
     }
   } else {
     for (int r = 0; r < MR; ++r) {
       alignas(64) int64_t lane_counts[kWide];
       _mm512_store_si512(lane_counts, counts[r]);
-      for (int64_t c = 0; c < valid; ++c) finish(e, r0 + r, c0 + c, lane_counts[c]);
+      for (int64_t c = 0; c < valid; ++c) e.finish(r0 + r, c0 + c, lane_counts[c]);
     }
   }
 }
 
-template <typename scalar_t, int MR, int NB>
-WIDE_TARGET void xnor_block_wide(const PatchRows& p, const word_t* w8, int64_t cols, const Epilogue<scalar_t>& e,
+template <typename Epilogue, int MR, int NB>
+WIDE_TARGET void xnor_block_wide(const PatchRows& p, const word_t* w8, int64_t cols, const Epilogue& e,
                                  int64_t r0, int64_t c0) {
   const int64_t depth = p.depth();
   __m512i acc[MR][NB];
@@ -487,26 +500,26 @@ WIDE_TARGET void xnor_block_wide(const PatchRows& p, const word_t* w8, int64_t c
   for (int b = 0; b < NB; ++b) {
     __m512i counts[MR];
     for (int r = 0; r < MR; ++r) counts[r] = acc[r][b];
-    finish_wide<scalar_t, MR>(e, r0, c0 + b * kWide, cols, counts);
+    finish_wide<Epilogue, MR>(e, r0, c0 + b * kWide, cols, counts);
   }
 }
 
-template <typename scalar_t, int NB>
+template <typename Epilogue, int NB>
 WIDE_TARGET void xnor_rows_wide(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
-                                const Epilogue<scalar_t>& e, int64_t c) {
+                                const Epilogue& e, int64_t c) {
   int64_t r = 0;
   for (; r + kBlockRows <= rows; r += kBlockRows)
-    xnor_block_wide<scalar_t, kBlockRows, NB>(p.from(r), w8, cols, e, r, c);
-  for (; r < rows; ++r) xnor_block_wide<scalar_t, 1, NB>(p.from(r), w8, cols, e, r, c);
+    xnor_block_wide<Epilogue, kBlockRows, NB>(p.from(r), w8, cols, e, r, c);
+  for (; r < rows; ++r) xnor_block_wide<Epilogue, 1, NB>(p.from(r), w8, cols, e, r, c);
 }
 
-template <typename scalar_t>
+template <typename Epilogue>
 WIDE_TARGET void xnor_tile_wide(const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
-                                const Epilogue<scalar_t>& e) {
+                                const Epilogue& e) {
   int64_t c = 0;
   for (; c + kWide * kWideBlocks <= cols; c += kWide * kWideBlocks)
-    xnor_rows_wide<scalar_t, kWideBlocks>(p, w8 + c / kWide * p.depth() * kWide, rows, cols, e, c);
-  for (; c < cols; c += kWide) xnor_rows_wide<scalar_t, 1>(p, w8 + c / kWide * p.depth() * kWide, rows, cols, e, c);
+    xnor_rows_wide<Epilogue, kWideBlocks>(p, w8 + c / kWide * p.depth() * kWide, rows, cols, e, c);
+  for (; c < cols; c += kWide) xnor_rows_wide<Epilogue, 1>(p, w8 + c / kWide * p.depth() * kWide, rows, cols, e, c);
 }
 
 #endif
@@ -639,13 +652,12 @@ struct LayerInput {
   bool signs;
 };
 
-// A layer's output: floats y (N, C_out, OH, OW), channels-last, or, `signs`, the words of
-// sign(a * relu(y) + b) (`relu` optional, `map` the next layer's a and b), (N, OH, OW, words):
-// the next layer's packed input, with no float output written and read back.
+// A layer's output: floats y (N, C_out, OH, OW), channels-last, or, with `bounds` (2, C_out),
+// the words of the bits low_c <= dot <= high_c, (N, OH, OW, words): the next layer's packed
+// input, with no float output written and read back.
 struct LayerOutput {
   at::Tensor tensor;
-  bool signs, relu;
-  SignMap map;
+  c10::optional<at::Tensor> bounds;
 };
 
 // The row tiles of a conv's output, up to kTileRows output pixels each, with their patch
@@ -694,13 +706,13 @@ PackedInput packed_input(const LayerInput& in, const Geometry& g, bool wide, boo
   return packed;
 }
 
-template <typename scalar_t>
+template <typename Epilogue>
 void multiply_tile([[maybe_unused]] bool wide, const PatchRows& p, const word_t* w8, int64_t rows, int64_t cols,
-                   const Epilogue<scalar_t>& e) {
+                   const Epilogue& e) {
 #if defined(__x86_64__)
-  if (wide) return xnor_tile_wide<scalar_t>(p, w8, rows, cols, e);
+  if (wide) return xnor_tile_wide<Epilogue>(p, w8, rows, cols, e);
 #endif
-  xnor_tile<scalar_t>(p, w8, rows, cols, e);
+  xnor_tile<Epilogue>(p, w8, rows, cols, e);
 }
 
 template <typename scalar_t>
@@ -726,10 +738,11 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
   }
   const scalar_t* alpha_data = alpha.data_ptr<scalar_t>();
   const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
-  scalar_t* out_data = out.signs ? nullptr : out.tensor.data_ptr<scalar_t>();
+  scalar_t* out_data = out.bounds ? nullptr : out.tensor.data_ptr<scalar_t>();
   // the signs' words as bytes, little-endian: bit c % 8 of byte c / 8 of a pixel holds channel c
-  uint8_t* out_signs = out.signs ? reinterpret_cast<uint8_t*>(out.tensor.data_ptr<int64_t>()) : nullptr;
-  const ChannelMap<scalar_t> out_map(out.map, out.signs ? filters : 0);
+  uint8_t* out_signs = out.bounds ? reinterpret_cast<uint8_t*>(out.tensor.data_ptr<int64_t>()) : nullptr;
+  const int64_t* low = out.bounds ? out.bounds->data_ptr<int64_t>() : nullptr;
+  const int64_t* high = low ? low + filters : nullptr;
   const int64_t out_bytes = words_for(filters) * int64_t{sizeof(word_t)};
 
   const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
@@ -747,14 +760,16 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
       const int64_t o0 = group * per_group + tile % col_tiles * kTileCols;
       const int64_t cols = std::min(kTileCols, (group + 1) * per_group - o0);
       terms.fill(g, rows.first_pixel, rows.rows, o0, filters, classes.get());
-      const Epilogue<scalar_t> e{terms.real_bits.data(), terms.padded.data(), alpha_data + o0,
-                                 bias_data ? bias_data + o0 : nullptr,
-                                 out_data ? out_data + rows.first_pixel * filters + o0 : nullptr, filters,
-                                 out_signs ? out_signs + rows.first_pixel * out_bytes + o0 / 8 : nullptr, out_bytes,
-                                 out_signs ? out_map.scale + o0 : nullptr, out_signs ? out_map.bias + o0 : nullptr,
-                                 out.relu};
+      const Dots dots{terms.real_bits.data(), terms.padded.data()};
       const int64_t block = group * group_blocks + (o0 - group * per_group) / kLanes;
-      multiply_tile<scalar_t>(wide, rows.patches, w8 + block * g.depth() * kLanes, rows.rows, cols, e);
+      const word_t* w = w8 + block * g.depth() * kLanes;
+      if (out_signs)
+        multiply_tile(wide, rows.patches, w, rows.rows, cols,
+                      SignOutput{dots, low + o0, high + o0, out_signs + rows.first_pixel * out_bytes + o0 / 8, out_bytes});
+      else
+        multiply_tile(wide, rows.patches, w, rows.rows, cols,
+                      FloatOutput<scalar_t>{dots, alpha_data + o0, bias_data ? bias_data + o0 : nullptr,
+                                            out_data + rows.first_pixel * filters + o0, filters});
     }
   });
 }
@@ -771,25 +786,28 @@ void check_layer(const at::Tensor& x, at::ScalarType dtype, const at::Tensor& we
               "bias must hold one contiguous value of the input's dtype per output channel");
 }
 
-SignMap sign_map(at::ScalarType dtype, int64_t channels, const c10::optional<at::Tensor>& scale,
-                 const c10::optional<at::Tensor>& bias, const char* what) {
-  TORCH_CHECK(scale.has_value() == bias.has_value(), what, "_scale and ", what, "_bias come together");
+// The input map a, b of a layer of `channels` input channels: both tensors, or neither.
+SignMap input_map(at::ScalarType dtype, int64_t channels, const c10::optional<at::Tensor>& scale,
+                  const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(scale.has_value() == bias.has_value(), "input_scale and input_bias come together");
   if (!scale) return {};
   for (const at::Tensor& t : {*scale, *bias})
-    TORCH_CHECK(t.scalar_type() == dtype && t.is_contiguous() && t.numel() == channels, what, "_scale and ", what,
-                "_bias must hold one contiguous value of the layer's dtype per ", what, " channel");
+    TORCH_CHECK(t.scalar_type() == dtype && t.is_contiguous() && t.numel() == channels,
+                "input_scale and input_bias must hold one contiguous value of the layer's dtype per input channel");
   return {*scale, *bias};
 }
 
-// The output tensor of a layer of geometry g: floats, or the words of its signs.
-LayerOutput layer_output(const Geometry& g, const at::Tensor& alpha, bool sign_output, bool relu, SignMap map) {
+// The output tensor of a layer of geometry g: floats, or, with `bounds`, the words of its bits.
+LayerOutput layer_output(const Geometry& g, const at::Tensor& alpha, const c10::optional<at::Tensor>& bounds) {
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "the kernel does not fit the padded input");
   const int64_t filters = alpha.numel();
-  if (!sign_output)
-    return {at::empty({g.n, filters, g.oh, g.ow}, alpha.options().memory_format(at::MemoryFormat::ChannelsLast)),
-            false, false, {}};
+  if (!bounds)
+    return {at::empty({g.n, filters, g.oh, g.ow}, alpha.options().memory_format(at::MemoryFormat::ChannelsLast)), {}};
   TORCH_CHECK(g.groups == 1, "an XNOR conv packs the signs of its output with one group only");
-  return {at::zeros({g.n, g.oh, g.ow, words_for(filters)}, alpha.options().dtype(at::kLong)), true, relu, map};
+  TORCH_CHECK(bounds->scalar_type() == at::kLong && bounds->is_contiguous() && bounds->dim() == 2 &&
+                  bounds->size(0) == 2 && bounds->size(1) == filters,
+              "sign_bounds must be contiguous int64 (2, C_out): each output channel's lowest and highest dot of bit 1");
+  return {at::zeros({g.n, g.oh, g.ow, words_for(filters)}, alpha.options().dtype(at::kLong)), bounds};
 }
 
 void run_conv(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
@@ -808,13 +826,12 @@ void check_layout(const at::Tensor& weight, int64_t groups, int64_t filters, int
 }
 
 // x: floats (N, C, H, W), or, with signs_channels > 0, the packed signs (N, H, W, words) of
-// that many channels, which the layer before wrote (its sign_output).
+// that many channels, which the layer before wrote (its sign_bounds).
 at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, int64_t groups, const c10::optional<at::Tensor>& input_scale,
-                       const c10::optional<at::Tensor>& input_bias, int64_t signs_channels, bool sign_output,
-                       bool output_relu, const c10::optional<at::Tensor>& output_scale,
-                       const c10::optional<at::Tensor>& output_bias) {
+                       const c10::optional<at::Tensor>& input_bias, int64_t signs_channels,
+                       const c10::optional<at::Tensor>& sign_bounds) {
   const bool signs = signs_channels > 0;
   check_layer(x, signs ? alpha.scalar_type() : x.scalar_type(), weight, alpha, bias);
   TORCH_CHECK(x.dim() == 4, "xnor_conv2d takes input (N, C, H, W), or packed signs (N, H, W, words)");
@@ -829,9 +846,8 @@ at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
              padding[0], padding[1], dilation[0], dilation[1], x.size(0), h, w, 0, 0};
   g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
-  const LayerOutput out = layer_output(g, alpha, sign_output, output_relu,
-                                       sign_map(alpha.scalar_type(), alpha.numel(), output_scale, output_bias, "output"));
-  run_conv({x, sign_map(alpha.scalar_type(), channels, input_scale, input_bias, "input"), signs}, g, weight, alpha,
+  const LayerOutput out = layer_output(g, alpha, sign_bounds);
+  run_conv({x, input_map(alpha.scalar_type(), channels, input_scale, input_bias), signs}, g, weight, alpha,
            bias, out);
   return out.tensor;
 }
@@ -845,8 +861,8 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   check_layout(weight, 1, alpha.numel(), features);  // a linear layer is a 1x1 conv on 1x1 images
   auto rows = x.reshape({-1, features, 1, 1});
   Geometry g{1, features, weight.size(4), 1, 1, 1, 1, 0, 0, 1, 1, rows.size(0), 1, 1, 1, 1};
-  const LayerOutput out = layer_output(g, alpha, false, false, {});
-  run_conv({rows, sign_map(x.scalar_type(), features, input_scale, input_bias, "input"), false}, g, weight, alpha,
+  const LayerOutput out = layer_output(g, alpha, {});
+  run_conv({rows, input_map(x.scalar_type(), features, input_scale, input_bias), false}, g, weight, alpha,
            bias, out);
   auto shape = x.sizes().vec();
   shape.back() = alpha.numel();
@@ -912,7 +928,7 @@ std::string popcount_path() { return avx512_path() ? "AVX-512 VPOPCNTDQ" : "64-b
 TORCH_LIBRARY(xnortrain, m) {
   m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None, int signs_channels=0, "
-        "bool sign_output=False, bool output_relu=False, Tensor? output_scale=None, Tensor? output_bias=None) -> Tensor");
+        "Tensor? sign_bounds=None) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
         "Tensor? input_bias=None) -> Tensor");
   m.def("sign_max_pool2d(Tensor signs, Tensor falling, int[2] kernel, int[2] stride, int[2] padding, "
