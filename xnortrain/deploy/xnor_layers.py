@@ -84,7 +84,7 @@ class XnorConv2d(nn.Module):
         self.register_buffer("alpha", alpha.reshape(-1).float())
         self.register_buffer("bias", bias)
         register_input_map(self)
-        self.signs_in = self.output_relu = False
+        self.signs_in = self.sign_output = self.output_relu = False  # plain attributes: read on every call
         self.register_buffer("output_scale", None)
         self.register_buffer("output_bias", None)
         self.register_buffer("sign_bounds", None)
@@ -118,11 +118,6 @@ class XnorConv2d(nn.Module):
         return out.view(n, *shape[2:], self.out_channels).permute(0, 3, 1, 2)
 
     @property
-    def sign_output(self) -> bool:
-        """Whether the layer returns the packed signs the next layer reads (`link_output`)."""
-        return self.sign_bounds is not None
-
-    @property
     def real_bits(self) -> int:
         """n, the bits of a patch: |dot| <= n."""
         return self.in_channels // self.groups * math.prod(self.kernel_size)
@@ -135,12 +130,13 @@ class XnorConv2d(nn.Module):
         if bounds is None:
             return False
         self.output_relu, self.output_scale, self.output_bias, self.sign_bounds = relu, scale, shift, bounds
+        self.sign_output = True
         return True
 
     def _bounds_in(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The sign bounds for y computed in `dtype`: those found when linked (alpha's dtype,
         float32), or found again for another dtype (float64 runs are for testing)."""
-        if self.sign_bounds is None or dtype == self.alpha.dtype:
+        if not self.sign_output or dtype == self.alpha.dtype:
             return self.sign_bounds
         terms = (self.alpha, self.bias, self.output_scale, self.output_bias)
         alpha, bias, scale, shift = (None if t is None else t.to(dtype) for t in terms)
