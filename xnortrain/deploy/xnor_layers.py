@@ -135,7 +135,7 @@ class XnorConv2d(nn.Module):
 
     def _bounds_in(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The sign bounds for y computed in `dtype`: those found when linked (alpha's dtype,
-        float32), or found again for another dtype (float64 runs are for testing)."""
+        float32), or found again for another dtype (a test's double-precision pass)."""
         if not self.sign_output or dtype == self.alpha.dtype:
             return self.sign_bounds
         terms = (self.alpha, self.bias, self.output_scale, self.output_bias)
