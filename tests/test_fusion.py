@@ -14,7 +14,7 @@ from torch import nn
 
 from xnortrain.deploy.bitpack import channel_words
 from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms, fuse_sign_chains, sign_chains
-from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear, mapped, sign_bounds
+from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear, kernel_layout, mapped, sign_bounds
 
 
 def xnor_conv(c_in: int, c_out: int, seed: int, bias: bool = True) -> XnorConv2d:
@@ -234,3 +234,16 @@ def test_a_linked_float32_conv_run_in_float64_gives_the_float64_bits():
     with torch.no_grad():
         floats = mapped(expected[2], torch.relu(expected[0](x)))
         assert torch.equal(model[0](x), channel_words(floats.permute(0, 2, 3, 1) >= 0))
+
+
+def test_the_op_refuses_sign_bounds_of_another_layout_naming_the_one_it_takes():
+    require_native_kernels()
+    weights = kernel_layout(channel_words(torch.randn(16, 1, 1, 8) >= 0), 1)
+    x, alpha = torch.randn(1, 8, 4, 4), torch.rand(16)
+    wrong = [torch.zeros(16, 2, dtype=torch.int64), torch.zeros(2, 16, dtype=torch.int32),
+             torch.zeros(2, 15, dtype=torch.int64), torch.zeros(16, 2, dtype=torch.int64).t()]
+    for bounds in wrong:
+        with pytest.raises(RuntimeError, match=r"sign_bounds must be contiguous int64 \(2, C_out\)"):
+            torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0, bounds)
+    assert torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
+                                           torch.zeros(2, 16, dtype=torch.int64)).shape == (1, 4, 4, 1)
