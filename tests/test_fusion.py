@@ -247,3 +247,15 @@ def test_the_op_refuses_sign_bounds_of_another_layout_naming_the_one_it_takes():
             torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0, bounds)
     assert torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
                                            torch.zeros(2, 16, dtype=torch.int64)).shape == (1, 4, 4, 1)
+
+
+def test_sign_bounds_found_a_few_channels_at_a_time_are_the_same(monkeypatch):
+    from xnortrain.deploy import xnor_layers
+
+    gen = torch.Generator().manual_seed(4)
+    alpha, bias, scale, shift = (torch.randn(13, generator=gen) for _ in range(4))
+    whole = sign_bounds(alpha, bias, True, scale, shift, 9)
+    monkeypatch.setattr(xnor_layers, "EVALUATIONS", 40)  # two channels of 19 dots at a time
+    assert torch.equal(sign_bounds(alpha, bias, True, scale, shift, 9), whole)
+    alpha[12], scale[12], shift[12] = math.inf, 1.0, 0.0  # the last group's bits: 1, 0 (NaN), 1
+    assert sign_bounds(alpha, bias, True, scale, shift, 9) is None

@@ -160,6 +160,9 @@ class XnorConv2d(nn.Module):
                 + (", signs_in=True" if self.signs_in else "") + (", sign_output=True" if self.sign_output else ""))
 
 
+EVALUATIONS = 1 << 22  # channels x dots that sign_bounds evaluates at once: its memory stays tens of MB
+
+
 def sign_bounds(alpha: torch.Tensor, bias: torch.Tensor | None, relu: bool, scale: torch.Tensor | None,
                 shift: torch.Tensor | None, real_bits: int) -> torch.Tensor | None:
     """Per output channel o of an XNOR conv, the lowest and highest dot at which the next
@@ -170,23 +173,43 @@ def sign_bounds(alpha: torch.Tensor, bias: torch.Tensor | None, relu: bool, scal
     (relu where `relu`; a, b = `scale`, `shift`, or 1 and 0), each product and sum rounded in
     alpha's dtype as the kernels and PyTorch round them. Rounding is monotone, so bit_o is
     monotone in dot and its ones are one interval [low_o, high_o] (low_o > high_o: none),
-    found exactly by evaluating bit_o on every dot in [-n, n], n = `real_bits`. None where a
-    channel's ones are no interval (a NaN, or an infinity times 0, breaks the monotony)."""
+    found exactly by evaluating bit_o on every dot in [-n, n], n = `real_bits`, a group of
+    channels at a time (`EVALUATIONS`). None where a channel's ones are no interval (a NaN, or
+    an infinity times 0, breaks the monotony)."""
     dots = torch.arange(-real_bits, real_bits + 1, dtype=alpha.dtype)
-    y = alpha[:, None] * dots
+    step = max(1, EVALUATIONS // dots.numel())
+    intervals = []
+    for first in range(0, alpha.numel(), step):
+        rows = slice(first, first + step)
+        terms = [None if t is None else t[rows, None] for t in (alpha, bias, scale, shift)]
+        intervals.append(_run_of_ones(_next_input_bits(dots, relu, *terms)))
+    if any(interval is None for interval in intervals):
+        return None
+    return torch.cat(intervals, 1) - real_bits
+
+
+def _next_input_bits(dots: torch.Tensor, relu: bool, alpha: torch.Tensor, bias: torch.Tensor | None,
+                     scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
+    """[a * relu(alpha * dot + bias) + b >= 0], a channel a row (the terms are columns) and a dot a column."""
+    y = alpha * dots
     if bias is not None:
-        y = y + bias[:, None]
+        y = y + bias
     if relu:
         y = torch.relu(y)
     if scale is not None:
-        y = y * scale[:, None] + shift[:, None]
-    ones = y >= 0
+        y = y * scale + shift
+    return y >= 0
+
+
+def _run_of_ones(ones: torch.Tensor) -> torch.Tensor | None:
+    """Each row's first and last column holding a one, (2, rows), where its ones are one run
+    (none: last = first - 1); None where a row's are not."""
     first = ones.to(torch.uint8).argmax(1)  # 0 where there are no ones
     last = first + ones.sum(1) - 1
     position = torch.arange(ones.shape[1])
     if not torch.equal(ones, (position >= first[:, None]) & (position <= last[:, None])):
         return None
-    return torch.stack([first, last]) - real_bits
+    return torch.stack([first, last])
 
 
 class SignMaxPool2d(nn.Module):
