@@ -525,17 +525,21 @@ WIDE_TARGET void xnor_tile_wide(const PatchRows& p, const word_t* w8, int64_t ro
 #endif
 
 // Per filter and tap, the set bits of the filter's words there (for the padded taps'
-// correction), from weights interleaved kLanes filters at a time, `depth` = taps * words.
+// correction), from weights interleaved kLanes filters at a time, `taps` * `words` words each:
+// a block's filters lie side by side at each position, so each block is read once, in order,
+// with a popcount sum per filter (lane) of the block.
 POPCOUNT_TARGET void tap_popcounts(const word_t* w8, int64_t groups, int64_t per_group, int64_t taps, int64_t words,
                                    int32_t* out) {
-  const int64_t blocks = (per_group + kLanes - 1) / kLanes, depth = taps * words;
+  const int64_t blocks = (per_group + kLanes - 1) / kLanes;
   for (int64_t group = 0; group < groups; ++group)
-    for (int64_t f = 0; f < per_group; ++f) {
-      const word_t* lane = filter_lane(w8 + group * blocks * depth * kLanes, f, depth);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const word_t* block = w8 + (group * blocks + b) * taps * words * kLanes;
+      const int64_t lanes = std::min(kLanes, per_group - b * kLanes), first = group * per_group + b * kLanes;
       for (int64_t t = 0; t < taps; ++t) {
-        int32_t bits = 0;
-        for (int64_t k = 0; k < words; ++k) bits += __builtin_popcountll(lane[(t * words + k) * kLanes]);
-        out[(group * per_group + f) * taps + t] = bits;
+        int32_t bits[kLanes] = {};
+        for (const word_t* at = block + t * words * kLanes; at < block + (t + 1) * words * kLanes; at += kLanes)
+          for (int64_t lane = 0; lane < kLanes; ++lane) bits[lane] += __builtin_popcountll(at[lane]);
+        for (int64_t lane = 0; lane < lanes; ++lane) out[(first + lane) * taps + t] = bits[lane];
       }
     }
 }
