@@ -190,7 +190,7 @@ def sign_bounds(alpha: torch.Tensor, bias: torch.Tensor | None, relu: bool, scal
 
 def _next_input_bits(dots: torch.Tensor, relu: bool, alpha: torch.Tensor, bias: torch.Tensor | None,
                      scale: torch.Tensor | None, shift: torch.Tensor | None) -> torch.Tensor:
-    """[a * relu(alpha * dot + bias) + b >= 0], a channel a row (the terms are columns) and a dot a column."""
+    """[a * relu(alpha * dot + bias) + b >= 0], (channels, dots): the terms are columns of one value a channel."""
     y = alpha * dots
     if bias is not None:
         y = y + bias
