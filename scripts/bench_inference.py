@@ -176,8 +176,7 @@ def binary_segments(float_model: nn.Module, fast_model: nn.Module, x: torch.Tens
             layer = fast[name]
             with torch.no_grad():
                 out = float_model.get_submodule(name)(inputs[name])
-            per_output = (layer.in_channels // layer.groups * math.prod(layer.kernel_size)
-                          if isinstance(layer, XnorConv2d) else layer.in_features)
+            per_output = layer.real_bits if isinstance(layer, XnorConv2d) else layer.in_features
             macs += out.numel() * per_output
         segments.append((float_modules, fast_modules, inputs[run[0]], macs))
     return segments

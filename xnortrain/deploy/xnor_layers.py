@@ -112,7 +112,7 @@ class XnorConv2d(nn.Module):
             a_words = self._patch_words(signs[:, g * c_in:(g + 1) * c_in])  # (N * L, taps * words)
             w_words = self.weight_words[g * c_out:(g + 1) * c_out].flatten(1)  # (O / groups, taps * words)
             mask = None if inside is None else inside.repeat(n, 1)
-            dots.append(xnor_dot(a_words, w_words, mask, c_in * math.prod(self.kernel_size)))
+            dots.append(xnor_dot(a_words, w_words, mask, self.real_bits))
         out = torch.cat(dots, 1).to(x.dtype) * alpha  # (N * L, O)
         out = out if bias is None else out + bias
         return out.view(n, *shape[2:], self.out_channels).permute(0, 3, 1, 2)
