@@ -625,20 +625,20 @@ struct RowTerms {
   }
 };
 
-// An affine map a * x + b per channel before a sign, a and b one per channel: a folded
+// The affine map of the input before its sign, a and b one per input channel: a folded
 // BatchNorm's (tensors), or, undefined, a = 1 and b = 0.
-struct SignMap {
+struct InputMap {
   at::Tensor scale, bias;
 };
 
-// A SignMap's a and b as pointers; the identity map's ones and zeros are held here, so that a
+// An InputMap's a and b as pointers; the identity map's ones and zeros are held here, so that a
 // layer without a folded BatchNorm allocates no tensors for them.
 template <typename scalar_t>
 struct ChannelMap {
   std::vector<scalar_t> ones, zeros;
   const scalar_t *scale, *bias;
 
-  ChannelMap(const SignMap& map, int64_t channels) {
+  ChannelMap(const InputMap& map, int64_t channels) {
     if (map.scale.defined()) {
       scale = map.scale.data_ptr<scalar_t>(), bias = map.bias.data_ptr<scalar_t>();
       return;
@@ -652,7 +652,7 @@ struct ChannelMap {
 // `signs`, the words of its signs that the layer before packed, (N, H, W, words).
 struct LayerInput {
   const at::Tensor& x;
-  SignMap map;
+  InputMap map;
   bool signs;
 };
 
@@ -791,7 +791,7 @@ void check_layer(const at::Tensor& x, at::ScalarType dtype, const at::Tensor& we
 }
 
 // The input map a, b of a layer of `channels` input channels: both tensors, or neither.
-SignMap input_map(at::ScalarType dtype, int64_t channels, const c10::optional<at::Tensor>& scale,
+InputMap input_map(at::ScalarType dtype, int64_t channels, const c10::optional<at::Tensor>& scale,
                   const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(scale.has_value() == bias.has_value(), "input_scale and input_bias come together");
   if (!scale) return {};
