@@ -57,7 +57,7 @@ def check_every_checkpoint(out: Path) -> None:
 @pytest.mark.parametrize("kills", [3, pytest.param(10, marks=pytest.mark.slow)])
 def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_is_exact(tmp_path, kills):
     epochs = 2 * kills  # a life trains two or three steps before its kill (an epoch is 6): room to spare
-    straight = start(tmp_path / "straight", resume=False, epochs=epochs)  # runs beside the first life
+    straight = start(tmp_path / "straight", resume=False, epochs=epochs)  # trains while the lives below are killed
 
     out, rng, killed = tmp_path / "killed", random.Random(kills), 0
     while killed < kills:
