@@ -34,6 +34,7 @@ BENCHMARKS = {
     "resnet": ("Accuracy: a binary ResNet-20 against its float twin", "bench_accuracy",
                ["--only", "resnet20", "--seeds", "0", "1", "2", "--jobs", "2"], ["--only", "resnet20", "--quick"]),
     "binop": ("BinOp's cost in a training step (BinOp / plain step time)", "bench_binop", [], ["--quick"]),
+    "compile": ("The trainer's step, eager against torch.compile", "bench_compile", [], ["--quick"]),
     "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", "bench_inference", [],
                   ["--quick"]),
     "peers": ("Binary inference against onnxruntime and OpenVINO", "bench_inference", ["--peers"],

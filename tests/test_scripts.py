@@ -212,6 +212,29 @@ def test_bench_binop_prints_the_ratio_and_the_heap(capsys, monkeypatch):
     assert bench.heap().startswith("glibc's default")
 
 
+def test_bench_compile_times_the_stage_two_students_own_step_without_the_runs_it_names(monkeypatch, tmp_path):
+    """The shipped stage-2 config names stage 1's checkpoint and the teacher's, which do not
+    exist here: the step is built without them, on a batch of the config's size and shape."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports bench_binop, as when run from scripts/
+    bench = load_script("bench_compile")
+    step, x, y = bench.trainer_step("fashion_mnist_resnet", compiled=False, out_dir=tmp_path)
+    assert x.shape == (128, 1, 28, 28) and y.shape == (128,)
+    loss, _, skipped = step(x, y)
+    assert torch.isfinite(loss) and not skipped
+
+
+def test_bench_compile_speedup_is_the_median_of_eager_over_compiled_pairs(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    bench = load_script("bench_compile")
+    monkeypatch.setattr(bench, "trainer_step", lambda name, compiled, out_dir: (lambda x, y: None, None, [0] * 128))
+    monkeypatch.setattr(bench, "alternate", lambda steps, x, y, rounds: {"eager": [3.0, 4.0, 2.0],
+                                                                       "compiled": [1.0, 2.0, 2.0]})
+    (result,) = bench.main(["--configs", "fashion_mnist_lenet", "--rounds", "3", "--out-dir", str(tmp_path)])
+    # pairs 3, 2 and 1: their median, not the medians' ratio 3 / 2
+    assert result["speedup"] == 2.0 and result["spread"] == [1.0, 3.0] and result["batch"] == 128
+    assert "| fashion_mnist_lenet | 128 | 3000.0 | 2000.0 | 2.00 | 1.00, 3.00 |" in capsys.readouterr().out
+
+
 def test_results_runs_each_benchmark_under_the_default_environment(monkeypatch, tmp_path):
     results = load_script("results")
     command = results.command_of("binop", quick=False)

@@ -417,6 +417,24 @@ def test_binop_causes_no_graph_break_under_torch_compile(quantizer):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.parametrize("flavour, activations", [("reactnet", "rsign"), ("bireal", "approx_sign")])
+def test_binary_resnet_with_binary_inputs_causes_no_graph_break_under_torch_compile(flavour, activations):
+    """The zoo's ResNet as the shipped ResNet recipes binarize it: 1-bit weights and inputs,
+    real shortcuts (RPReLU and the learned thresholds in the reactnet flavour)."""
+    from xnortrain import BinOp
+    from xnortrain.zoo import resnet
+
+    model = resnet(in_channels=1, depth=8, width=8, flavour=flavour)
+    BinOp(model, activations=activations, exclude=["*.shortcut.*"], example_input=torch.randn(2, 1, 28, 28))
+
+    def training_loss(x, y):
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    explanation = torch._dynamo.explain(training_loss)(torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 @pytest.mark.slow
 def test_compiled_binop_step_matches_eager_and_the_trainer_runs_compiled(tmp_path):
     from xnortrain import BinOp
