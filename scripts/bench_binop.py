@@ -84,6 +84,11 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def torch_line() -> str:
+    """The torch version, its thread count and the processor, as one line."""
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+
+
 def heap() -> str:
     """The glibc heap settings this process runs with (GLIBC_TUNABLES, read at start-up)."""
     tunables = os.environ.get("GLIBC_TUNABLES")
@@ -154,7 +159,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     rounds = args.rounds or (20 if args.quick else 200)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(torch_line())
     print(f"heap: {heap()}")
     print("| model | batch | mode | plain step ms | BinOp step ms | BinOp / plain (median of pairs) "
           "| page faults per step, plain / BinOp (mean) |")

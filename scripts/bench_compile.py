@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from pathlib import Path
 
 import torch
-from bench_binop import WARMUP, alternate, paired_ratio, seconds
+from bench_binop import WARMUP, alternate, paired_ratio, seconds, torch_line
 from torch import nn
 
 from xnortrain.train.config import load_config
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     rounds = args.rounds or (5 if args.quick else 30)
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    print(torch_line())
     print("| config | batch | eager step ms | compiled step ms | eager / compiled (median of pairs) "
           "| lowest, highest pair |")
     print("|---|---|---|---|---|---|")
