@@ -8,6 +8,7 @@ from test_train import TESTS, config_for, run_cli, synthetic_args, weights
 
 from xnortrain.__main__ import main
 from xnortrain.quantizers import centre_and_clamp_
+from xnortrain.train.config import load_config
 from xnortrain.train.loop import build_run, fit
 
 CLI = ("--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"))
@@ -71,22 +72,24 @@ def test_bad_init_settings_are_one_line(tmp_path, capsys, sets, message):
     assert code == 2 and len(err) == 1 and message in err[0], err
 
 
-def test_the_shipped_two_stage_resnet_recipe_runs_its_three_commands(tmp_path):
+def test_the_shipped_two_stage_resnet_recipe_runs_its_three_commands(tmp_path, monkeypatch):
     """The float twin, stage 1 (binary inputs with thresholds, real weights) and stage 2
-    (started from stage 1, distilled from the twin), as shipped but for the data and length."""
+    (started from stage 1, distilled from the twin), as shipped but for the data and length:
+    each run finds the one before under the paths the configs name, from the working directory."""
     small = ["data.name=synthetic", "data.synthetic_shape=[1,28,28]", "data.synthetic_train_size=32",
              "data.synthetic_eval_size=16", "data.batch_size=16", "train.epochs=1", "model.kwargs={depth: 8, width: 8, "
              "flavour: reactnet}"]
-    runs = {name: tmp_path / name for name in ("float", "stage1", "stage2")}
-    def train(config: str, *sets: str) -> int:
+    monkeypatch.chdir(tmp_path)
+    def train(config: str) -> int:
         return main(["--config", str(TESTS.parent / "configs" / f"{config}.yaml"),
-                     *[a for s in (*small, *sets) for a in ("--set", s)], "--quiet"])
+                     *[a for s in small for a in ("--set", s)], "--quiet"])
 
-    assert train("fashion_mnist_resnet_float", f"train.out_dir={runs['float']}") == 0
-    assert train("fashion_mnist_resnet_stage1", f"train.out_dir={runs['stage1']}") == 0
-    assert train("fashion_mnist_resnet", f"train.out_dir={runs['stage2']}", f"model.init_from={runs['stage1'] / 'last.pt'}",
-                 f"distill.teacher={runs['float'] / 'best.pt'}") == 0
-    stage1, stage2 = weights(runs["stage1"] / "last.pt"), weights(runs["stage2"] / "last.pt")
+    for config in ("fashion_mnist_resnet_float", "fashion_mnist_resnet_stage1", "fashion_mnist_resnet"):
+        assert train(config) == 0
+    shipped = load_config(TESTS.parent / "configs" / "fashion_mnist_resnet.yaml")
+    assert shipped.distill.teacher == "runs/fashion_mnist_resnet_float/last.pt"  # not best.pt: the test split chose it
+    stage1, stage2 = (weights(tmp_path / "runs" / run / "last.pt") for run in ("fashion_mnist_resnet_stage1",
+                                                                                  "fashion_mnist_resnet"))
     thresholds = [k for k in stage1 if k.endswith("input_shift")]
     assert len(thresholds) == 6 and all(stage1[k].any() for k in thresholds)  # learned in stage 1, carried over
     assert set(stage1) == set(stage2)
