@@ -58,7 +58,7 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
 
 def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains_the_stages():
     bench = load_script("bench_accuracy")
-    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("ResNet-20 float", 0, 0.93),
+    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("ResNet-20 float, 24 epochs", 0, 0.93),
             accuracy_row("ResNet-20 ReActNet two-stage", 0, 0.925), accuracy_row("ResNet-20 ReActNet one-stage", 0, 0.91)]
     lines = bench.markdown(rows, 1).splitlines()
     assert "| ResNet-20 ReActNet two-stage | 0 | 92.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
@@ -68,7 +68,7 @@ def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains
     two, one = bench.VARIANTS["ResNet-20 ReActNet two-stage"], bench.VARIANTS["ResNet-20 ReActNet one-stage"]
     stage1 = bench.VARIANTS["ResNet-20 stage 1"]
     assert one.config == two.config and one.epochs == two.epochs + stage1.epochs  # same recipe, same total epochs
-    assert bench.VARIANTS["ResNet-20 float"].epochs == one.epochs
+    assert two.twin == one.twin == "ResNet-20 float, 24 epochs" and bench.VARIANTS[one.twin].epochs == one.epochs
 
 
 def test_bench_accuracy_runs_each_shipped_config_as_it_is_with_its_own_epochs(monkeypatch, tmp_path):
@@ -86,7 +86,7 @@ def test_bench_accuracy_runs_each_shipped_config_as_it_is_with_its_own_epochs(mo
     row = bench.run_variant("ResNet-20 ReActNet two-stage", 2, 15, False, tmp_path, 1)
     cmd = commands[0]
     assert cmd[cmd.index("--config") + 1].endswith("configs/fashion_mnist_resnet.yaml")
-    assert "train.epochs=6" in cmd and "train.seed=2" in cmd and row["epochs"] == 6
+    assert "train.epochs=12" in cmd and "train.seed=2" in cmd and row["epochs"] == 12
     assert f"model.init_from={tmp_path}/seed2/resnet-20_stage_1/last.pt" in cmd
     quick = bench.run_variant("ResNet-20 float", 0, 15, True, tmp_path, 1)
     assert quick["epochs"] == 1 and f"data.train_subset={bench.QUICK_SUBSET}" in commands[1]
