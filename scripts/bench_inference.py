@@ -260,9 +260,9 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     threads = torch.get_num_threads()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    # onnxruntime's threads spin between runs by default: interleaved with the other runtimes on
-    # the same cores, the spinning would take their time; each runtime waits idle instead.
-    # The key is onnxruntime's own name for the option, which SessionOptions has no attribute for
+    # onnxruntime's intra-op threads spin between runs by default, taking the cores from the
+    # runtimes interleaved with it; this config entry (onnxruntime's key, no attribute of
+    # SessionOptions) has them wait idle instead
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def onnxruntime(path: Path):

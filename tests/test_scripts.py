@@ -68,7 +68,7 @@ def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains
     two, one = bench.VARIANTS["ResNet-20 ReActNet two-stage"], bench.VARIANTS["ResNet-20 ReActNet one-stage"]
     stage1 = bench.VARIANTS["ResNet-20 stage 1"]
     assert one.config == two.config and one.epochs == two.epochs + stage1.epochs  # same recipe, same total epochs
-    assert two.twin == one.twin == "ResNet-20 float, 24 epochs" and bench.VARIANTS[one.twin].epochs == one.epochs
+    assert two.twin == one.twin == bench.RESNET_TWIN and bench.VARIANTS[one.twin].epochs == one.epochs
 
 
 def test_bench_accuracy_runs_each_shipped_config_as_it_is_with_its_own_epochs(monkeypatch, tmp_path):
