@@ -35,6 +35,7 @@ BENCHMARKS = {
                ["--only", "resnet20", "--seeds", "0", "1", "2", "--jobs", "2"], ["--only", "resnet20", "--quick"]),
     "binop": ("BinOp's cost in a training step (BinOp / plain step time)", "bench_binop", [], ["--quick"]),
     "compile": ("The trainer's step, eager against torch.compile", "bench_compile", [], ["--quick"]),
+    "eval": ("The trainer's evaluation pass at several batch sizes", "bench_eval", [], ["--quick"]),
     "inference": ("Binary inference: exported models, XNOR-popcount kernels against float", "bench_inference", [],
                   ["--quick"]),
     "peers": ("Binary inference against onnxruntime and OpenVINO", "bench_inference", ["--peers"],

@@ -235,6 +235,41 @@ def test_bench_compile_speedup_is_the_median_of_eager_over_compiled_pairs(monkey
     assert "| fashion_mnist_lenet | 128 | 3000.0 | 2000.0 | 2.00 | 1.00, 3.00 |" in capsys.readouterr().out
 
 
+def test_bench_eval_passes_differ_only_in_the_batch(monkeypatch, tmp_path):
+    """The shipped ResNet's evaluation pass at each size sees the same model and images, so
+    the metrics agree; the images have the config's data shape."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports bench_binop, as when run from scripts/
+    bench = load_script("bench_eval")
+    monkeypatch.setattr(bench, "EVAL_IMAGES", 40)
+    real_evaluate, shapes = bench.evaluate, []
+    monkeypatch.setattr(bench, "evaluate", lambda model, split, *args: shapes.append(
+        [tuple(x.shape) for x, _ in split.batches(0)]) or real_evaluate(model, split, *args))
+    passes = bench.evaluation_passes(bench.CONFIGS_DIR / "fashion_mnist_resnet.yaml", [40, 16, 7], tmp_path)
+    metrics = {batch: run_pass(None, None) for batch, run_pass in passes.items()}
+    assert shapes[0] == [(40, 1, 28, 28)] and [s[0] for s in shapes[1]] == [16, 16, 8]
+    assert [s[0] for s in shapes[2]] == [7] * 5 + [5]
+    for batch in (16, 7):
+        for name in ("val_loss", "val_acc1", "val_acc5"):
+            assert metrics[batch][name] == pytest.approx(metrics[40][name], rel=1e-5, abs=1e-6), (batch, name)
+
+
+def test_bench_eval_ratio_is_against_the_configs_own_batch_round_by_round(monkeypatch, capsys, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    bench = load_script("bench_eval")
+    monkeypatch.setattr(bench, "evaluation_passes", lambda path, batches, out_dir: dict.fromkeys(batches))
+    # fashion_mnist_lenet evaluates at 1000: it is timed, and the baseline, though not asked for
+    monkeypatch.setattr(bench, "alternate", lambda passes, x, y, rounds: {128: [1.0, 2.0, 6.0],
+                                                                           1000: [4.0, 2.0, 3.0]})
+    (result,) = bench.main(["--configs", "fashion_mnist_lenet", "--batches", "128", "--rounds", "3",
+                            "--out-dir", str(tmp_path)])
+    # rounds 0.25, 1 and 2: their median, not the medians' ratio 2 / 3
+    assert result["own_batch"] == 1000 and result["vs_own"] == {128: 1.0, 1000: 1.0}
+    assert result["pass_s"] == {128: 2.0, 1000: 3.0}
+    out = capsys.readouterr().out
+    assert "| fashion_mnist_lenet | 128 | 2.00 | 1.00 |" in out
+    assert "| fashion_mnist_lenet | 1000 (the config's) | 3.00 | 1.00 |" in out
+
+
 def test_results_runs_each_benchmark_under_the_default_environment(monkeypatch, tmp_path):
     results = load_script("results")
     command = results.command_of("binop", quick=False)
