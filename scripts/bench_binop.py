@@ -84,6 +84,12 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def write_json(path: str, **fields) -> None:
+    """The benchmark's results to `path`, with the torch version and its thread count."""
+    with open(path, "w") as f:
+        json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), **fields}, f, indent=2)
+
+
 def torch_line() -> str:
     """The torch version, its thread count and the processor, as one line."""
     return f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
@@ -185,9 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for phase, p in phases[name].items():
                 print(f"| {name} | {phase} | {p['plain_ms']:.3f} | {p['added_ms']:.3f} |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "heap": heap(),
-                       "pairs": results, "phases": phases}, f, indent=2)
+        write_json(args.json, heap=heap(), pairs=results, phases=phases)
     return results
 
 

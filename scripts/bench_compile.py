@@ -19,12 +19,10 @@ to each step, compiled or not.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-import torch
-from bench_binop import WARMUP, alternate, paired_ratio, seconds, torch_line
+from bench_binop import WARMUP, alternate, paired_ratio, seconds, torch_line, write_json
 from torch import nn
 
 from xnortrain.train.config import load_config
@@ -85,9 +83,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"first {WARMUP} steps ({r['config']}): eager {r['warmup_s']['eager']:.1f} s, "
               f"compiled {r['warmup_s']['compiled']:.1f} s (compiling)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, f,
-                      indent=2)
+        write_json(args.json, results=results)
     return results
 
 

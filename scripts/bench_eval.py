@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 from pathlib import Path
 
-import torch
-from bench_binop import alternate, paired_ratio, torch_line
+from bench_binop import alternate, paired_ratio, torch_line, write_json
 
 from xnortrain.train.config import load_config
 from xnortrain.train.data import declared_shape
@@ -84,9 +82,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             own = " (the config's)" if batch == r["own_batch"] else ""
             print(f"| {name} | {batch}{own} | {seconds:.2f} | {r['vs_own'][batch]:.2f} |", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, f,
-                      indent=2)
+        write_json(args.json, results=results)
     return results
 
 
