@@ -31,7 +31,7 @@ BENCHMARKS = {
     "ingredients": ("Accuracy: LeNet-5 XNOR-Net with today's ingredients, in two stages and in one",
                     "bench_accuracy", ["--only", "lenet5-reactnet", "--seeds", "0", "1", "2", "--jobs", "2"],
                     ["--only", "lenet5-reactnet", "--quick"]),
-    "resnet": ("Accuracy: a binary ResNet-20 against its float twin", "bench_accuracy",
+    "resnet": ("Accuracy: the binary ResNet-20 recipe at the benchmark's size, against its float twin", "bench_accuracy",
                ["--only", "resnet20", "--seeds", "0", "1", "2", "--jobs", "2"], ["--only", "resnet20", "--quick"]),
     "binop": ("BinOp's cost in a training step (BinOp / plain step time)", "bench_binop", [], ["--quick"]),
     "compile": ("The trainer's step, eager against torch.compile", "bench_compile", [], ["--quick"]),

@@ -58,13 +58,14 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
 
 def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains_the_stages():
     bench = load_script("bench_accuracy")
-    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("ResNet-20 float, 24 epochs", 0, 0.93),
+    rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("ResNet-20 float twin", 0, 0.93),
             accuracy_row("ResNet-20 ReActNet two-stage", 0, 0.925), accuracy_row("ResNet-20 ReActNet one-stage", 0, 0.91)]
     lines = bench.markdown(rows, 1).splitlines()
     assert "| ResNet-20 ReActNet two-stage | 0 | 92.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
     assert "| ResNet-20 ReActNet one-stage | 0 | 91.00% | -2.00 pt | 15 | 400 | 25.0 |" in lines
     assert bench.with_seed_dir(bench.VARIANTS["ResNet-20 ReActNet two-stage"].sets, Path("s0")) == [
-        "model.init_from=s0/resnet-20_stage_1/last.pt", "distill.teacher=s0/resnet-20_float/last.pt"]
+        "data.train_subset=12000", "model.init_from=s0/resnet-20_stage_1/last.pt",
+        "distill.teacher=s0/resnet-20_float/last.pt"]
     two, one = bench.VARIANTS["ResNet-20 ReActNet two-stage"], bench.VARIANTS["ResNet-20 ReActNet one-stage"]
     stage1 = bench.VARIANTS["ResNet-20 stage 1"]
     assert one.config == two.config and one.epochs == two.epochs + stage1.epochs  # same recipe, same total epochs
@@ -86,10 +87,12 @@ def test_bench_accuracy_runs_each_shipped_config_as_it_is_with_its_own_epochs(mo
     row = bench.run_variant("ResNet-20 ReActNet two-stage", 2, 15, False, tmp_path, 1)
     cmd = commands[0]
     assert cmd[cmd.index("--config") + 1].endswith("configs/fashion_mnist_resnet.yaml")
-    assert "train.epochs=12" in cmd and "train.seed=2" in cmd and row["epochs"] == 12
+    assert "train.epochs=3" in cmd and "train.seed=2" in cmd and row["epochs"] == 3
     assert f"model.init_from={tmp_path}/seed2/resnet-20_stage_1/last.pt" in cmd
+    assert "data.train_subset=12000" in cmd  # the benchmark's size
     quick = bench.run_variant("ResNet-20 float", 0, 15, True, tmp_path, 1)
-    assert quick["epochs"] == 1 and f"data.train_subset={bench.QUICK_SUBSET}" in commands[1]
+    subsets = [arg for arg in commands[1] if arg.startswith("data.train_subset=")]
+    assert quick["epochs"] == 1 and subsets[-1] == f"data.train_subset={bench.QUICK_SUBSET}"  # the last one wins
     assert bench.run_variant("XNOR-Net", 0, 15, False, tmp_path, 1)["epochs"] == 15  # --epochs
 
 
