@@ -107,8 +107,9 @@ VARIANTS = {
     RESNET_TWIN: Variant("resnet20", "fashion_mnist_resnet_float.yaml", RESNET_SIZE, RESNET_TWIN, epochs=6),
     RESNET_STAGE1: Variant("resnet20", "fashion_mnist_resnet_stage1.yaml", RESNET_SIZE, RESNET_FLOAT, epochs=3),
     "ResNet-20 ReActNet two-stage": Variant(
-        "resnet20", "fashion_mnist_resnet.yaml", (*RESNET_SIZE, f"model.init_from={run_of(RESNET_STAGE1)}", RESNET_TEACHER),
-        RESNET_TWIN, (RESNET_FLOAT, RESNET_STAGE1), epochs=3),
+        "resnet20", "fashion_mnist_resnet.yaml",
+        (*RESNET_SIZE, f"model.init_from={run_of(RESNET_STAGE1)}", RESNET_TEACHER), RESNET_TWIN,
+        (RESNET_FLOAT, RESNET_STAGE1), epochs=3),
     "ResNet-20 ReActNet one-stage": Variant(
         "resnet20", "fashion_mnist_resnet.yaml", (*RESNET_SIZE, "model.init_from=null", RESNET_TEACHER), RESNET_TWIN,
         (RESNET_FLOAT,), epochs=6),
@@ -152,7 +153,8 @@ def run_variant(name: str, seed: int, epochs: int, quick: bool, out_dir: Path, t
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     wall = time.perf_counter() - start
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"variant": name, "seed": seed, "test_top1": metrics[-1]["val_acc1"], "best_test_top1": max(m["val_acc1"] for m in metrics),
+    return {"variant": name, "seed": seed, "test_top1": metrics[-1]["val_acc1"],
+            "best_test_top1": max(m["val_acc1"] for m in metrics),
             "epochs": epochs, "wall_s": wall, "mean_epoch_s": sum(m["epoch_time_s"] for m in metrics) / len(metrics),
             "threads": threads, "run_dir": str(run_dir)}
 
@@ -222,7 +224,8 @@ def main() -> None:
                         help="these groups of rows alone, with the rows they start from or compare against")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time, the CPU cores split between them (default: 1)")
-    parser.add_argument("--out", default="runs/bench_accuracy", help="directory for the runs, accuracy.md and accuracy.json")
+    parser.add_argument("--out", default="runs/bench_accuracy",
+                        help="directory for the runs, accuracy.md and accuracy.json")
     parser.add_argument("--json", help="also write accuracy.json's rows to this file")
     args = parser.parse_args()
     if args.jobs < 1:

@@ -59,7 +59,8 @@ def test_bench_accuracy_gives_the_distilled_rows_and_the_teacher_time_on_its_own
 def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains_the_stages():
     bench = load_script("bench_accuracy")
     rows = [accuracy_row("full precision", 0, 0.92), accuracy_row("ResNet-20 float twin", 0, 0.93),
-            accuracy_row("ResNet-20 ReActNet two-stage", 0, 0.925), accuracy_row("ResNet-20 ReActNet one-stage", 0, 0.91)]
+            accuracy_row("ResNet-20 ReActNet two-stage", 0, 0.925),
+            accuracy_row("ResNet-20 ReActNet one-stage", 0, 0.91)]
     lines = bench.markdown(rows, 1).splitlines()
     assert "| ResNet-20 ReActNet two-stage | 0 | 92.50% | -0.50 pt | 15 | 400 | 25.0 |" in lines
     assert "| ResNet-20 ReActNet one-stage | 0 | 91.00% | -2.00 pt | 15 | 400 | 25.0 |" in lines
