@@ -73,7 +73,7 @@ def test_bench_accuracy_takes_the_resnet_gaps_against_the_resnet_twin_and_chains
     assert two.twin == one.twin == bench.RESNET_TWIN and bench.VARIANTS[one.twin].epochs == one.epochs
 
 
-def test_bench_accuracy_runs_each_shipped_config_as_it_is_with_its_own_epochs(monkeypatch, tmp_path):
+def test_bench_accuracy_runs_each_shipped_config_with_its_own_epochs_and_size(monkeypatch, tmp_path):
     bench = load_script("bench_accuracy")
     commands = []
 
