@@ -407,6 +407,37 @@ def test_shards_split_each_epoch_like_distributed_sampler():
     assert len(whole) == 2 and whole.rank == 0  # sharding copies: the whole split is untouched
 
 
+def test_indexed_batches_name_the_samples_of_each_batch_in_memory_and_from_folders(tmp_path, monkeypatch):
+    write_cifar(tmp_path / "cifar", "cifar10", monkeypatch)
+    write_image_folders(tmp_path / "imagenet")
+    cifar = build_data(DataSpec("cifar10", root=str(tmp_path / "cifar"), batch_size=16, augment=False), seed=5).train
+    for split in (cifar, cifar.shard(1, 2)):
+        for e, start in ((0, 0), (2, 1)):
+            batches = list(split.indexed_batches(e, start=start))
+            assert_same_batches([(x, y) for _, x, y in batches], epoch(split, e, start))
+            for index, x, y in batches:
+                assert torch.equal(x, cifar.prepare(cifar.inputs[index], None)) and torch.equal(y, cifar.labels[index])
+    folders = build_data(DataSpec("imagenet", root=str(tmp_path / "imagenet"), batch_size=4, augment=False), seed=0)
+    unshuffled = list(folders.train.in_order().indexed_batches(0))
+    assert torch.cat([index for index, _, _ in unshuffled]).tolist() == list(range(folders.train.num_samples))
+    for (index, x, y), (x_seen, y_seen) in zip(folders.train.indexed_batches(1), epoch(folders.train, 1)):
+        assert torch.equal(x, x_seen) and torch.equal(y, y_seen)
+        assert y.tolist() == [folders.train.dataset[i][1] for i in index.tolist()]
+
+
+def test_only_splits_without_random_augmentation_have_fixed_inputs(tmp_path, monkeypatch):
+    write_cifar(tmp_path, "cifar10", monkeypatch)
+    augmented, plain = (build_data(DataSpec("cifar10", root=str(tmp_path), augment=a), seed=0) for a in (True, False))
+    assert (augmented.train.fixed_inputs, augmented.eval.fixed_inputs, plain.train.fixed_inputs) == (False, True, True)
+    assert build_data(DataSpec("synthetic"), seed=0).train.fixed_inputs
+    write_image_folders(tmp_path / "imagenet")
+    assert not build_data(DataSpec("imagenet", root=str(tmp_path / "imagenet"), augment=False), seed=0).train.fixed_inputs
+    shard = plain.train.shard(1, 3)
+    whole = shard.in_order()
+    assert (whole.seed, whole.world, whole.num_samples) == (None, 1, plain.train.num_samples)
+    assert torch.cat([index for index, _, _ in whole.indexed_batches(4)]).tolist() == list(range(whole.num_samples))
+
+
 def test_unpadded_shards_split_the_evaluation_set_exactly():
     labels = torch.arange(10)
     whole = data._TensorBatches(torch.zeros(10, 1, 2, 2), labels, batch_size=2, prepare=lambda x, g: x, seed=None)

@@ -19,7 +19,7 @@ from test_train import (
 )
 
 from xnortrain.train.distill import distillation_loss
-from xnortrain.train.loop import build_run, fit
+from xnortrain.train.loop import build_run, fit, train
 
 CLI = ("--config", str(TESTS.parent / "configs" / "mnist_lenet.yaml"))
 
@@ -76,6 +76,26 @@ def test_distilled_run_resumes_bitwise(tmp_path, monkeypatch, teacher):
     fit(config_for(tmp_path / "straight", *sets), quiet=True)
     interrupted_and_resumed(monkeypatch, config_for(tmp_path / "stopped", *sets), 9)
     assert_same_run(tmp_path / "straight", tmp_path / "stopped")
+
+
+def test_the_teacher_of_fixed_inputs_passes_over_them_once_and_remembers_the_logits_it_gives(tmp_path, teacher):
+    run = build_run(config_for(tmp_path, f"distill.teacher={teacher}", "train.epochs=3", "data.synthetic_train_size=100"))
+    sizes = []
+    run.teacher.model.register_forward_hook(lambda module, inputs, out: sizes.append(len(inputs[0])))
+    train(run, None, quiet=True)
+    assert sizes == [16] * 6 + [4]  # one pass over the 100 samples in three epochs, in batches of 16
+    for index, x, _ in run.data.train.indexed_batches(2):
+        with torch.no_grad():
+            assert torch.equal(run.teacher.logits(x, index), run.teacher.model(x))
+
+
+def test_remembered_logits_train_exactly_as_logits_computed_in_every_step(tmp_path, teacher):
+    for name in ("remembered", "computed"):
+        run = build_run(config_for(tmp_path / name, f"distill.teacher={teacher}", "distill.weight=0.7"))
+        if name == "computed":
+            run.teacher.fixed_split = None
+        train(run, None, quiet=True)
+    assert_same_run(tmp_path / "remembered", tmp_path / "computed")
 
 
 def test_a_binop_teacher_gives_the_logits_of_its_binarized_weights(tmp_path):

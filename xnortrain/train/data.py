@@ -2,11 +2,11 @@
 
 `build_data(spec, seed)` gives a `TrainData`: the training and evaluation splits as
 `EpochBatches`, whose `batches(epoch, start)` yields the batches of one epoch from batch
-`start` on. The training order is a permutation drawn from a generator seeded from
-(seed, epoch), the random augmentation of batch i one seeded from (seed, epoch, i); the
-global RNG is never drawn from. So a run resumed mid-epoch sees bit for bit the batches
-an uninterrupted run would have seen, and data loading cannot shift the global RNG
-stream that dropout and initialisation use.
+`start` on (`indexed_batches`: with each batch's sample indices). The training order is a
+permutation drawn from a generator seeded from (seed, epoch), the random augmentation of
+batch i one seeded from (seed, epoch, i); the global RNG is never drawn from. So a run
+resumed mid-epoch sees bit for bit the batches an uninterrupted run would have seen, and
+data loading cannot shift the global RNG stream that dropout and initialisation use.
 
 - mnist, fashion_mnist, cifar10, cifar100: read once by torchvision's dataset classes and
   held in memory as uint8 tensors; batches are augmented and normalised batch-wise with
@@ -126,6 +126,8 @@ class EpochBatches:
     evaluation split (`seed` None). The last batch may be smaller: none is dropped.
     """
 
+    fixed_inputs = False  # True where a sample's prepared input is the same every epoch (not augmented)
+
     def __init__(self, num_samples: int, batch_size: int, seed: int | None):
         self.num_samples = num_samples
         self.batch_size = batch_size
@@ -149,7 +151,19 @@ class EpochBatches:
 
     def batches(self, epoch: int, start: int = 0, device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
         """(x float32 (B, C, H, W), y int64 (B,)) on `device` for batches start, start + 1, ... of `epoch`."""
+        for _, x, y in self.indexed_batches(epoch, start, device):
+            yield x, y
+
+    def indexed_batches(self, epoch: int, start: int = 0,
+                        device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(sample indices int64 (B,) on the CPU, x, y) for the batches of `batches`."""
         raise NotImplementedError
+
+    def in_order(self) -> EpochBatches:
+        """The whole split, unsharded, its samples in the order of their indices, as evaluation sees them."""
+        whole = copy.copy(self)
+        whole.seed, whole.rank, whole.world, whole.pad = None, 0, 1, True
+        return whole
 
     def _order(self, epoch: int, start: int) -> Tensor:
         """The sample indices of all of `epoch` in order, once `start` is checked to be a batch of it."""
@@ -173,19 +187,23 @@ class EpochBatches:
 class _TensorBatches(EpochBatches):
     """Batches of a split held in memory, prepared (augmented, normalised) batch-wise."""
 
-    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, prepare: Prepare, seed: int | None):
+    def __init__(self, inputs: Tensor, labels: Tensor, batch_size: int, prepare: Prepare, seed: int | None,
+                 augmented: bool = False):
         super().__init__(len(labels), batch_size, seed)
         self.inputs, self.labels, self.prepare = inputs, labels, prepare
+        self.fixed_inputs = not augmented
 
-    def batches(self, epoch: int, start: int = 0, device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
-        """(x float32 (B, C, H, W), y int64 (B,)) on `device` for batches start, start + 1, ... of `epoch`."""
+    def indexed_batches(self, epoch: int, start: int = 0,
+                        device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(sample indices int64 (B,) on the CPU, x float32 (B, C, H, W), y int64 (B,)) on `device`
+        for batches start, start + 1, ... of `epoch`."""
         order = self._order(epoch, start)
         for i in range(start, len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
             # batch i's augmentation depends on (seed, epoch, i) alone, so starting at
             # `start` needs none of the earlier batches' draws
             generator = None if self.seed is None else _generator("augment", self.seed, epoch, i, *self._shard_key())
-            yield self.prepare(self.inputs[index].to(device), generator), self.labels[index].to(device)
+            yield index, self.prepare(self.inputs[index].to(device), generator), self.labels[index].to(device)
 
 
 class _FolderBatches(EpochBatches):
@@ -202,17 +220,20 @@ class _FolderBatches(EpochBatches):
         super().__init__(num_samples, batch_size, seed)
         self.dataset, self.workers = dataset, workers
 
-    def batches(self, epoch: int, start: int = 0, device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
-        """(x float32 (B, 3, 224, 224), y int64 (B,)) on `device` for batches start, start + 1, ... of `epoch`."""
+    def indexed_batches(self, epoch: int, start: int = 0,
+                        device: Device = "cpu") -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(sample indices int64 (B,) on the CPU, x float32 (B, 3, 224, 224), y int64 (B,)) on `device`
+        for batches start, start + 1, ... of `epoch`."""
+        indices = self._order(epoch, start)[start * self.batch_size:]
         keys = [(index, None if self.seed is None else derived_seed("sample", self.seed, epoch, index))
-                for index in self._order(epoch, start)[start * self.batch_size:].tolist()]
+                for index in indices.tolist()]
         loader = torch.utils.data.DataLoader(
             _SeededSamples(self.dataset), batch_size=self.batch_size, sampler=keys,
             num_workers=self.workers, pin_memory=torch.device(device).type == "cuda",
             generator=torch.Generator(),  # else the loader draws its worker seed from the global RNG
         )
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for index, (x, y) in zip(indices.split(self.batch_size), loader):
+            yield index, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 class _SeededSamples(torch.utils.data.Dataset):
@@ -309,7 +330,8 @@ def _small_data(spec: DataSpec, seed: int) -> TrainData:
     return TrainData(
         num_classes=info.num_classes,
         input_shape=tuple(train_x.shape[1:]),
-        train=_TensorBatches(train_x, train_y, spec.batch_size, train_prep, seed),
+        train=_TensorBatches(train_x, train_y, spec.batch_size, train_prep, seed,
+                             augmented=train_prep.crop_padding > 0),
         eval=_TensorBatches(eval_x, eval_y, spec.eval_batch_size, _ImagePrep(info.mean, info.std), None),
     )
 

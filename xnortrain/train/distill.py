@@ -10,6 +10,14 @@ with z_s, z_t the student's and the teacher's logits of the same batch, KL avera
 the batch, and T^2 keeping the gradient of the soft term at the scale of CE's as T grows.
 The teacher is a checkpoint this trainer wrote, rebuilt from the config stored in it,
 frozen and in eval mode; its logits are computed under no_grad.
+
+Where the training images are not augmented (the MNIST family, synthetic data, CIFAR with
+`data.augment: false`), the teacher sees the same image every epoch and gives it the same
+logits, so they are computed once, at the first step, for every training sample in batches
+of the training batch size, and looked up by sample index from then on: one teacher pass
+per run instead of one per epoch. They are the logits the teacher gives in the steps, to
+float rounding, and bit for bit where the teacher's kernels compute each sample of a batch
+the same whatever the other samples are (docs/recipes.md).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from torch.nn import functional as F
 from ..errors import CheckpointError
 from .config import DistillConfig
 from .configured_model import model_from_checkpoint
+from .data import EpochBatches, TrainData
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, ce: torch.Tensor,
@@ -33,32 +42,49 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 class Teacher:
-    """A frozen model in eval mode whose logits soften the student's targets."""
+    """A frozen model in eval mode whose logits soften the student's targets.
 
-    def __init__(self, model: nn.Module, weight: float, temperature: float):
+    With `fixed_split` (a training split whose inputs are the same every epoch) the logits of
+    all its samples are computed on the first call and looked up by sample index after."""
+
+    def __init__(self, model: nn.Module, weight: float, temperature: float, fixed_split: EpochBatches | None = None):
         self.model = model.eval().requires_grad_(False)
         self.weight, self.temperature = weight, temperature
+        self.fixed_split = fixed_split
+        self.remembered: torch.Tensor | None = None  # (N, C): the logits of every sample of fixed_split
 
-    def loss(self, x: torch.Tensor, student_logits: torch.Tensor, ce: torch.Tensor) -> torch.Tensor:
-        """The distillation loss of the batch `x`, given the student's logits and its CE loss."""
-        with torch.no_grad():
-            teacher_logits = self.model(x)  # (N, C)
-        return distillation_loss(student_logits, teacher_logits, ce, self.weight, self.temperature)
+    def loss(self, x: torch.Tensor, index: torch.Tensor | None, student_logits: torch.Tensor,
+             ce: torch.Tensor) -> torch.Tensor:
+        """The distillation loss of the batch `x` (the training samples `index`, where known),
+        given the student's logits and its CE loss."""
+        return distillation_loss(student_logits, self.logits(x, index), ce, self.weight, self.temperature)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's logits (N, C) of the batch `x`: remembered where `x` is the training
+        samples `index` of a fixed split, else computed."""
+        if self.fixed_split is None or index is None:
+            return self.model(x)
+        if self.remembered is None:
+            self.remembered = torch.cat([self.model(batch) for _, batch, _ in
+                                         self.fixed_split.indexed_batches(0, device=x.device)])
+        return self.remembered[index.to(x.device)]
 
 
-def load_teacher(config: DistillConfig, num_classes: int, input_shape: tuple[int, ...],
-                 device: torch.device) -> Teacher:
-    """The teacher of `config.teacher`, checked against the student's data, on `device`.
-    Building it leaves the global RNG as it was, so the student's run draws the same numbers
-    with or without a teacher."""
+def load_teacher(config: DistillConfig, data: TrainData, device: torch.device) -> Teacher:
+    """The teacher of `config.teacher`, checked against the student's data, on `device`; its
+    logits of `data.train` remembered where that split's inputs are fixed. Building it leaves
+    the global RNG as it was, so the student's run draws the same numbers with or without a
+    teacher."""
     try:
         with torch.random.fork_rng(devices=[]):
             teacher = model_from_checkpoint(config.teacher)
     except CheckpointError as err:
         raise CheckpointError(f"distill.teacher: {err}") from None
-    found, wanted = (teacher.num_classes, tuple(teacher.input_shape)), (num_classes, tuple(input_shape))
+    found, wanted = (teacher.num_classes, tuple(teacher.input_shape)), (data.num_classes, tuple(data.input_shape))
     if found != wanted:
         raise CheckpointError(f"distill.teacher: {config.teacher} was trained on {found[0]} classes of input "
                               f"{list(found[1])}, this run has {wanted[0]} classes of input {list(wanted[1])}; "
                               f"give a teacher trained on the same data")
-    return Teacher(teacher.model.to(device), config.weight, config.temperature)
+    fixed_split = data.train.in_order() if data.train.fixed_inputs else None
+    return Teacher(teacher.model.to(device), config.weight, config.temperature, fixed_split)

@@ -186,7 +186,7 @@ def build_run(config: Config, process: Process = Process()) -> Run:
             binop.project_()  # the loaded weights projected as a fresh init is
     teacher = None
     if config.distill.teacher is not None:  # not wrapped in DDP: it never trains
-        teacher = load_teacher(config.distill, data.num_classes, data.input_shape, device)
+        teacher = load_teacher(config.distill, data, device)
     optimizer = make_optimizer(config.optim, parameter_groups(config.optim, model, binop))
     if binop is not None:
         binop.project_after(optimizer)
@@ -321,17 +321,19 @@ def seed_process_draws(run: Run) -> None:
         torch.manual_seed(derived_seed("draws", run.config.train.seed, run.process.rank, run.position.global_step))
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One optimizer step; returns the loss, the number of correct top-1 predictions and whether
-    the step was skipped for a non-finite loss (no update made; see `nonfinite.py`), all on the
-    device, unread."""
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, criterion,
+               index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch (x, y), the training samples `index` where known (a
+    teacher then looks up the logits it remembered); returns the loss, the number of correct
+    top-1 predictions and whether the step was skipped for a non-finite loss (no update made;
+    see `nonfinite.py`), all on the device, unread."""
     seed_process_draws(run)
     run.optimizer.zero_grad(set_to_none=True)
     with autocast(run):
         logits = run.forward(x)
         loss = criterion(logits, y)
         if run.teacher is not None:
-            loss = run.teacher.loss(x, logits, loss)
+            loss = run.teacher.loss(x, index, logits, loss)
     skipped = run.guard.skip_flag(loss, run.position.global_step, run.process)
     run.scaler.scale(loss).backward()
     run.guard.masked_step_(skipped, lambda: optimizer_step(run))
@@ -396,8 +398,8 @@ def train_one_epoch(run: Run, stop: StopFlag, show_progress: bool, board: Tensor
     every, log_every = run.config.train.checkpoint_every_steps, run.config.train.log_every
     bar = tqdm(total=len(train), initial=run.position.step, desc=f"epoch {epoch + 1}",
                disable=not show_progress, leave=False, dynamic_ncols=True)
-    for x, y in train.batches(epoch, start=run.position.step, device=run.device):
-        add_step_(sums, *train_step(run, x, y, criterion), len(y))
+    for index, x, y in train.indexed_batches(epoch, start=run.position.step, device=run.device):
+        add_step_(sums, *train_step(run, x, y, criterion, index), len(y))
         run.position.step += 1
         run.position.global_step += 1
         tick(run, "step")
