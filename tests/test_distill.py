@@ -89,6 +89,14 @@ def test_the_teacher_of_fixed_inputs_passes_over_them_once_and_remembers_the_log
             assert torch.equal(run.teacher.logits(x, index), run.teacher.model(x))
 
 
+def test_a_teacher_that_draws_random_numbers_computes_its_logits_in_every_step(tmp_path, teacher):
+    stochastic = "binop.quantizer={name: binaryconnect, stochastic: true}"
+    fit(config_for(tmp_path / "teacher", "train.epochs=1", stochastic), quiet=True)
+    drawing = build_run(config_for(tmp_path / "student", f"distill.teacher={tmp_path / 'teacher' / 'last.pt'}"))
+    assert drawing.teacher.fixed_split is None
+    assert build_run(config_for(tmp_path / "other", f"distill.teacher={teacher}")).teacher.fixed_split is not None
+
+
 def test_remembered_logits_train_exactly_as_logits_computed_in_every_step(tmp_path, teacher):
     for name in ("remembered", "computed"):
         run = build_run(config_for(tmp_path / name, f"distill.teacher={teacher}", "distill.weight=0.7"))

@@ -12,8 +12,8 @@ The teacher is a checkpoint this trainer wrote, rebuilt from the config stored i
 frozen and in eval mode; its logits are computed under no_grad.
 
 Where the training images are not augmented (the MNIST family, synthetic data, CIFAR with
-`data.augment: false`), the teacher sees the same image every epoch and gives it the same
-logits, so they are computed once, at the first step, for every training sample in batches
+`data.augment: false`) and the teacher draws no random numbers (as a stochastic quantizer
+does), the teacher sees the same image every epoch and gives it the same logits, so they are computed once, at the first step, for every training sample in batches
 of the training batch size, and looked up by sample index from then on: one teacher pass
 per run instead of one per epoch. They are the logits the teacher gives in the steps, to
 float rounding, and bit for bit where the teacher's kernels compute each sample of a batch
@@ -73,7 +73,8 @@ class Teacher:
 
 def load_teacher(config: DistillConfig, data: TrainData, device: torch.device) -> Teacher:
     """The teacher of `config.teacher`, checked against the student's data, on `device`; its
-    logits of `data.train` remembered where that split's inputs are fixed. Building it leaves
+    logits of `data.train` remembered where that split's inputs are fixed and the teacher
+    draws no random numbers. Building it leaves
     the global RNG as it was, so the student's run draws the same numbers with or without a
     teacher."""
     try:
@@ -86,5 +87,22 @@ def load_teacher(config: DistillConfig, data: TrainData, device: torch.device) -
         raise CheckpointError(f"distill.teacher: {config.teacher} was trained on {found[0]} classes of input "
                               f"{list(found[1])}, this run has {wanted[0]} classes of input {list(wanted[1])}; "
                               f"give a teacher trained on the same data")
+    model = teacher.model.to(device).eval()
     fixed_split = data.train.in_order() if data.train.fixed_inputs else None
-    return Teacher(teacher.model.to(device), config.weight, config.temperature, fixed_split)
+    if fixed_split is not None and draws_random_numbers(model, next(fixed_split.batches(0, device=device))[0]):
+        fixed_split = None  # a stochastic teacher (a stochastic quantizer): its logits change from pass to pass
+    return Teacher(model, config.weight, config.temperature, fixed_split)
+
+
+@torch.no_grad()
+def draws_random_numbers(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether a forward pass of `model` on `x` draws from the global RNG of the CPU or of x's
+    CUDA device; the RNG is left as it was."""
+    def states() -> list[torch.Tensor]:
+        cuda = [torch.cuda.get_rng_state(x.device)] if x.device.type == "cuda" else []
+        return [torch.get_rng_state(), *cuda]
+
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        before = states()
+        model(x)
+        return not all(torch.equal(a, b) for a, b in zip(before, states()))
