@@ -13,9 +13,10 @@ frozen and in eval mode; its logits are computed under no_grad.
 
 Where the training images are not augmented (the MNIST family, synthetic data, CIFAR with
 `data.augment: false`) and the teacher draws no random numbers (as a stochastic quantizer
-does), the teacher sees the same image every epoch and gives it the same logits, so they are computed once, at the first step, for every training sample in batches
-of the training batch size, and looked up by sample index from then on: one teacher pass
-per run instead of one per epoch. They are the logits the teacher gives in the steps, to
+does), the teacher sees the same image every epoch and gives it the same logits, so they
+are computed once, at the first step, for every training sample in batches of the training
+batch size, and looked up by sample index from then on: one teacher pass per run instead
+of one per epoch. They are the logits the teacher gives in the steps, to
 float rounding, and bit for bit where the teacher's kernels compute each sample of a batch
 the same whatever the other samples are (docs/recipes.md).
 """
@@ -45,11 +46,16 @@ class Teacher:
     """A frozen model in eval mode whose logits soften the student's targets.
 
     With `fixed_split` (a training split whose inputs are the same every epoch) the logits of
-    all its samples are computed on the first call and looked up by sample index after."""
+    all its samples are computed on the first call and looked up by sample index after,
+    unless a forward pass of the model on its first batch draws random numbers (a stochastic
+    quantizer: its logits change from pass to pass)."""
 
     def __init__(self, model: nn.Module, weight: float, temperature: float, fixed_split: EpochBatches | None = None):
         self.model = model.eval().requires_grad_(False)
         self.weight, self.temperature = weight, temperature
+        if fixed_split is not None:
+            first_batch = next(fixed_split.batches(0, device=next(self.model.parameters()).device))[0]
+            fixed_split = None if draws_random_numbers(self.model, first_batch) else fixed_split
         self.fixed_split = fixed_split
         self.remembered: torch.Tensor | None = None  # (N, C): the logits of every sample of fixed_split
 
@@ -73,10 +79,9 @@ class Teacher:
 
 def load_teacher(config: DistillConfig, data: TrainData, device: torch.device) -> Teacher:
     """The teacher of `config.teacher`, checked against the student's data, on `device`; its
-    logits of `data.train` remembered where that split's inputs are fixed and the teacher
-    draws no random numbers. Building it leaves
-    the global RNG as it was, so the student's run draws the same numbers with or without a
-    teacher."""
+    logits of `data.train` remembered where that split's inputs are fixed (`Teacher`).
+    Building it leaves the global RNG as it was, so the student's run draws the same numbers
+    with or without a teacher."""
     try:
         with torch.random.fork_rng(devices=[]):
             teacher = model_from_checkpoint(config.teacher)
@@ -87,11 +92,8 @@ def load_teacher(config: DistillConfig, data: TrainData, device: torch.device) -
         raise CheckpointError(f"distill.teacher: {config.teacher} was trained on {found[0]} classes of input "
                               f"{list(found[1])}, this run has {wanted[0]} classes of input {list(wanted[1])}; "
                               f"give a teacher trained on the same data")
-    model = teacher.model.to(device).eval()
     fixed_split = data.train.in_order() if data.train.fixed_inputs else None
-    if fixed_split is not None and draws_random_numbers(model, next(fixed_split.batches(0, device=device))[0]):
-        fixed_split = None  # a stochastic teacher (a stochastic quantizer): its logits change from pass to pass
-    return Teacher(model, config.weight, config.temperature, fixed_split)
+    return Teacher(teacher.model.to(device), config.weight, config.temperature, fixed_split)
 
 
 @torch.no_grad()
