@@ -8,6 +8,7 @@ and the kernels cannot do better than it.
 
     python scripts/bench_processes.py                          # NIN batch 1, 6 processes
     python scripts/bench_processes.py --models nin alexnet --processes 10
+    python scripts/bench_processes.py --threads 1              # every process on one thread
 """
 
 from __future__ import annotations
@@ -68,12 +69,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["nin"])
     parser.add_argument("--processes", type=int, default=6, help="fresh processes per model (default 6)")
     parser.add_argument("--repeats", type=int, default=100, help="interleaved rounds in each process (default 100)")
+    parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--one-process", nargs=2, metavar=("EXPORT", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one_process:  # a child: time and report as one JSON line
         exported, shape = args.one_process
-        print(json.dumps(time_one_process(Path(exported), json.loads(shape), args.repeats)))
+        times = time_one_process(Path(exported), json.loads(shape), args.repeats)
+        print(json.dumps({**times, "threads": torch.get_num_threads()}))
         return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.processes} processes a model, "
           f"{args.repeats} rounds each")
@@ -83,7 +88,8 @@ def main() -> None:
             _, exported = export_one(name, Path(tmp))
             shape = json.dumps(MODELS[name][1])
             runs = [json.loads(subprocess.run(
-                [sys.executable, __file__, "--one-process", str(exported), shape, "--repeats", str(args.repeats)],
+                [sys.executable, __file__, "--one-process", str(exported), shape, "--repeats", str(args.repeats),
+                 "--threads", str(torch.get_num_threads())],
                 check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for _ in range(args.processes)]
             results[name] = {"processes": runs, "summary": print_model(name, runs)}
     if args.json:

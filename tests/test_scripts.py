@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import statistics
 import subprocess
 import sys
@@ -333,6 +334,19 @@ def test_bench_processes_gives_the_spread_of_process_medians_and_the_worst_p90_o
     assert summary["kernels"] == {"process_spread": 1.25, "worst_p90_over_p50": 1.4}
     assert summary["python loop"]["process_spread"] == pytest.approx(1.1)
     assert "| 2 | 6.00 (1.10) | 2.50 (1.40) | 9.90 (1.10) | 2.40x |" in capsys.readouterr().out
+
+
+def test_bench_processes_runs_every_process_on_the_threads_asked_for(tmp_path):
+    """The fresh process takes --threads, not the number torch would give it by default."""
+    require_native_kernels()
+    threads = 1 if torch.get_num_threads() > 1 else 2
+    out = tmp_path / "processes.json"
+    printed = subprocess.run([sys.executable, str(SCRIPTS / "bench_processes.py"), "--models", "lenet5",
+                              "--processes", "1", "--repeats", "2", "--threads", str(threads), "--json", str(out)],
+                             check=True, capture_output=True, text=True).stdout
+    runs = json.loads(out.read_text())["models"]["lenet5"]["processes"]
+    assert f", {threads} threads, 1 processes a model" in printed
+    assert [run["threads"] for run in runs] == [threads]
 
 
 def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_work_they_replace(tmp_path,
