@@ -263,21 +263,25 @@ def test_export_refuses_what_it_cannot_pack(tmp_path, capsys):
 
 
 # folded: and the stem's BatchNorm; linked: convs passing their signs packed (none where a sum or a
-# shared ReLU reads the output, as in every ResNet)
-@pytest.mark.parametrize("sets, binary_convs, float_layers, folded, linked", [
-    (["model.name=torchvision:resnet18", "model.kwargs={num_classes: 10}", "binop.activations=sign"], 19, 2, 20, 0),
-    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2, 9, 0),
+# shared ReLU reads the output, as in every ResNet); summed: convs adding the shortcut in their epilogue
+# (each block's last; every conv of Bi-Real's and ReActNet's)
+@pytest.mark.parametrize("sets, binary_convs, float_layers, folded, linked, summed", [
+    (["model.name=torchvision:resnet18", "model.kwargs={num_classes: 10}", "binop.activations=sign"], 19, 2, 20, 0,
+     8),
+    (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: xnor}", "binop.activations=sign"], 8, 2, 9, 0,
+     3),
     (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: bireal}", "binop.activations=approx_sign",
-      "binop.exclude=['*.shortcut.*']"], 6, 4, 9, 0),  # and the two real-valued downsampling convs, theirs too
+      "binop.exclude=['*.shortcut.*']"], 6, 4, 9, 0, 6),  # and the two real-valued downsampling convs, theirs too
     (["model.name=resnet", "model.kwargs={depth: 8, width: 16, flavour: reactnet}", "binop.activations=rsign",
-      "binop.exclude=['*.shortcut.*']"], 6, 4, 9, 0),  # RPReLU after each sum, learned thresholds before each sign
+      "binop.exclude=['*.shortcut.*']"], 6, 4, 9, 0, 6),  # RPReLU after each sum, learned thresholds before each sign
 ], ids=["torchvision-resnet18", "resnet-xnor", "resnet-bireal", "resnet-reactnet"])
 def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels(tmp_path, capsys, sets,
                                                                                  binary_convs, float_layers, folded,
-                                                                                 linked):
+                                                                                 linked, summed):
     """Every binary conv on the kernels, every BatchNorm that reads one alone folded into it
     (torchvision's and Bi-Real's conv -> BN into its epilogue; XNOR-Net's BN -> conv into its input),
-    and every BatchNorm that reads a float conv alone folded into its weights."""
+    every BatchNorm that reads a float conv alone folded into its weights, and every shortcut sum
+    that reads a binary conv's output added in its epilogue, with the float path's predictions."""
     from xnortrain.deploy import kernels
 
     require_native_kernels()
@@ -292,7 +296,8 @@ def test_any_resnet_through_the_cli_runs_every_binary_conv_on_the_native_kernels
     on_kernels = [m for m in fast.modules() if isinstance(m, XnorConv2d)]
     assert line == (f"{tmp_path / 'm.xnor.pt'}: {binary_convs} binary layers on the {kernels.path_in_use()}, "
                     f"{folded} BatchNorms folded into the layers next to them, {linked} passing their signs packed "
-                    f"to the next; {float_layers} conv/linear layers on the float path")
+                    f"to the next, {summed} adding a residual in their epilogue; {float_layers} conv/linear layers "
+                    f"on the float path")
     assert sum(m.sign_output for m in on_kernels) == linked
     assert len(on_kernels) == binary_convs and all(m.native for m in on_kernels)
     float_convs = [m for m in fast.modules() if isinstance(m, torch.nn.Conv2d)]  # channels-last, as the kernels' outputs

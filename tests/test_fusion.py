@@ -13,16 +13,23 @@ from test_kernels import require_native_kernels
 from torch import nn
 
 from xnortrain.deploy.bitpack import channel_words
-from xnortrain.deploy.fusion import adjacent_pairs, fold_batchnorms, fuse_sign_chains, sign_chains
+from xnortrain.deploy.fusion import (
+    adjacent_pairs,
+    fold_batchnorms,
+    fuse_residual_sums,
+    fuse_sign_chains,
+    residual_sums,
+    sign_chains,
+)
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear, kernel_layout, mapped, sign_bounds
 
 
-def xnor_conv(c_in: int, c_out: int, seed: int, bias: bool = True) -> XnorConv2d:
+def xnor_conv(c_in: int, c_out: int, seed: int, bias: bool = True, native: bool = False) -> XnorConv2d:
     gen = torch.Generator().manual_seed(seed)
     signs = torch.randn(c_out, c_in, 3, 3, generator=gen) >= 0
     conv = nn.Conv2d(c_in, c_out, 3, padding=1)
     return XnorConv2d(conv, signs, torch.rand(c_out, generator=gen) + 0.1,
-                      torch.randn(c_out, generator=gen) if bias else None)
+                      torch.randn(c_out, generator=gen) if bias else None, native=native)
 
 
 def trained_norm(channels: int, seed: int, dims: int = 2) -> nn.Module:
@@ -259,3 +266,105 @@ def test_sign_bounds_found_a_few_channels_at_a_time_are_the_same(monkeypatch):
     assert torch.equal(sign_bounds(alpha, bias, True, scale, shift, 9), whole)
     alpha[12], scale[12], shift[12] = math.inf, 1.0, 0.0  # the last group's bits: 1, 0 (NaN), 1
     assert sign_bounds(alpha, bias, True, scale, shift, 9) is None
+
+
+class Sums(nn.Module):
+    """Residual sums after native XNOR convs (8 channels, 5x5 images): `a` through an identity
+    (a folded BatchNorm) plus x, x plus `b`, `c` in place plus x, `i` plus `j` (into the first);
+    and left as they are: `d` read by the sum and by the return value, `e` plus a (1, 8, 1, 1)
+    tensor (broadcast), `f` through torch.add with alpha, `g` plus itself."""
+
+    def __init__(self, native: bool = True):
+        super().__init__()
+        for i, name in enumerate("abcdefgij"):
+            setattr(self, name, xnor_conv(8, 8, i, native=native))
+        self.norm_a = nn.Identity()
+        self.register_buffer("offset", torch.randn(1, 8, 1, 1, generator=torch.Generator().manual_seed(9)))
+
+    def forward(self, x):
+        h = self.norm_a(self.a(x)) + x
+        h = h + self.b(h)
+        out = self.c(h)
+        out += h
+        d = self.d(out)
+        h = d + out
+        h = self.i(h) + self.j(h)
+        h = self.e(h) + self.offset
+        h = torch.add(self.f(h), h, alpha=2)
+        g = self.g(h)
+        return g + g, d
+
+
+class Blocks(nn.Module):
+    """A residual block inside a Sequential: the sum lies in the block's forward."""
+
+    def __init__(self, native: bool = True):
+        super().__init__()
+        self.layers = nn.Sequential(Sums(native), nn.Identity())
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def native_sums(native: bool = True) -> Sums:
+    require_native_kernels()
+    return Sums(native).eval()
+
+
+def test_the_sums_that_alone_read_a_conv_output_of_their_shape_are_found_with_the_module_holding_them():
+    sample = torch.zeros(2, 8, 5, 5)
+    assert residual_sums(native_sums(), sample) == [("", "a"), ("", "b"), ("", "c"), ("", "i")]
+    assert residual_sums(native_sums(), sample, output_hooked={"b"}) == [("", "a"), ("", "c"), ("", "i")]
+    assert residual_sums(native_sums(native=False), sample) == []  # the pure-PyTorch layers add as PyTorch does
+    nested = Blocks(native=False)
+    nested.layers[0] = native_sums()
+    assert residual_sums(nested, sample) == [("layers.0", "layers.0.a"), ("layers.0", "layers.0.b"),
+                                             ("layers.0", "layers.0.c"), ("layers.0", "layers.0.i")]
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_fused_sum_gives_the_same_outputs_bit_for_bit(nested):
+    model = native_sums()
+    if nested:
+        outer = Blocks()
+        outer.layers[0] = model
+        model = outer
+    expected = copy.deepcopy(model)
+    x = torch.randn(3, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    fused, names = fuse_residual_sums(model, torch.zeros(2, 8, 5, 5))
+    prefix = "layers.0." if nested else ""
+    assert names == [f"{prefix}{name}" for name in "abci"]
+    block = fused.layers[0] if nested else fused  # the module holding the sums, the model itself or a block
+    assert isinstance(block, torch.fx.GraphModule) and (fused is model) is nested
+    calls = {n.target: n.kwargs for n in block.graph.nodes if n.op == "call_module"}
+    assert all("residual" in calls[name] for name in "abci") and not any(calls[name] for name in "defgj")
+    assert "norm_a" not in calls and isinstance(block.offset, torch.Tensor)
+    with torch.no_grad():
+        for got, want in zip(fused(x), expected(x)):
+            assert torch.equal(got, want)
+
+
+def test_a_model_that_cannot_run_on_the_sample_or_fx_cannot_trace_keeps_its_sums():
+    model = native_sums()
+    assert fuse_residual_sums(model, torch.zeros(2, 8, 5))[1] == [] and isinstance(model, Sums)  # 3-D: the convs refuse
+
+    class Branching(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = xnor_conv(8, 8, 0, native=True)
+
+        def forward(self, x):
+            return self.conv(x) + x if x.sum() > 0 else x  # control flow on values: no fx graph
+
+    assert residual_sums(Branching(), torch.ones(2, 8, 5, 5)) == []
+
+
+def test_fused_sums_export_with_torch_export_and_keep_the_residual_in_the_op():
+    model, _ = fuse_residual_sums(native_sums(), torch.zeros(2, 8, 5, 5))
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(1))
+    program = torch.export.export(model, (x,))
+    convs = [n for n in program.graph.nodes if str(n.target) == "xnortrain.xnor_conv2d.default"]
+    assert sum(len(n.args) == 13 and n.args[12] is not None for n in convs) == 4
+    with torch.no_grad():
+        for got, want in zip(program.module()(x), model(x)):
+            assert torch.equal(got, want)

@@ -179,6 +179,52 @@ def test_a_conv_that_hands_the_next_its_packed_signs_gives_the_same_outputs(nati
         assert torch.equal(fused(x), unfused(x))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c_in, c_out, k, stride, padding, groups", [
+    (65, 12, 3, 2, 1, 1), (16, 70, 3, 1, 1, 1), (8, 6, 3, 1, 0, 2), (130, 9, 1, 1, 0, 1)],
+    ids=["strided-part-tile", "two-blocks-of-filters", "two-groups", "pointwise"])
+def test_a_residual_added_in_the_epilogue_is_the_sum_after_the_conv(native, dtype, c_in, c_out, k, stride, padding,
+                                                                     groups):
+    """conv(x, residual=r) is conv(x) + r bit for bit: alpha * dot + bias rounded, then + r
+    rounded, with r channels-last (as the kernels' outputs are) and contiguous (copied once)."""
+    gen = torch.Generator().manual_seed(c_in)
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, groups=groups)
+    signs = random_signs(c_out, c_in // groups, k, k, seed=c_out) >= 0
+    layer = XnorConv2d(conv, signs, torch.rand(c_out, generator=gen) + 0.1, torch.randn(c_out, generator=gen),
+                       native=native)
+    x = torch.randn(3, c_in, 9, 11, generator=gen, dtype=dtype)
+    with torch.no_grad():
+        y = layer(x)
+        for r in (torch.randn(y.shape, generator=gen, dtype=dtype), y.contiguous()):
+            for residual in (r, r.contiguous(memory_format=torch.channels_last)):
+                assert torch.equal(layer(x, residual=residual), y + residual)
+
+
+def test_a_conv_that_takes_packed_signs_adds_a_residual_too(native_path):
+    from xnortrain.deploy.fusion import fuse_sign_chains
+
+    model = sign_chain(torch.float32)[:4]
+    fuse_sign_chains(model)
+    x = torch.randn(2, 70, 5, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        signs = model[0](x)
+        y = model[3](signs)
+        r = torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+        assert torch.equal(model[3](signs, residual=r), y + r)
+
+
+def test_the_op_refuses_a_residual_of_another_shape_or_dtype_or_with_sign_bounds():
+    require_native_kernels()
+    weights = kernel_layout(torch.zeros(16, 1, 1, 1, dtype=torch.int64), 1)
+    x, alpha = torch.randn(2, 8, 4, 4), torch.rand(16)
+    for residual in (torch.zeros(2, 16, 4, 3), torch.zeros(1, 16, 4, 4), torch.zeros(2, 16, 4, 4, dtype=torch.float64)):
+        with pytest.raises(RuntimeError, match=r"residual must be a CPU tensor of the conv output's shape"):
+            torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, residual=residual)
+    with pytest.raises(RuntimeError, match="adds a residual to float outputs only"):
+        torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
+                                        torch.zeros(2, 16, dtype=torch.int64), torch.zeros(2, 16, 4, 4))
+
+
 def test_exact_zeros_count_as_plus_one(native):
     x = torch.randn(2, 70, 6, 5)
     x[x.abs() < 0.7] = 0.0  # about half the input exactly 0
@@ -282,10 +328,11 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     assert done.returncode == 0, done.stdout[-3000:]
     passed = int(re.search(r"(\d+) passed", done.stdout).group(1))
     skipped = int(re.search(r"(\d+) skipped", done.stdout).group(1))
-    # conv, linear, input map, alpha/bias, zeros; then no-build and the weight layout, which have no native twin
-    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 2
+    # conv, linear, input map, alpha/bias, residual, zeros; then no-build and the weight layout, which have
+    # no native twin
+    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 4 * 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
-    # both native paths of each with a twin and of the sign chain (two dtypes); torch.export (twice),
-    # AOTInductor, torch.compile and the disable test
-    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 5
+    # both native paths of each with a twin, of the sign chain (two dtypes) and of its residual;
+    # torch.export (twice), AOTInductor, torch.compile, the disable test and the residual's refusals
+    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 2 + 6
     assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout

@@ -376,3 +376,18 @@ def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_
         for float_modules, fast_modules, signs, _ in segments:
             torch.testing.assert_close(bench.run_in_turn(fast_modules, signs), bench.run_in_turn(float_modules, signs),
                                        rtol=1e-4, atol=1e-4)
+
+
+def test_bench_fusions_loads_the_export_with_every_fusion_and_without_each_in_turn(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    bench = load_script("bench_fusions")
+    loads, packages = [], []
+    monkeypatch.setattr(bench, "load_exported", lambda path, **kwargs: loads.append(kwargs) or len(loads))
+    monkeypatch.setattr(bench, "aot_package", lambda model, x, path: packages.append((model, path.name)) or -model)
+    models = bench.variants(tmp_path / "m.xnor.pt", torch.zeros(1, 3), aot=True)
+    assert loads == [{"binary_kernels": True}, {"binary_kernels": True, "fold_batchnorms": False},
+                     {"binary_kernels": True, "fuse_signs": False}, {"binary_kernels": True, "fuse_residuals": False}]
+    assert packages == [(1, "every fusion.pt2"), (4, "without fuse_residuals.pt2")]
+    assert models == {"every fusion": 1, "without fold_batchnorms": 2, "without fuse_signs": 3,
+                      "without fuse_residuals": 4, "every fusion, AOTInductor": -1,
+                      "without fuse_residuals, AOTInductor": -4}

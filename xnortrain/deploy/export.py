@@ -105,7 +105,7 @@ def _predictions(model: nn.Module, inputs: torch.Tensor, batch: int = 100) -> to
 
 
 def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorms: bool = True,
-                  fuse_signs: bool = True) -> nn.Module:
+                  fuse_signs: bool = True, fuse_residuals: bool = True) -> nn.Module:
     """The inference model (eval mode) of an exported file.
 
     Every packed weight is unpacked to W~ = alpha * sign, and the inputs the file records as
@@ -118,8 +118,10 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
     weights (`fusion.fold_batchnorms`); on the native kernels the float Conv2d layers are
     channels-last (`use_channels_last`), and with `fuse_signs` an XNOR conv whose output the
     next XNOR conv alone reads, through ReLUs, folded BatchNorms and max pools, hands it the
-    packed signs it reads (`fusion.fuse_sign_chains`). It prints one line saying how many layers run which
-    path."""
+    packed signs it reads (`fusion.fuse_sign_chains`), and with `fuse_residuals` a residual sum
+    that alone reads an XNOR conv's output is added in the conv's epilogue, its block becoming an
+    `fx.GraphModule` (`fusion.fuse_residual_sums`). It prints one line saying how many layers
+    run which path."""
     payload = _read(path)
     spec = payload["model"]
     model = build_model(spec["name"], spec["kwargs"], spec["num_classes"], spec["input_shape"][0])
@@ -146,12 +148,15 @@ def load_exported(path: str | Path, binary_kernels: bool = False, fold_batchnorm
         rescaled = {name for name, q in hooked.items() if q.scale != "none"}
         folded = fusion.fold_batchnorms(model, input_hooked=hooked, output_hooked=rescaled) if fold_batchnorms else []
         links = fusion.fuse_sign_chains(model, hooked, rescaled) if native and fuse_signs else []
+        sums = []
         if native:
             use_channels_last(model)
+            if fuse_residuals:
+                model, sums = fusion.fuse_residual_sums(model, torch.zeros(2, *spec["input_shape"]), rescaled)
         layers = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) for m in model.modules())
         print(f"{path}: {len(swapped)} binary layers on the {kernels.path_in_use()}, {len(folded)} BatchNorms folded "
-              f"into the layers next to them, {len(links)} passing their signs packed to the next; {layers} "
-              f"conv/linear layers on the float path", file=sys.stderr)
+              f"into the layers next to them, {len(links)} passing their signs packed to the next, {len(sums)} "
+              f"adding a residual in their epilogue; {layers} conv/linear layers on the float path", file=sys.stderr)
     return model
 
 

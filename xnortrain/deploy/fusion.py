@@ -23,6 +23,12 @@ packs those bits in its epilogue and the second takes them as they are (`fuse_si
 no float output written and read back, no second packing, the same bits. A max pool between
 them pools the packed bits (`xnor_layers.SignMaxPool2d`).
 
+A residual sum that reads an XNOR conv's output, s = y + r (a Bi-Real or ResNet shortcut,
+after the folded BatchNorm), goes into the conv's epilogue too: y_o = alpha_o * dot_o + bias_o,
+then y_o + r_o, rounded in that order as PyTorch rounds them (`fuse_residual_sums`), with no
+separate pass over the activations. The module whose forward holds the sum (a residual block)
+becomes an `fx.GraphModule` of the same submodules that calls the conv with the residual.
+
 The BatchNorm becomes an identity: one pass over the activations less, with the same values
 up to float rounding (a and b are computed as PyTorch's BatchNorm computes them, in the
 BatchNorm's dtype). The pairs are found on the model's graph (`torch.fx` symbolic tracing,
@@ -33,11 +39,13 @@ reads. A model that fx cannot trace keeps its BatchNorms.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Collection
 
 import torch
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..layers import LearnedScale, RPReLU
@@ -55,12 +63,18 @@ class _Leaves(fx.Tracer):
         return isinstance(m, LEAVES) or super().is_leaf_module(m, qualname)
 
 
-def module_calls(model: nn.Module) -> tuple[list[fx.Node], set[str]] | None:
-    """The model's module calls on its fx graph, in order, and the names of the modules called
-    once; None where fx cannot trace."""
+def traced(model: nn.Module) -> fx.Graph | None:
+    """The model's fx graph, the package's layers kept whole (`LEAVES`); None where fx cannot trace."""
     try:
-        graph = _Leaves().trace(model)
+        return _Leaves().trace(model)
     except Exception:  # whatever stops fx, the model is left as it is
+        return None
+
+
+def module_calls(model: nn.Module, graph: fx.Graph | None = None) -> tuple[list[fx.Node], set[str]] | None:
+    """The model's module calls on its fx graph (`graph`, or traced here), in order, and the
+    names of the modules called once; None where fx cannot trace."""
+    if graph is None and (graph := traced(model)) is None:
         return None
     calls = [node for node in graph.nodes if node.op == "call_module"]
     return calls, {name for name, count in Counter(node.target for node in calls).items() if count == 1}
@@ -205,3 +219,101 @@ def fuse_sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
                 setattr(model.get_submodule(parent), child,
                         SignMaxPool2d(m, falling) if isinstance(m, nn.MaxPool2d) else nn.Identity())
     return links
+
+
+SUMS = (operator.add, operator.iadd, torch.add)  # x + y, x += y (torchvision's blocks), torch.add(x, y)
+
+
+def residual_sums(model: nn.Module, sample: torch.Tensor, output_hooked: Collection[str] = ()) -> list[tuple[str, str]]:
+    """The sums s = y + r (either order) where y is the output of a native XNOR conv called once
+    on one value, which the sum alone reads (through identities: folded BatchNorms), and r a
+    tensor of y's shape and dtype on `sample` (a batch of inputs, run once through the model
+    to find the shapes, `ShapeProp`), as (block, conv): the module whose forward holds the sum
+    ("" for the model itself) and the conv, by name; [] where fx cannot trace. Convs whose
+    output a hook changes (`output_hooked`) or that pack signs (`fuse_sign_chains`) are left out."""
+    if (graph := traced(model)) is None:
+        return []
+    try:
+        with torch.no_grad():
+            ShapeProp(fx.GraphModule(model, graph)).propagate(sample)
+    except Exception:  # a graph that runs only as the model's own code: the model is left as it is
+        return []
+    calls, once = module_calls(model, graph)
+    modules = dict(model.named_modules())
+
+    def fusable(node: fx.Node) -> bool:
+        m = modules[node.target]
+        return (called_once_on_one_value(node, once) and isinstance(m, XnorConv2d) and m.native
+                and not m.sign_output and node.target not in output_hooked)
+
+    sums, taken = [], set()
+    for conv in filter(fusable, calls):
+        *chain, total = _single_user_chain(conv, modules)
+        residual = _other_operand(total, chain[-1]) if chain else None
+        if residual is not None and _same_tensor_type(conv, residual) and total not in taken:
+            taken.add(total)  # a sum of two such convs goes into the first one's epilogue
+            stack = total.meta.get("nn_module_stack", {})
+            sums.append((list(stack.values())[-1][0] if stack else "", conv.target))
+    return sums
+
+
+def fuse_residual_sums(model: nn.Module, sample: torch.Tensor,
+                       output_hooked: Collection[str] = ()) -> tuple[nn.Module, list[str]]:
+    """Have each conv of `residual_sums` add its residual in its epilogue: the module holding
+    the sum becomes an `fx.GraphModule` of its submodules in which the conv is called with
+    ``residual=r`` in the sum's place and the sum and the identities before it are gone
+    (deepest modules first, so that a module holding another traces the other's new code).
+    Returns the model (a new one where the model itself held a sum) and the fused convs' names."""
+    by_block: dict[str, list[str]] = {}
+    for block, conv in residual_sums(model, sample, output_hooked):
+        by_block.setdefault(block, []).append(conv.removeprefix(f"{block}.") if block else conv)
+    for block in sorted(by_block, key=lambda name: -1 if not name else name.count("."), reverse=True):
+        fused = _with_residuals_in_epilogue(model.get_submodule(block), set(by_block[block]))
+        if not block:
+            model = fused
+        else:
+            parent, _, child = block.rpartition(".")
+            setattr(model.get_submodule(parent), child, fused)
+    return model, [f"{block}.{conv}" if block else conv for block, convs in by_block.items() for conv in convs]
+
+
+def _with_residuals_in_epilogue(block: nn.Module, convs: set[str]) -> fx.GraphModule:
+    """`block` as an fx.GraphModule in which each of `convs` (called once, its output read by a
+    residual sum alone, `residual_sums`) is called at the sum's place with ``residual=r``."""
+    graph, modules = _Leaves().trace(block), dict(block.named_modules())
+    for conv in [node for node in graph.nodes if node.op == "call_module" and node.target in convs]:
+        *chain, total = _single_user_chain(conv, modules)
+        with graph.inserting_before(total):
+            fused = graph.call_module(conv.target, conv.args, {"residual": _other_operand(total, chain[-1])})
+        total.replace_all_uses_with(fused)
+        for node in [total, *reversed(chain)]:
+            graph.erase_node(node)
+    return fx.GraphModule(block, graph)
+
+
+def _single_user_chain(node: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:
+    """`node`, then each identity call that alone reads the value before it, then the first
+    other node that alone reads it (none where the value has no or several readers)."""
+    chain = [node]
+    while len(chain[-1].users) == 1:
+        chain.append(next(iter(chain[-1].users)))
+        if not (chain[-1].op == "call_module" and isinstance(modules[chain[-1].target], nn.Identity)):
+            break
+    return chain
+
+
+def _other_operand(total: fx.Node, value: fx.Node) -> fx.Node | None:
+    """The other operand of a sum of `value` and a tensor node, `total`; None where `total` is
+    no such sum (three operands, keywords such as torch.add's alpha, `value` twice)."""
+    if total.op != "call_function" or total.target not in SUMS or len(total.args) != 2 or total.kwargs:
+        return None
+    first, second = total.args
+    other = second if first is value else first
+    return other if isinstance(other, fx.Node) and other is not value else None
+
+
+def _same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
+    """Both nodes gave tensors of one shape and dtype in `ShapeProp`'s run."""
+    meta_a, meta_b = a.meta.get("tensor_meta"), b.meta.get("tensor_meta")
+    return (hasattr(meta_a, "shape") and hasattr(meta_b, "shape") and meta_a.shape == meta_b.shape
+            and meta_a.dtype == meta_b.dtype)

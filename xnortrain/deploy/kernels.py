@@ -9,12 +9,14 @@ import or inside a layer's constructor: `load_exported(..., binary_kernels=True)
 
     torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups,
                                     input_scale=None, input_bias=None, signs_channels=0,
-                                    sign_bounds=None)
+                                    sign_bounds=None, residual=None)
     torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias, input_scale=None, input_bias=None)
     torch.ops.xnortrain.sign_max_pool2d(signs, falling, kernel, stride, padding, ceil_mode)
 
 (weights in the layout of `xnor_layers.kernel_layout`; the input bits are sign(x), or
-sign(input_scale * x + input_bias) per input channel; with `sign_bounds` (2, C_out) int64
+sign(input_scale * x + input_bias) per input channel; `residual`, a tensor of the output's
+shape, is added to the output in the epilogue (`fusion.fuse_residual_sums`); with
+`sign_bounds` (2, C_out) int64
 a conv returns, instead of y, the packed bits low_o <= dot <= high_o, int64 (N, H, W, words):
 the next conv's input bits, `xnor_layers.sign_bounds`, which it takes as x with
 `signs_channels` = C, max-pooled on the way where a pool lies between them
@@ -114,7 +116,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("xnortrain::xnor_conv2d")
     def _(x, weight, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None,
-          signs_channels=0, sign_bounds=None):
+          signs_channels=0, sign_bounds=None, residual=None):
         h, w = conv_output_size(x.shape[1:3] if signs_channels else x.shape[2:], weight.shape[2:4], stride, padding,
                                 dilation)
         if sign_bounds is not None:

@@ -91,16 +91,21 @@ class XnorConv2d(nn.Module):
         if native:
             self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv of x, plus `residual` (a tensor of the output's shape and dtype) where given:
+        a residual sum that reads the output, which the native kernels add in their epilogue
+        (`fusion.fuse_residual_sums`)."""
         float_like = self.alpha if self.signs_in else x  # packed signs carry no float dtype
         alpha, bias = in_dtype_of(self.alpha, float_like), in_dtype_of(self.bias, float_like)
         if self.native:
             args = (x, self.kernel_words, alpha, bias, self.stride, self.padding, self.dilation, self.groups,
                     *input_map(self, x))
-            if not (self.signs_in or self.sign_output):  # the link arguments left to their defaults
-                return torch.ops.xnortrain.xnor_conv2d(*args)  # cost a batch-1 call less
-            return torch.ops.xnortrain.xnor_conv2d(*args, self.in_channels if self.signs_in else 0,
-                                                   self._bounds_in(float_like.dtype))
+            if self.signs_in or self.sign_output:
+                return torch.ops.xnortrain.xnor_conv2d(*args, self.in_channels if self.signs_in else 0,
+                                                       self._bounds_in(float_like.dtype), residual)
+            if residual is None:  # the link arguments left to their defaults: a batch-1 call costs less
+                return torch.ops.xnortrain.xnor_conv2d(*args)
+            return torch.ops.xnortrain.xnor_conv2d(*args, 0, None, residual)
         n = x.shape[0]
         shape = [n, self.out_channels, *conv_output_size(x.shape[2:], self.kernel_size, self.stride, self.padding,
                                                           self.dilation)]
@@ -115,7 +120,8 @@ class XnorConv2d(nn.Module):
             dots.append(xnor_dot(a_words, w_words, mask, self.real_bits))
         out = torch.cat(dots, 1).to(x.dtype) * alpha  # (N * L, O)
         out = out if bias is None else out + bias
-        return out.view(n, *shape[2:], self.out_channels).permute(0, 3, 1, 2)
+        out = out.view(n, *shape[2:], self.out_channels).permute(0, 3, 1, 2)
+        return out if residual is None else out + residual
 
     @property
     def real_bits(self) -> int:

@@ -343,7 +343,9 @@ struct Dots {
   }
 };
 
-// The float epilogue: out[r][c] = alpha_c * dot + bias_c (bias null: + 0).
+// The float epilogue: out[r][c] = alpha_c * dot + bias_c (bias null: + 0), then + residual[r][c]
+// where a residual sum reads the conv's output (null: none), rounded in that order, as
+// PyTorch rounds the conv's output and then the sum.
 template <typename scalar_t>
 struct FloatOutput {
   Dots dots;
@@ -351,10 +353,12 @@ struct FloatOutput {
   const scalar_t* bias;
   scalar_t* out;  // (pixels, C_out), at the tile's first row and column
   int64_t ldo;
+  const scalar_t* residual;  // laid out as out
 
   void finish(int64_t r, int64_t c, int64_t count) const {
     const scalar_t dot = static_cast<scalar_t>(dots.of(r, c, count));
-    out[r * ldo + c] = alpha[c] * dot + (bias ? bias[c] : scalar_t(0));
+    const scalar_t y = alpha[c] * dot + (bias ? bias[c] : scalar_t(0));
+    out[r * ldo + c] = residual ? y + residual[r * ldo + c] : y;
   }
 };
 
@@ -466,7 +470,8 @@ WIDE_TARGET inline void finish_wide(const Epilogue& e, int64_t r0, int64_t c0, i
     const __m256 bias = e.bias ? _mm256_maskz_loadu_ps(lanes, e.bias + c0) : _mm256_setzero_ps();
     for (int r = 0; r < MR; ++r) {
       const __m512i dot = wide_dots(e.dots, r0 + r, c0, lanes, counts[r]);
-      const __m256 y = _mm256_add_ps(_mm256_mul_ps(alpha, _mm512_cvtepi64_ps(dot)), bias);
+      __m256 y = _mm256_add_ps(_mm256_mul_ps(alpha, _mm512_cvtepi64_ps(dot)), bias);
+      if (e.residual) y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(lanes, e.residual + (r0 + r) * e.ldo + c0));
       _mm256_mask_storeu_ps(e.out + (r0 + r) * e.ldo + c0, lanes, y);
     }
   } else {
@@ -656,12 +661,14 @@ struct LayerInput {
   bool signs;
 };
 
-// A layer's output: floats y (N, C_out, OH, OW), channels-last, or, with `bounds` (2, C_out),
-// the words of the bits low_c <= dot <= high_c, (N, OH, OW, words): the next layer's packed
-// input, with no float output written and read back.
+// A layer's output: floats y (N, C_out, OH, OW), channels-last, plus `residual` (of y's shape
+// and layout) where defined, or, with `bounds` (2, C_out), the words of the bits
+// low_c <= dot <= high_c, (N, OH, OW, words): the next layer's packed input, with no float
+// output written and read back.
 struct LayerOutput {
   at::Tensor tensor;
   c10::optional<at::Tensor> bounds;
+  at::Tensor residual;
 };
 
 // The row tiles of a conv's output, up to kTileRows output pixels each, with their patch
@@ -743,6 +750,7 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
   const scalar_t* alpha_data = alpha.data_ptr<scalar_t>();
   const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
   scalar_t* out_data = out.bounds ? nullptr : out.tensor.data_ptr<scalar_t>();
+  const scalar_t* residual_data = out.residual.defined() ? out.residual.data_ptr<scalar_t>() : nullptr;
   // the signs' words as bytes, little-endian: bit c % 8 of byte c / 8 of a pixel holds channel c
   uint8_t* out_signs = out.bounds ? reinterpret_cast<uint8_t*>(out.tensor.data_ptr<int64_t>()) : nullptr;
   const int64_t* low = out.bounds ? out.bounds->data_ptr<int64_t>() : nullptr;
@@ -773,7 +781,8 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
       else
         multiply_tile(wide, rows.patches, w, rows.rows, cols,
                       FloatOutput<scalar_t>{dots, alpha_data + o0, bias_data ? bias_data + o0 : nullptr,
-                                            out_data + rows.first_pixel * filters + o0, filters});
+                                            out_data + rows.first_pixel * filters + o0, filters,
+                                            residual_data ? residual_data + rows.first_pixel * filters + o0 : nullptr});
     }
   });
 }
@@ -801,12 +810,22 @@ InputMap input_map(at::ScalarType dtype, int64_t channels, const c10::optional<a
   return {*scale, *bias};
 }
 
-// The output tensor of a layer of geometry g: floats, or, with `bounds`, the words of its bits.
-LayerOutput layer_output(const Geometry& g, const at::Tensor& alpha, const c10::optional<at::Tensor>& bounds) {
+// The output tensor of a layer of geometry g: floats (plus `residual`, channels-last), or, with
+// `bounds`, the words of its bits.
+LayerOutput layer_output(const Geometry& g, const at::Tensor& alpha, const c10::optional<at::Tensor>& bounds,
+                         const c10::optional<at::Tensor>& residual = {}) {
   TORCH_CHECK(g.oh > 0 && g.ow > 0, "the kernel does not fit the padded input");
   const int64_t filters = alpha.numel();
+  if (residual) {
+    TORCH_CHECK(!bounds, "an XNOR conv adds a residual to float outputs only, not with sign_bounds");
+    const std::vector<int64_t> shape{g.n, filters, g.oh, g.ow};
+    TORCH_CHECK(residual->device().is_cpu() && residual->scalar_type() == alpha.scalar_type() &&
+                    residual->sizes() == at::IntArrayRef(shape),
+                "residual must be a CPU tensor of the conv output's shape (N, C_out, OH, OW) and dtype");
+  }
   if (!bounds)
-    return {at::empty({g.n, filters, g.oh, g.ow}, alpha.options().memory_format(at::MemoryFormat::ChannelsLast)), {}};
+    return {at::empty({g.n, filters, g.oh, g.ow}, alpha.options().memory_format(at::MemoryFormat::ChannelsLast)), {},
+            residual ? residual->contiguous(at::MemoryFormat::ChannelsLast) : at::Tensor()};
   TORCH_CHECK(g.groups == 1, "an XNOR conv packs the signs of its output with one group only");
   TORCH_CHECK(bounds->scalar_type() == at::kLong && bounds->is_contiguous() && bounds->dim() == 2 &&
                   bounds->size(0) == 2 && bounds->size(1) == filters,
@@ -830,12 +849,13 @@ void check_layout(const at::Tensor& weight, int64_t groups, int64_t filters, int
 }
 
 // x: floats (N, C, H, W), or, with signs_channels > 0, the packed signs (N, H, W, words) of
-// that many channels, which the layer before wrote (its sign_bounds).
+// that many channels, which the layer before wrote (its sign_bounds). `residual`: a tensor of
+// the output's shape added to it in the epilogue (a residual sum that reads the conv's output).
 at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, int64_t groups, const c10::optional<at::Tensor>& input_scale,
                        const c10::optional<at::Tensor>& input_bias, int64_t signs_channels,
-                       const c10::optional<at::Tensor>& sign_bounds) {
+                       const c10::optional<at::Tensor>& sign_bounds, const c10::optional<at::Tensor>& residual) {
   const bool signs = signs_channels > 0;
   check_layer(x, signs ? alpha.scalar_type() : x.scalar_type(), weight, alpha, bias);
   TORCH_CHECK(x.dim() == 4, "xnor_conv2d takes input (N, C, H, W), or packed signs (N, H, W, words)");
@@ -850,7 +870,7 @@ at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
              padding[0], padding[1], dilation[0], dilation[1], x.size(0), h, w, 0, 0};
   g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
-  const LayerOutput out = layer_output(g, alpha, sign_bounds);
+  const LayerOutput out = layer_output(g, alpha, sign_bounds, residual);
   run_conv({x, input_map(alpha.scalar_type(), channels, input_scale, input_bias), signs}, g, weight, alpha,
            bias, out);
   return out.tensor;
@@ -932,7 +952,7 @@ std::string popcount_path() { return avx512_path() ? "AVX-512 VPOPCNTDQ" : "64-b
 TORCH_LIBRARY(xnortrain, m) {
   m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None, int signs_channels=0, "
-        "Tensor? sign_bounds=None) -> Tensor");
+        "Tensor? sign_bounds=None, Tensor? residual=None) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
         "Tensor? input_bias=None) -> Tensor");
   m.def("sign_max_pool2d(Tensor signs, Tensor falling, int[2] kernel, int[2] stride, int[2] padding, "
