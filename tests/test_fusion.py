@@ -15,6 +15,7 @@ from torch import nn
 from xnortrain.deploy.bitpack import channel_words
 from xnortrain.deploy.fusion import (
     adjacent_pairs,
+    changes_in_place,
     fold_batchnorms,
     fuse_residual_sums,
     fuse_sign_chains,
@@ -272,11 +273,13 @@ class Sums(nn.Module):
     """Residual sums after native XNOR convs (8 channels, 5x5 images): `a` through an identity
     (a folded BatchNorm) plus x, x plus `b`, `c` in place plus x, `i` plus `j` (into the first);
     and left as they are: `d` read by the sum and by the return value, `e` plus a (1, 8, 1, 1)
-    tensor (broadcast), `f` through torch.add with alpha, `g` plus itself."""
+    tensor (broadcast), `f` through torch.add with alpha, `g` plus itself, `k` plus its input
+    after that input changed in place (the fused conv, run at the sum's place, would read the
+    changed input)."""
 
     def __init__(self, native: bool = True):
         super().__init__()
-        for i, name in enumerate("abcdefgij"):
+        for i, name in enumerate("abcdefgijk"):
             setattr(self, name, xnor_conv(8, 8, i, native=native))
         self.norm_a = nn.Identity()
         self.register_buffer("offset", torch.randn(1, 8, 1, 1, generator=torch.Generator().manual_seed(9)))
@@ -289,6 +292,8 @@ class Sums(nn.Module):
         d = self.d(out)
         h = d + out
         h = self.i(h) + self.j(h)
+        k = self.k(h)
+        h = k + torch.relu_(h)
         h = self.e(h) + self.offset
         h = torch.add(self.f(h), h, alpha=2)
         g = self.g(h)
@@ -337,7 +342,7 @@ def test_a_fused_sum_gives_the_same_outputs_bit_for_bit(nested):
     block = fused.layers[0] if nested else fused  # the module holding the sums, the model itself or a block
     assert isinstance(block, torch.fx.GraphModule) and (fused is model) is nested
     calls = {n.target: n.kwargs for n in block.graph.nodes if n.op == "call_module"}
-    assert all("residual" in calls[name] for name in "abci") and not any(calls[name] for name in "defgj")
+    assert all("residual" in calls[name] for name in "abci") and not any(calls[name] for name in "defgjk")
     assert "norm_a" not in calls and isinstance(block.offset, torch.Tensor)
     with torch.no_grad():
         for got, want in zip(fused(x), expected(x)):
@@ -368,3 +373,20 @@ def test_fused_sums_export_with_torch_export_and_keep_the_residual_in_the_op():
     with torch.no_grad():
         for got, want in zip(program.module()(x), model(x)):
             assert torch.equal(got, want)
+
+
+def test_the_operations_that_may_change_a_tensor_in_place_are_told_apart():
+    class Ops(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.relu_in_place, self.relu = nn.ReLU(inplace=True), nn.ReLU()
+
+        def forward(self, x):
+            return (self.relu_in_place(x), x.add_(1), nn.functional.relu(x, inplace=True), torch.relu_(x),
+                    self.relu(x), x.add(1), nn.functional.relu(x), torch.relu(x))
+
+    model = Ops()
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    calls = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    assert [changes_in_place(n, modules) for n in calls] == [True] * 4 + [False] * 4

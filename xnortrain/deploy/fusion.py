@@ -221,7 +221,7 @@ def fuse_sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
     return links
 
 
-SUMS = (operator.add, operator.iadd, torch.add)  # x + y, x += y (torchvision's blocks), torch.add(x, y)
+SUMS = (operator.add, torch.add)  # x + y and x += y (torchvision's blocks; fx traces both as add), torch.add(x, y)
 
 
 def residual_sums(model: nn.Module, sample: torch.Tensor, output_hooked: Collection[str] = ()) -> list[tuple[str, str]]:
@@ -230,7 +230,9 @@ def residual_sums(model: nn.Module, sample: torch.Tensor, output_hooked: Collect
     tensor of y's shape and dtype on `sample` (a batch of inputs, run once through the model
     to find the shapes, `ShapeProp`), as (block, conv): the module whose forward holds the sum
     ("" for the model itself) and the conv, by name; [] where fx cannot trace. Convs whose
-    output a hook changes (`output_hooked`) or that pack signs (`fuse_sign_chains`) are left out."""
+    output a hook changes (`output_hooked`) or that pack signs (`fuse_sign_chains`) are left out,
+    and so are sums after an operation that may change a tensor in place between the conv and
+    the sum (`changes_in_place`): the fused conv runs at the sum's place."""
     if (graph := traced(model)) is None:
         return []
     try:
@@ -250,7 +252,8 @@ def residual_sums(model: nn.Module, sample: torch.Tensor, output_hooked: Collect
     for conv in filter(fusable, calls):
         *chain, total = _single_user_chain(conv, modules)
         residual = _other_operand(total, chain[-1]) if chain else None
-        if residual is not None and _same_tensor_type(conv, residual) and total not in taken:
+        if residual is not None and _same_tensor_type(conv, residual) and total not in taken and \
+                not any(changes_in_place(node, modules) for node in _between(conv, total)):
             taken.add(total)  # a sum of two such convs goes into the first one's epilogue
             stack = total.meta.get("nn_module_stack", {})
             sums.append((list(stack.values())[-1][0] if stack else "", conv.target))
@@ -289,6 +292,27 @@ def _with_residuals_in_epilogue(block: nn.Module, convs: set[str]) -> fx.GraphMo
         for node in [total, *reversed(chain)]:
             graph.erase_node(node)
     return fx.GraphModule(block, graph)
+
+
+def changes_in_place(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether the node may change a tensor in place: a module with ``inplace=True`` (a ReLU), a
+    method or function whose name ends in an underscore (``x.relu_()``), or a call with an
+    ``inplace=True`` keyword."""
+    if node.op == "call_module":
+        return bool(getattr(modules[node.target], "inplace", False))
+    if node.op not in ("call_method", "call_function"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return name.endswith("_") or bool(node.kwargs.get("inplace", False))
+
+
+def _between(first: fx.Node, last: fx.Node) -> list[fx.Node]:
+    """The nodes after `first` and before `last` in the graph's order."""
+    nodes, node = [], first.next
+    while node is not last:
+        nodes.append(node)
+        node = node.next
+    return nodes
 
 
 def _single_user_chain(node: fx.Node, modules: dict[str, nn.Module]) -> list[fx.Node]:

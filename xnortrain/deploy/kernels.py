@@ -16,8 +16,8 @@ import or inside a layer's constructor: `load_exported(..., binary_kernels=True)
 (weights in the layout of `xnor_layers.kernel_layout`; the input bits are sign(x), or
 sign(input_scale * x + input_bias) per input channel; `residual`, a tensor of the output's
 shape, is added to the output in the epilogue (`fusion.fuse_residual_sums`); with
-`sign_bounds` (2, C_out) int64
-a conv returns, instead of y, the packed bits low_o <= dot <= high_o, int64 (N, H, W, words):
+`sign_bounds` (2, C_out) int64 a conv returns, instead of y, the packed bits
+low_o <= dot <= high_o, int64 (N, H, W, words):
 the next conv's input bits, `xnor_layers.sign_bounds`, which it takes as x with
 `signs_channels` = C, max-pooled on the way where a pool lies between them
 (`xnor_layers.SignMaxPool2d`): `fusion.fuse_sign_chains`)
