@@ -20,19 +20,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_inference import MODELS, export_one, interleaved_times, percentile
+from bench_inference import MODELS, aot_package, export_one, interleaved_times, percentile
 
 from xnortrain.deploy import load_exported
 from xnortrain.deploy.export import exported_spec
 
 FUSIONS = ("fold_batchnorms", "fuse_signs", "fuse_residuals")
 ALL = "every fusion"
-
-
-def aot_package(model: torch.nn.Module, x: torch.Tensor, path: Path):
-    """`model` as an AOTInductor package for inputs of x's shape, loaded back."""
-    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)), package_path=str(path))
-    return torch._inductor.aoti_load_package(package)
 
 
 def variants(exported: Path, x: torch.Tensor, aot: bool) -> dict[str, torch.nn.Module]:

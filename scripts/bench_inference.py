@@ -281,7 +281,9 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     runs = {FLOAT_PATH: ("f32", load_exported(exported)), KERNELS: ("1 bit, f32", load_exported(exported, binary_kernels=True)),
             COMPILED: ("1 bit, f32", torch.compile(load_exported(exported, binary_kernels=True),
                                                    options={"cpp_wrapper": True})),
-            AOT_PACKAGE: ("1 bit, f32", aot_package(exported, batch)),
+            AOT_PACKAGE: ("1 bit, f32", aot_package(load_exported(exported, binary_kernels=True),
+                                                    torch.zeros(batch, *exported_spec(exported)["input_shape"]),
+                                                    exported.with_suffix(f".batch{batch}.pt2"))),
             "onnxruntime FP32": ("f32", onnxruntime(onnx_file)),
             "OpenVINO FP32": openvino({"INFERENCE_PRECISION_HINT": "f32"}), OPENVINO_DEFAULT: openvino({})}
     if int8_file is not None:
@@ -289,14 +291,12 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     return runs
 
 
-def aot_package(exported: Path, batch: int):
-    """The kernels' model of an export as an AOTInductor package for this batch size
-    (`torch.export`, then PyTorch's `aoti_compile_and_package`): compiled C++ that calls the
-    kernels as ops, with no Python between the operations."""
-    model = load_exported(exported, binary_kernels=True)
-    x = torch.zeros(batch, *exported_spec(exported)["input_shape"])
-    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)),
-                                                       package_path=str(exported.with_suffix(f".batch{batch}.pt2")))
+def aot_package(model: nn.Module, x: torch.Tensor, path: Path):
+    """`model` (the kernels' model of an export) as an AOTInductor package for inputs of x's
+    shape, written to `path` and loaded back (`torch.export`, then PyTorch's
+    `aoti_compile_and_package`): compiled C++ that calls the kernels as ops, with no Python
+    between the operations."""
+    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)), package_path=str(path))
     return torch._inductor.aoti_load_package(package)
 
 

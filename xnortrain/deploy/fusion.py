@@ -120,8 +120,7 @@ def fold_batchnorms(model: nn.Module, input_hooked: Collection[str] = (),
             continue
         norm = first if first in foldable else second
         foldable.discard(norm)  # folded once: a BatchNorm between two layers goes into the first
-        parent, _, child = norm.rpartition(".")
-        setattr(model.get_submodule(parent), child, nn.Identity())
+        model.set_submodule(norm, nn.Identity())
         folded.append(norm)
     return folded
 
@@ -214,10 +213,8 @@ def fuse_sign_chains(model: nn.Module, input_hooked: Collection[str] = (),
         consumer.input_scale = consumer.input_bias = None
         for name in between:
             m = model.get_submodule(name)
-            parent, _, child = name.rpartition(".")
             if isinstance(m, (nn.ReLU, nn.MaxPool2d)):
-                setattr(model.get_submodule(parent), child,
-                        SignMaxPool2d(m, falling) if isinstance(m, nn.MaxPool2d) else nn.Identity())
+                model.set_submodule(name, SignMaxPool2d(m, falling) if isinstance(m, nn.MaxPool2d) else nn.Identity())
     return links
 
 
@@ -267,17 +264,17 @@ def fuse_residual_sums(model: nn.Module, sample: torch.Tensor,
     ``residual=r`` in the sum's place and the sum and the identities before it are gone
     (deepest modules first, so that a module holding another traces the other's new code).
     Returns the model (a new one where the model itself held a sum) and the fused convs' names."""
-    by_block: dict[str, list[str]] = {}
-    for block, conv in residual_sums(model, sample, output_hooked):
-        by_block.setdefault(block, []).append(conv.removeprefix(f"{block}.") if block else conv)
+    sums = residual_sums(model, sample, output_hooked)
+    by_block: dict[str, set[str]] = {}  # the convs by their names within the block
+    for block, conv in sums:
+        by_block.setdefault(block, set()).add(conv.removeprefix(f"{block}.") if block else conv)
     for block in sorted(by_block, key=lambda name: -1 if not name else name.count("."), reverse=True):
-        fused = _with_residuals_in_epilogue(model.get_submodule(block), set(by_block[block]))
-        if not block:
-            model = fused
+        fused = _with_residuals_in_epilogue(model.get_submodule(block), by_block[block])
+        if block:
+            model.set_submodule(block, fused)
         else:
-            parent, _, child = block.rpartition(".")
-            setattr(model.get_submodule(parent), child, fused)
-    return model, [f"{block}.{conv}" if block else conv for block, convs in by_block.items() for conv in convs]
+            model = fused
+    return model, [conv for _, conv in sums]
 
 
 def _with_residuals_in_epilogue(block: nn.Module, convs: set[str]) -> fx.GraphModule:
