@@ -7,7 +7,8 @@ sums added in the epilogue of the conv before them). Each model is exported afte
 step on synthetic data (`bench_inference.export_one`), then timed at batch 1 in interleaved
 rounds (`bench_inference.interleaved_times`); each line gives the p50 latency with the fusion
 off, and how much faster the model with every fusion runs than without that one. With `--aot`
-the two models with and without `fuse_residuals` are compiled as AOTInductor packages too.
+the two models with and without `fuse_residuals` are compiled as packages too
+(`deploy.package`, as `python -m xnortrain package` compiles them).
 
     python scripts/bench_fusions.py                                   # ResNet-20 Bi-Real, NIN
     python scripts/bench_fusions.py --models torchvision-resnet18 --aot
@@ -20,23 +21,26 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_inference import MODELS, aot_package, export_one, interleaved_times, percentile
+from bench_inference import MODELS, export_one, interleaved_times, percentile
 
-from xnortrain.deploy import load_exported
+from xnortrain.deploy import load_exported, load_package
 from xnortrain.deploy.export import exported_spec
+from xnortrain.deploy.package import package_model
 
 FUSIONS = ("fold_batchnorms", "fuse_signs", "fuse_residuals")
 ALL = "every fusion"
 
 
-def variants(exported: Path, x: torch.Tensor, aot: bool) -> dict[str, torch.nn.Module]:
+def variants(exported: Path, aot: bool) -> dict[str, torch.nn.Module]:
     """The kernels' model with every fusion and without each one (and, with `aot`, both
     fuse_residuals models as packages)."""
     models = {ALL: load_exported(exported, binary_kernels=True)}
     models.update({f"without {f}": load_exported(exported, binary_kernels=True, **{f: False}) for f in FUSIONS})
     if aot:
         for name in (ALL, "without fuse_residuals"):
-            models[f"{name}, AOTInductor"] = aot_package(models[name], x, exported.with_name(f"{name}.pt2"))
+            package = exported.with_name(f"{name}.pt2")
+            package_model(models[name], exported_spec(exported)["input_shape"], package)
+            models[f"{name}, AOTInductor"] = load_package(package)
     return models
 
 
@@ -54,7 +58,7 @@ def main() -> None:
         for name in args.models:
             _, exported = export_one(name, Path(tmp))
             x = torch.randn(1, *exported_spec(exported)["input_shape"], generator=torch.Generator().manual_seed(0))
-            models = variants(exported, x, args.aot)
+            models = variants(exported, args.aot)
             times = interleaved_times({k: (lambda m=m: m(x)) for k, m in models.items()}, args.repeats)
             p50 = {k: percentile(v, 50) for k, v in times.items()}
             for k, v in times.items():

@@ -30,8 +30,8 @@ With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same expo
 AlexNet and ResNet-20 Bi-Real at batch 1 and 8, on the runtimes people deploy with, all
 interleaved in one process: the PyTorch float path, the xnortrain kernels (eager, under
 `torch.compile` with inductor's C++ wrapper, which fuses the float operations between the
-binary layers and calls them all from C++, and as an AOTInductor package of the exported
-program, compiled C++ with no Python between the operations), onnxruntime FP32
+binary layers and calls them all from C++, and as the package `python -m xnortrain package`
+compiles with AOTInductor, C++ with no Python between the operations), onnxruntime FP32
 (the ONNX file of `python -m xnortrain export --format onnx`, as many intra-op threads as
 torch), OpenVINO on the same file at FP32 and at its default precision (bf16 on CPUs that
 have it; the table names the one it used), both with as many threads and the batch made
@@ -63,8 +63,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xnortrain.deploy import kernels, load_exported
-from xnortrain.deploy.export import exported_spec
+from xnortrain.deploy import compile_package, kernels, load_exported, load_package
 from xnortrain.deploy.fusion import sign_chains
 from xnortrain.deploy.onnx_export import export_onnx
 from xnortrain.deploy.xnor_layers import XnorConv2d, XnorLinear
@@ -250,11 +249,11 @@ def int8_onnx(onnx_file: Path, input_shape: list[int], out: Path) -> Path:
 
 def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch: int) -> dict[str, tuple]:
     """runtime name -> (precision, run), `run(x)` the logits of a batch x, for the same export:
-    the PyTorch float path and the xnortrain kernels (eager, compiled, and as an AOTInductor
-    package) from the packed file, onnxruntime (FP32, and INT8 where `int8_file` is given) and
-    OpenVINO (FP32 and its default precision, the precision read back from the compiled model)
-    from its ONNX file. The runtimes use as many threads as torch; OpenVINO and the package
-    are compiled for this batch size."""
+    the PyTorch float path and the xnortrain kernels (eager, compiled, and as the package of
+    `python -m xnortrain package`, any batch size) from the packed file, onnxruntime (FP32, and
+    INT8 where `int8_file` is given) and OpenVINO (FP32 and its default precision, the precision
+    read back from the compiled model) from its ONNX file. The runtimes use as many threads as
+    torch; OpenVINO is compiled for this batch size."""
     ort = require("onnxruntime", "bench", "bench_inference.py --peers")
     ov = require("openvino", "bench", "bench_inference.py --peers")
     threads = torch.get_num_threads()
@@ -281,9 +280,7 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     runs = {FLOAT_PATH: ("f32", load_exported(exported)), KERNELS: ("1 bit, f32", load_exported(exported, binary_kernels=True)),
             COMPILED: ("1 bit, f32", torch.compile(load_exported(exported, binary_kernels=True),
                                                    options={"cpp_wrapper": True})),
-            AOT_PACKAGE: ("1 bit, f32", aot_package(load_exported(exported, binary_kernels=True),
-                                                    torch.zeros(batch, *exported_spec(exported)["input_shape"]),
-                                                    exported.with_suffix(f".batch{batch}.pt2"))),
+            AOT_PACKAGE: ("1 bit, f32", load_package(package_of(exported))),
             "onnxruntime FP32": ("f32", onnxruntime(onnx_file)),
             "OpenVINO FP32": openvino({"INFERENCE_PRECISION_HINT": "f32"}), OPENVINO_DEFAULT: openvino({})}
     if int8_file is not None:
@@ -291,13 +288,12 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     return runs
 
 
-def aot_package(model: nn.Module, x: torch.Tensor, path: Path):
-    """`model` (the kernels' model of an export) as an AOTInductor package for inputs of x's
-    shape, written to `path` and loaded back (`torch.export`, then PyTorch's
-    `aoti_compile_and_package`): compiled C++ that calls the kernels as ops, with no Python
-    between the operations."""
-    package = torch._inductor.aoti_compile_and_package(torch.export.export(model, (x,)), package_path=str(path))
-    return torch._inductor.aoti_load_package(package)
+def package_of(exported: Path) -> Path:
+    """The package of the packed file `exported` (`deploy.compile_package`), compiled once."""
+    package = exported.with_suffix(".pt2")
+    if not package.is_file():
+        compile_package(exported, package)
+    return package
 
 
 def bench_peers(name: str, exported: Path, onnx_file: Path, int8_file: Path | None, batch: int,

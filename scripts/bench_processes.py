@@ -1,6 +1,8 @@
 """The spread of inference latency from one process to the next: the same exported model
 timed in several fresh processes, one after another, each timing in interleaved rounds the
-PyTorch float path, the xnortrain kernels and a fixed pure-Python loop that uses no torch.
+PyTorch float path, the xnortrain kernels, its compiled package (`python -m xnortrain
+package`, compiled once before the processes start, where the native kernels run) and a fixed
+pure-Python loop that uses no torch.
 
 The loop is the control: what it varies between processes and within one (p90 over p50),
 the machine gives every process whatever it runs (frequency, other tenants of the host),
@@ -21,11 +23,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_inference import MODELS, export_one, interleaved_times, percentile
+from bench_inference import MODELS, export_one, interleaved_times, package_of, percentile
 
-from xnortrain.deploy import load_exported
+from xnortrain.deploy import kernels, load_exported, load_package
 
-COLUMNS = ("float path", "kernels", "python loop")
+COLUMNS = ("float path", "kernels", "package", "python loop")  # the package where it was compiled
 
 
 def python_loop() -> int:
@@ -38,10 +40,13 @@ def python_loop() -> int:
 
 def time_one_process(exported: Path, shape: list[int], repeats: int) -> dict[str, dict[str, float]]:
     """In this process: p50 and p90 (ms) of each column over `repeats` interleaved rounds."""
-    float_model, fast_model = load_exported(exported), load_exported(exported, binary_kernels=True)
+    models = {"float path": load_exported(exported), "kernels": load_exported(exported, binary_kernels=True)}
+    if exported.with_suffix(".pt2").is_file():
+        models["package"] = load_package(exported.with_suffix(".pt2"))
     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1))
-    times = interleaved_times(dict(zip(COLUMNS, (lambda: float_model(x), lambda: fast_model(x), python_loop))),
-                              repeats)
+    with torch.no_grad():
+        times = interleaved_times({**{k: (lambda m=m: m(x)) for k, m in models.items()}, "python loop": python_loop},
+                                  repeats)
     return {k: {"p50": percentile(v, 50) * 1e3, "p90": percentile(v, 90) * 1e3} for k, v in times.items()}
 
 
@@ -51,16 +56,17 @@ def spread(values: list[float]) -> float:
 
 def print_model(name: str, runs: list[dict]) -> dict:
     """The per-process table of one model and its summary line; returns the summary."""
+    columns = [k for k in COLUMNS if k in runs[0]]
     print(f"\n{name}, batch 1: p50 ms in each process (p90 / p50)\n")
-    print("| process | " + " | ".join(COLUMNS) + " | float / kernels |")
-    print("|---|" + "---|" * (len(COLUMNS) + 1))
+    print("| process | " + " | ".join(columns) + " | float / kernels |")
+    print("|---|" + "---|" * (len(columns) + 1))
     for i, run in enumerate(runs, 1):
-        cells = " | ".join(f"{run[k]['p50']:.2f} ({run[k]['p90'] / run[k]['p50']:.2f})" for k in COLUMNS)
+        cells = " | ".join(f"{run[k]['p50']:.2f} ({run[k]['p90'] / run[k]['p50']:.2f})" for k in columns)
         print(f"| {i} | {cells} | {run['float path']['p50'] / run['kernels']['p50']:.2f}x |")
     summary = {k: {"process_spread": spread([r[k]["p50"] for r in runs]),
-                   "worst_p90_over_p50": max(r[k]["p90"] / r[k]["p50"] for r in runs)} for k in COLUMNS}
-    print("\nslowest / fastest process median: " + ", ".join(f"{k} {summary[k]['process_spread']:.2f}" for k in COLUMNS)
-          + "; worst p90 / p50: " + ", ".join(f"{k} {summary[k]['worst_p90_over_p50']:.2f}" for k in COLUMNS))
+                   "worst_p90_over_p50": max(r[k]["p90"] / r[k]["p50"] for r in runs)} for k in columns}
+    print("\nslowest / fastest process median: " + ", ".join(f"{k} {summary[k]['process_spread']:.2f}" for k in columns)
+          + "; worst p90 / p50: " + ", ".join(f"{k} {summary[k]['worst_p90_over_p50']:.2f}" for k in columns))
     return summary
 
 
@@ -86,6 +92,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             _, exported = export_one(name, Path(tmp))
+            if kernels.load() is None:
+                package_of(exported)
             shape = json.dumps(MODELS[name][1])
             runs = [json.loads(subprocess.run(
                 [sys.executable, __file__, "--one-process", str(exported), shape, "--repeats", str(args.repeats),

@@ -327,17 +327,23 @@ def test_bench_processes_gives_the_spread_of_process_medians_and_the_worst_p90_o
     monkeypatch.syspath_prepend(str(SCRIPTS))  # it imports bench_inference, as when run from scripts/
     bench = load_script("bench_processes")
     run = {"float path": {"p50": 5.0, "p90": 6.0}, "kernels": {"p50": 2.0, "p90": 2.2},
-           "python loop": {"p50": 9.0, "p90": 9.9}}
+           "python loop": {"p50": 9.0, "p90": 9.9}, "package": {"p50": 1.0, "p90": 1.1}}
     slower = {"float path": {"p50": 6.0, "p90": 6.6}, "kernels": {"p50": 2.5, "p90": 3.5},
-              "python loop": {"p50": 9.9, "p90": 10.9}}
+              "python loop": {"p50": 9.9, "p90": 10.9}, "package": {"p50": 1.2, "p90": 1.5}}
     summary = bench.print_model("nin", [run, slower])
     assert summary["kernels"] == {"process_spread": 1.25, "worst_p90_over_p50": 1.4}
+    assert summary["package"] == {"process_spread": 1.2, "worst_p90_over_p50": 1.25}
     assert summary["python loop"]["process_spread"] == pytest.approx(1.1)
-    assert "| 2 | 6.00 (1.10) | 2.50 (1.40) | 9.90 (1.10) | 2.40x |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| process | float path | kernels | package | python loop | float / kernels |" in printed
+    assert "| 2 | 6.00 (1.10) | 2.50 (1.40) | 1.20 (1.25) | 9.90 (1.10) | 2.40x |" in printed
+    without_package = [{k: v for k, v in r.items() if k != "package"} for r in (run, slower)]
+    assert set(bench.print_model("nin", without_package)) == {"float path", "kernels", "python loop"}
 
 
 def test_bench_processes_runs_every_process_on_the_threads_asked_for(tmp_path):
-    """The fresh process takes --threads, not the number torch would give it by default."""
+    """The fresh process takes --threads, not the number torch would give it by default, and
+    times the package compiled before it started."""
     require_native_kernels()
     threads = 1 if torch.get_num_threads() > 1 else 2
     out = tmp_path / "processes.json"
@@ -347,6 +353,7 @@ def test_bench_processes_runs_every_process_on_the_threads_asked_for(tmp_path):
     runs = json.loads(out.read_text())["models"]["lenet5"]["processes"]
     assert f", {threads} threads, 1 processes a model" in printed
     assert [run["threads"] for run in runs] == [threads]
+    assert set(runs[0]) == {"float path", "kernels", "package", "python loop", "threads"}  # the package compiled
 
 
 def test_bench_inference_times_linked_binary_convs_as_one_run_against_the_float_work_they_replace(tmp_path,
@@ -383,11 +390,13 @@ def test_bench_fusions_loads_the_export_with_every_fusion_and_without_each_in_tu
     bench = load_script("bench_fusions")
     loads, packages = [], []
     monkeypatch.setattr(bench, "load_exported", lambda path, **kwargs: loads.append(kwargs) or len(loads))
-    monkeypatch.setattr(bench, "aot_package", lambda model, x, path: packages.append((model, path.name)) or -model)
-    models = bench.variants(tmp_path / "m.xnor.pt", torch.zeros(1, 3), aot=True)
+    monkeypatch.setattr(bench, "exported_spec", lambda path: {"input_shape": [3]})
+    monkeypatch.setattr(bench, "package_model", lambda model, shape, path: packages.append((model, shape, path.name)))
+    monkeypatch.setattr(bench, "load_package", lambda path: f"loaded {path.name}")
+    models = bench.variants(tmp_path / "m.xnor.pt", aot=True)
     assert loads == [{"binary_kernels": True}, {"binary_kernels": True, "fold_batchnorms": False},
                      {"binary_kernels": True, "fuse_signs": False}, {"binary_kernels": True, "fuse_residuals": False}]
-    assert packages == [(1, "every fusion.pt2"), (4, "without fuse_residuals.pt2")]
+    assert packages == [(1, [3], "every fusion.pt2"), (4, [3], "without fuse_residuals.pt2")]
     assert models == {"every fusion": 1, "without fold_batchnorms": 2, "without fuse_signs": 3,
-                      "without fuse_residuals": 4, "every fusion, AOTInductor": -1,
-                      "without fuse_residuals, AOTInductor": -4}
+                      "without fuse_residuals": 4, "every fusion, AOTInductor": "loaded every fusion.pt2",
+                      "without fuse_residuals, AOTInductor": "loaded without fuse_residuals.pt2"}

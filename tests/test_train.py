@@ -476,7 +476,7 @@ def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0
-    assert "{plot,export,summary,kernels}" in capsys.readouterr().out
+    assert "{plot,export,package,summary,kernels}" in capsys.readouterr().out
 
 
 def test_training_without_a_config_is_one_usage_error(capsys):

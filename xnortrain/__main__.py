@@ -3,6 +3,7 @@
     python -m xnortrain --config FILE [--set KEY=VALUE ...] [--resume [PATH]] [--eval-only] [--quiet]
     python -m xnortrain plot RUN_DIR [RUN_DIR ...] --out curves.png [--labels A B ...]
     python -m xnortrain export --checkpoint runs/x/best.pt --out model.xnor.pt [--check-data] [--format onnx]
+    python -m xnortrain package model.xnor.pt --out model.pt2
     python -m xnortrain summary (--config FILE [--set KEY=VALUE ...] | --checkpoint PATH)
     python -m xnortrain kernels
 
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                                help="store the float tensors as float16 where the predictions on the run's first "
                                     "1000 evaluation inputs stay the same (reads the data set; default: float32)")
 
+    package_parser = commands.add_parser("package", help="compile a packed model file for this machine's CPU",
+                                         description="Compile a packed model file (from export) with AOTInductor into "
+                                                     "a .pt2 package for this machine's CPU, calling the native "
+                                                     "kernels; load it with xnortrain.deploy.load_package.")
+    package_parser.add_argument("packed", metavar="PACKED", help="packed model file (e.g. model.xnor.pt)")
+    package_parser.add_argument("--out", required=True, help="package to write (e.g. model.pt2)")
+
     summary_parser = commands.add_parser("summary", help="per-layer sizes and operations of a model",
                                          description="Per-layer sizes and operations of a configured or trained model.")
     add_config_args(summary_parser, "YAML config file (see configs/)")
@@ -76,6 +84,15 @@ def export(args: argparse.Namespace) -> int:
     ratio = sizes["checkpoint_bytes"] / sizes["exported_bytes"]
     print(f"{args.out}: {sizes['exported_bytes']:,} bytes; checkpoint {args.checkpoint}: "
           f"{sizes['checkpoint_bytes']:,} bytes ({ratio:.1f}x smaller)")
+    return 0
+
+
+def package(args: argparse.Namespace) -> int:
+    from .deploy.package import compile_package
+
+    size = compile_package(args.packed, args.out)
+    print(f"{args.out}: {size:,} bytes, for inputs of any batch size on this machine's CPU; "
+          f"load it with xnortrain.deploy.load_package")
     return 0
 
 
@@ -133,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None and args.config is None:
-        parser.error("--config is required to train (or give a command: plot, export, summary, kernels)")
-    command = {"plot": plot, "export": export, "summary": summarize, "kernels": build_kernels, None: run}[args.command]
+        parser.error("--config is required to train (or give a command: plot, export, package, summary, kernels)")
+    command = {"plot": plot, "export": export, "package": package, "summary": summarize, "kernels": build_kernels,
+               None: run}[args.command]
     from .train.loop import Interrupted
 
     with warnings.catch_warnings():  # restores warnings.showwarning on the way out

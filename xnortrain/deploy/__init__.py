@@ -4,11 +4,12 @@
 back as an inference module, with ``binary_kernels=True`` running the XNOR-popcount
 layers (`xnor_layers`, on the native kernels of `kernels` where they build, their C++ in
 `csrc/`), with the BatchNorms that read them folded in (`fusion`); `bitpack` holds the bit packing both use, `onnx_export` writes the float path as
-an ONNX file, and `summary` the per-layer sizes and operations of a model. Deployment may import the core (`xnortrain.quantizers`, `zoo`,
+an ONNX file, `package` compiles the kernels' model into a `.pt2` package for one CPU, and `summary` the per-layer sizes and operations of a model. Deployment may import the core (`xnortrain.quantizers`, `zoo`,
 `model_factory`, ...); it imports neither the trainer (`xnortrain.train`) nor its data, so
 the same file exports and loads the same way on any machine.
 """
 
 from .export import export_model, load_exported
+from .package import compile_package, load_package
 
-__all__ = ["export_model", "load_exported"]
+__all__ = ["compile_package", "export_model", "load_exported", "load_package"]

@@ -62,12 +62,17 @@ def path_in_use() -> str:
             f"{torch.get_num_threads()} threads")
 
 
-def build_directory() -> Path:
-    """The cache folder of this source, torch version and set of flags."""
+def build_key() -> str:
+    """The name of this build: a hash of the source, the torch version, the machine and the flags."""
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), torch.__version__.encode(), platform.machine().encode(),
                                      " ".join(_flags()).encode()])).hexdigest()[:16]
+    return f"kernels-{key}"
+
+
+def build_directory() -> Path:
+    """The cache folder of this build (`build_key`)."""
     root = Path(os.environ.get(CACHE) or Path.home() / ".cache" / "xnortrain")
-    return root / f"kernels-{key}"
+    return root / build_key()
 
 
 @functools.cache
