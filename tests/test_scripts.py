@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -296,6 +297,15 @@ def test_bench_inference_percentiles_interpolate_between_the_nearest_ranks():
     assert bench.percentile(values, 90) == pytest.approx(4.6)  # rank 3.6 of 0..4: 4 + 0.6 * (5 - 4)
     assert bench.percentile([10.0, 1.0, 3.0, 2.0], 50) == 2.5
     assert (bench.percentile(values, 0), bench.percentile(values, 100), bench.percentile([7.0], 90)) == (1.0, 5.0, 7.0)
+
+
+def test_bench_inference_peers_without_the_native_kernels_is_one_usage_error():
+    """--peers times the compiled package, which calls the kernels: without them it stops at once."""
+    done = subprocess.run([sys.executable, str(SCRIPTS / "bench_inference.py"), "--peers"], capture_output=True,
+                          text=True, env={**os.environ, "XNORTRAIN_NO_KERNELS": "1"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines()[-1].endswith(
+        "error: --peers times the compiled package, which needs the native kernels: XNORTRAIN_NO_KERNELS is set")
 
 
 def test_bench_inference_peers_ratios_take_the_fastest_fp32_runtime_over_the_kernels():
