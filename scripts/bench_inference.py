@@ -2,8 +2,9 @@
 kernels against the float path of the same export, side by side in one process.
 
 For LeNet-5, NIN, AlexNet (XNOR-Net), the zoo's ResNet-20 in its Bi-Real flavour and
-torchvision's ResNet-18 (binary inputs in every conv but the first; its inputs follow
-ReLUs, so it does not learn, but it runs as users' ResNets do) it trains one step on
+torchvision's ResNet-18 at 32x32 and at ImageNet's 224x224 (binary inputs in every conv but
+the first; its inputs follow ReLUs, so it does not learn, but it runs as users' ResNets do) it
+trains one step on
 synthetic data through the normal trainer (so the checkpoint holds what a real one holds), exports it with
 `python -m xnortrain export`'s function and prints the sizes: training checkpoint,
 float32 state_dict, exported file as exported by default (float parts in float32) and with
@@ -27,7 +28,7 @@ an untimed call of the same model (its weights back in the caches), and each fig
 median of the repetitions, so that other work on the machine slows both alike.
 
 With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
-AlexNet and ResNet-20 Bi-Real at batch 1 and 8, on the runtimes people deploy with, all
+AlexNet, ResNet-20 Bi-Real and ResNet-18 at 224x224, at batch 1 and 8, on the runtimes people deploy with, all
 interleaved in one process: the PyTorch float path, the xnortrain kernels (eager, under
 `torch.compile` with inductor's C++ wrapper, which fuses the float operations between the
 binary layers and calls them all from C++, and as the package `python -m xnortrain package`
@@ -81,9 +82,10 @@ MODELS = {
     "resnet20-bireal": (["model.name=resnet", "model.kwargs={depth: 20, width: 16, flavour: bireal}",
                          "binop.activations=approx_sign", "binop.exclude=['*.shortcut.*']"], [3, 32, 32], [1, 8]),
     "torchvision-resnet18": (["model.name=torchvision:resnet18", SIGN], [3, 32, 32], [1, 8]),
+    "torchvision-resnet18-224": (["model.name=torchvision:resnet18", SIGN], [3, 224, 224], [1]),
 }
 MACS_PER_CYCLE = {"64-bit POPCNT": 64, "AVX-512 VPOPCNTDQ": 512}  # binary MACs per cycle per thread
-PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal"], [1, 8]
+PEER_MODELS, PEER_BATCHES = ["nin", "alexnet", "resnet20-bireal", "torchvision-resnet18-224"], [1, 8]
 FLOAT_PATH, KERNELS, OPENVINO_DEFAULT = "PyTorch float path", "xnortrain kernels", "OpenVINO default"
 COMPILED = "xnortrain kernels, torch.compile (cpp_wrapper)"
 AOT_PACKAGE = "xnortrain kernels, AOTInductor package"
@@ -444,8 +446,8 @@ def main() -> None:
     parser.add_argument("--layers", action="store_true",
                         help="where one batch-1 pass spends its time, module by module, float path and kernels")
     parser.add_argument("--peers", action="store_true",
-                        help="time onnxruntime and OpenVINO on the same export too (NIN, AlexNet, ResNet-20 Bi-Real "
-                             "by default, batch 1 and 8; needs xnortrain[bench])")
+                        help="time onnxruntime and OpenVINO on the same export too (NIN, AlexNet, ResNet-20 Bi-Real, "
+                             "ResNet-18 at 224x224 by default, batch 1 and 8; needs xnortrain[bench])")
     args = parser.parse_args()
     if args.peers and kernels.load() is not None:
         parser.error(f"--peers times the compiled package, which needs the native kernels: {kernels.load()}")
