@@ -37,9 +37,10 @@ def variants(exported: Path, aot: bool) -> dict[str, torch.nn.Module]:
     models = {ALL: load_exported(exported, binary_kernels=True)}
     models.update({f"without {f}": load_exported(exported, binary_kernels=True, **{f: False}) for f in FUSIONS})
     if aot:
+        input_shape = exported_spec(exported)["input_shape"]
         for name in (ALL, "without fuse_residuals"):
             package = exported.with_name(f"{name}.pt2")
-            package_model(models[name], exported_spec(exported)["input_shape"], package)
+            package_model(models[name], input_shape, package)
             models[f"{name}, AOTInductor"] = load_package(package)
     return models
 

@@ -262,8 +262,8 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     # onnxruntime's intra-op threads spin between runs by default, taking the cores from the
-    # runtimes interleaved with it; this config entry (onnxruntime's key, no attribute of
-    # SessionOptions) has them wait idle instead
+    # runtimes interleaved with it; onnxruntime's config key below (its InferenceSession's
+    # option, which SessionOptions has no attribute for) has them wait idle instead
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def onnxruntime(path: Path):
@@ -290,9 +290,14 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     return runs
 
 
+def package_path(exported: Path) -> Path:
+    """Where the package of the packed file `exported` goes (`package_of`)."""
+    return exported.with_suffix(".pt2")
+
+
 def package_of(exported: Path) -> Path:
     """The package of the packed file `exported` (`deploy.compile_package`), compiled once."""
-    package = exported.with_suffix(".pt2")
+    package = package_path(exported)
     if not package.is_file():
         compile_package(exported, package)
     return package

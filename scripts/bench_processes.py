@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from bench_inference import MODELS, export_one, interleaved_times, package_of, percentile
+from bench_inference import MODELS, export_one, interleaved_times, package_of, package_path, percentile
 
 from xnortrain.deploy import kernels, load_exported, load_package
 
@@ -41,8 +41,8 @@ def python_loop() -> int:
 def time_one_process(exported: Path, shape: list[int], repeats: int) -> dict[str, dict[str, float]]:
     """In this process: p50 and p90 (ms) of each column over `repeats` interleaved rounds."""
     models = {"float path": load_exported(exported), "kernels": load_exported(exported, binary_kernels=True)}
-    if exported.with_suffix(".pt2").is_file():
-        models["package"] = load_package(exported.with_suffix(".pt2"))
+    if package_path(exported).is_file():
+        models["package"] = load_package(package_path(exported))
     x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         times = interleaved_times({**{k: (lambda m=m: m(x)) for k, m in models.items()}, "python loop": python_loop},

@@ -73,13 +73,13 @@ def load_package(path: str | Path):
     if not path.is_file():
         raise CheckpointError(f"package {path} does not exist")
     package = _load(path, kernels.load())
-    compiled_for = package.get_metadata().get(KERNELS_KEY)
+    compiled_for, here = package.get_metadata().get(KERNELS_KEY), kernels.build_key()
     if compiled_for is None:
         raise CheckpointError(f"{path} is an AOTInductor package that xnortrain did not write (no {KERNELS_KEY} "
                               f"in its metadata); load it with torch._inductor.aoti_load_package")
-    if compiled_for != kernels.build_key():
+    if compiled_for != here:
         raise CheckpointError(f"{path} calls another build of xnortrain's kernels ({compiled_for}; this process "
-                              f"runs {kernels.build_key()}): compile it again here with `python -m xnortrain package`")
+                              f"runs {here}): compile it again here with `python -m xnortrain package`")
     return package
 
 
