@@ -48,7 +48,7 @@ def variants(exported: Path, aot: bool) -> dict[str, torch.nn.Module]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["resnet20-bireal", "nin"])
-    parser.add_argument("--repeats", type=int, default=301, help="interleaved rounds (default 301)")
+    parser.add_argument("--repeats", type=int, default=41, help="interleaved rounds (default 41)")
     parser.add_argument("--aot", action="store_true", help="also as AOTInductor packages, with and without "
                                                           "fuse_residuals")
     args = parser.parse_args()

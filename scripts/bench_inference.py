@@ -23,9 +23,10 @@ inputs hold). Then, in eval mode, it times
   64-bit POPCNT path (one XOR + POPCNT + ADD a cycle), 512 for the AVX-512 VPOPCNTDQ path
   (one 512-bit VPOPCNTQ a cycle); float32 FMA peaks at 16 MACs per cycle per core on AVX2.
 
-Float and binary runs alternate, in an order shuffled every round, each timed call right after
-an untimed call of the same model (its weights back in the caches), and each figure is the
-median of the repetitions, so that other work on the machine slows both alike.
+Float and binary runs take turns, in an order shuffled every round, each turn timing calls
+that follow untimed calls of the same model (`interleaved_times`: the model's latency as a
+process that runs only it sees it), and each figure is the median of the timed calls, so that
+other work on the machine slows both alike.
 
 With `--peers` (needs ``pip install 'xnortrain[bench]'``) it times the same export, for NIN,
 AlexNet, ResNet-20 Bi-Real and ResNet-18 at 224x224, at batch 1 and 8, on the runtimes people deploy with, all
@@ -74,6 +75,7 @@ from xnortrain.train.deployment import export_checkpoint
 from xnortrain.train.loop import fit
 
 SIGN = "binop.activations=sign"
+WARMUP_CALLS, TIMED_CALLS = 8, 8  # a turn of `interleaved_times`
 # name: (the trainer's --set overrides, input shape, batch sizes timed)
 MODELS = {
     "lenet5": (["model.name=lenet5", SIGN], [1, 28, 28], [1]),
@@ -112,21 +114,24 @@ def export_one(name: str, workdir: Path) -> tuple[dict, Path]:
 
 @torch.no_grad()
 def interleaved_times(calls: dict, repeats: int) -> dict[str, list[float]]:
-    """Seconds of each zero-argument call in each of `repeats` rounds: every round gives each
-    call a turn, in an order shuffled every round (a fixed seed), and a turn is one untimed call
-    and one timed call. The untimed call brings the call's own weights and activations back into
-    the caches after the other calls', so that each is timed as a process that runs that one
-    model would see it. Timed right after another runtime instead (one process, 200 pairs
-    each), NIN's kernels (a 0.2 MB model) took 1.1-1.4x as long as right after themselves, and
-    its float runtimes (4 MB) 0.8-1.1x: rounds of single calls favour the larger models."""
+    """Seconds of each zero-argument call's timed calls over `repeats` rounds: every round gives
+    each call a turn, in an order shuffled every round (a fixed seed), and a turn is
+    WARMUP_CALLS untimed calls, then TIMED_CALLS timed ones. The untimed calls bring the call's
+    weights, activations and threads back to where a process that runs only that model keeps
+    them, after the other calls': in one process, NIN at batch 1 took until about its sixth call
+    in a row to reach its steady latency (the package 1.33, 0.75, 0.65, 0.63, 0.61 ms, then
+    0.60; OpenVINO at bf16 1.55, 1.02, 0.81, 0.69, 0.58, then 0.52), so a single untimed call
+    would time each runtime part-warm, the ones with more to bring back the most."""
     times = {k: [] for k in calls}
     order = random.Random(0)
     for _ in range(repeats):
         for k in order.sample(list(calls), len(calls)):
-            calls[k]()
-            start = time.perf_counter()
-            calls[k]()
-            times[k].append(time.perf_counter() - start)
+            for _ in range(WARMUP_CALLS):
+                calls[k]()
+            for _ in range(TIMED_CALLS):
+                start = time.perf_counter()
+                calls[k]()
+                times[k].append(time.perf_counter() - start)
     return times
 
 
@@ -444,7 +449,8 @@ def clock_hz() -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="LeNet-5 and NIN only, 5 repetitions")
-    parser.add_argument("--repeats", type=int, help="repetitions per timing (default 31, AlexNet 9; --quick 5)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds per timing, or passes with --layers "
+                        "(default 31, AlexNet 9; --quick 5)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), help="these models only")
     parser.add_argument("--threads", type=int, help="torch threads for both paths (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")

@@ -74,7 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=["nin"])
     parser.add_argument("--processes", type=int, default=6, help="fresh processes per model (default 6)")
-    parser.add_argument("--repeats", type=int, default=100, help="interleaved rounds in each process (default 100)")
+    parser.add_argument("--repeats", type=int, default=25, help="interleaved rounds in each process (default 25)")
     parser.add_argument("--threads", type=int, help="torch threads in every process (default: torch's own)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--one-process", nargs=2, metavar=("EXPORT", "SHAPE"), help=argparse.SUPPRESS)

@@ -42,7 +42,7 @@ BENCHMARKS = {
     "peers": ("Binary inference against onnxruntime and OpenVINO", "bench_inference", ["--peers"],
               ["--peers", "--quick"]),
     "processes": ("Inference latency from one process to the next", "bench_processes", ["--models", "nin", "alexnet"],
-                  ["--processes", "2", "--repeats", "20"]),
+                  ["--processes", "2", "--repeats", "5"]),
     "epoch": ("Trainer epoch time against a plain PyTorch loop", "bench_epoch", [], ["--quick"]),
     "memory": ("Memory of a training step with and without BinOp", "bench_memory", [], ["--quick"]),
 }

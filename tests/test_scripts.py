@@ -320,16 +320,19 @@ def test_bench_inference_peers_ratios_take_the_fastest_fp32_runtime_over_the_ker
                                        "openvino_default_over_aot": 1.6}
 
 
-def test_interleaved_rounds_time_each_runtime_right_after_itself_in_shuffled_orders():
-    """Each turn is an untimed call, then the timed one, so that every runtime is timed with
-    its own data in the caches; the turns' order changes from round to round."""
+def test_interleaved_rounds_time_each_runtime_after_its_own_untimed_calls_in_shuffled_orders():
+    """Each turn is WARMUP_CALLS untimed calls, then TIMED_CALLS timed ones of the same call, so
+    that every runtime is timed warm, as in a process of its own; the turns' order changes from
+    round to round."""
     bench = load_script("bench_inference")
     calls = []
     times = bench.interleaved_times({k: partial(calls.append, k) for k in "abc"}, repeats=30)
-    turns = [calls[i:i + 2] for i in range(0, len(calls), 2)]
-    assert len(turns) == 90 and all(first == second for first, second in turns)
-    rounds = [[turn[0] for turn in turns[i:i + 3]] for i in range(0, 90, 3)]
-    assert all(sorted(r) == ["a", "b", "c"] for r in rounds) and all(len(t) == 30 for t in times.values())
+    turn = bench.WARMUP_CALLS + bench.TIMED_CALLS
+    turns = [calls[i:i + turn] for i in range(0, len(calls), turn)]
+    assert bench.WARMUP_CALLS >= 5 and len(turns) == 90 and all(len(set(t)) == 1 and len(t) == turn for t in turns)
+    rounds = [[t[0] for t in turns[i:i + 3]] for i in range(0, 90, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert all(len(t) == 30 * bench.TIMED_CALLS for t in times.values())
     assert {r[0] for r in rounds} == {r[-1] for r in rounds} == {"a", "b", "c"}
 
 
