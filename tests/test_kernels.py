@@ -133,6 +133,23 @@ def test_an_input_map_gives_the_bits_of_sign_of_a_times_x_plus_b(native, channel
     torch.testing.assert_close(linear(rows), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_input_packed_by_several_threads_gives_the_same_bits(native, channels_last):
+    """An input large enough that its packing splits over two threads (80 image rows of 37
+    pixels by 70 channels, above a task's share): every row's bits as the float conv sums them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(2, 70, 40, 37, generator=torch.Generator().manual_seed(6))
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        signs = random_signs(9, 70, 3, 3, seed=7)
+        conv = XnorConv2d(nn.Conv2d(70, 9, 3, padding=1), signs >= 0, torch.ones(9), None, native=native)
+        expected = nn.functional.conv2d(torch.where(x >= 0, 1.0, -1.0), signs, padding=1)
+        torch.testing.assert_close(conv(x), expected, rtol=0, atol=0)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(params=["native", "native-scalar"])
 def native_path(request, monkeypatch) -> None:
     require_native_kernels()
