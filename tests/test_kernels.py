@@ -345,9 +345,9 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     assert done.returncode == 0, done.stdout[-3000:]
     passed = int(re.search(r"(\d+) passed", done.stdout).group(1))
     skipped = int(re.search(r"(\d+) skipped", done.stdout).group(1))
-    # conv, linear, input map, alpha/bias, residual, zeros; then no-build and the weight layout, which have
-    # no native twin
-    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 4 * 2 + 2 + 2
+    # conv, linear, input map, packing over threads, alpha/bias, residual, zeros; then no-build and the weight
+    # layout, which have no native twin
+    pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 4 * 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
     # both native paths of each with a twin, of the sign chain (two dtypes) and of its residual;
     # torch.export (twice), AOTInductor, torch.compile, the disable test and the residual's refusals
