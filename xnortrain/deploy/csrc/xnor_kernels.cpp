@@ -72,7 +72,7 @@ constexpr int64_t kMinTaskWork = int64_t{1} << 18;
 // A float the packing reads counts as this many units of that work: the packing splits over
 // the threads at a quarter of the popcounts' size (measured on the packages at batch 1: NIN
 // and ResNet-18 at 224x224, whose first binary layers pack a large float input, 5-9% faster
-// than with a float as one unit; ResNet-20 unchanged).
+// than with a float as one unit; ResNet-20 and AlexNet within the noise).
 constexpr int64_t kPackedFloatWork = 4;
 
 // at::parallel_for's grain for items of `work_per_item` each: a task gets at least kMinTaskWork.
