@@ -84,6 +84,28 @@ def test_a_missing_or_damaged_package_is_one_line(tmp_path, capsys):
         f"xnortrain: error: exported model {tmp_path / 'missing.xnor.pt'} does not exist"]
 
 
+def test_without_a_cpp_compiler_the_command_is_one_line(compiled, tmp_path):
+    """The kernels load from their cache, but every C++ compiler on PATH fails: AOTInductor cannot
+    compile, and the command says so in one line (exit 2), naming what it needs."""
+    packed, _, _ = compiled
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    for compiler in ("c++", "g++", "gcc", "cc", "clang", "clang++"):
+        (fake_bin / compiler).write_text("#!/bin/sh\necho 'no compiler on this machine' >&2\nexit 1\n")
+        (fake_bin / compiler).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX")}
+    env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
+    out = tmp_path / "model.pt2"
+    done = subprocess.run([sys.executable, "-m", "xnortrain", "package", str(packed), "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [ln for ln in done.stderr.strip().splitlines() if ln.startswith("xnortrain: error:")]
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert lines[0].startswith(f"xnortrain: error: AOTInductor could not compile {out} (")
+    assert lines[0].endswith("a package needs a working C++ compiler (g++ or clang++ on PATH, or named by CXX)")
+    assert not out.exists()
+
+
 def test_without_the_native_kernels_no_package_is_compiled_and_none_loads(compiled, monkeypatch):
     """A package calls the kernels: where they do not run, compiling it is refused, and loading
     one (in a fresh process with XNORTRAIN_NO_KERNELS set, where the ops were never registered)

@@ -54,14 +54,20 @@ def compile_package(packed: str | Path, out: str | Path) -> int:
 
 def package_model(model: nn.Module, input_shape: tuple[int, ...] | list[int], out: str | Path) -> None:
     """Write the package of `model` (a model loaded on the native kernels) for inputs
-    (batch, *input_shape), the batch dynamic. Inductor's caches are bypassed: their keys do not
-    cover a custom op's arguments, so a cached graph could call the kernels of another version."""
+    (batch, *input_shape), the batch dynamic (a UserError where AOTInductor cannot compile it).
+    Inductor's caches are bypassed: their keys do not cover a custom op's arguments, so a cached
+    graph could call the kernels of another version."""
     example = torch.zeros(2, *input_shape)  # batch 2: a batch of 1 would be specialized to 1
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     options = {"aot_inductor.metadata": {KERNELS_KEY: kernels.build_key()}, "force_disable_caches": True}
-    atomic_write(out, lambda f: torch._inductor.aoti_compile_and_package(program, package_path=f,
-                                                                         inductor_configs=options))
+    try:
+        atomic_write(out, lambda f: torch._inductor.aoti_compile_and_package(program, package_path=f,
+                                                                             inductor_configs=options))
+    except Exception as err:  # AOTInductor's own errors, such as no working C++ compiler, as one line
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"AOTInductor could not compile {out} ({reason}); a package needs a working C++ compiler "
+                        f"(g++ or clang++ on PATH, or named by CXX)") from None
 
 
 def load_package(path: str | Path):
