@@ -329,16 +329,25 @@ def test_native_layers_run_under_torch_compile_with_the_float_work_between_them(
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))
 
 
-def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip_naming_why(tmp_path):
-    """A machine without a C++ compiler: every compiler on PATH fails, and the kernel cache is
-    empty, so `kernels.load` must build and cannot."""
+def environment_without_compilers(tmp_path: Path) -> dict[str, str]:
+    """This process's environment with every C++ compiler on PATH failing (scripts in
+    tmp_path/bin) and CC and CXX unset."""
     fake_bin = tmp_path / "bin"
     fake_bin.mkdir()
     for compiler in ("c++", "g++", "gcc", "cc", "clang", "clang++"):
         (fake_bin / compiler).write_text("#!/bin/sh\necho 'no compiler on this machine' >&2\nexit 1\n")
         (fake_bin / compiler).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX", kernels.DISABLE)}
-    env.update(PATH=f"{fake_bin}{os.pathsep}{env['PATH']}", XNORTRAIN_CACHE=str(tmp_path / "cache"))
+    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX")}
+    env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip_naming_why(tmp_path):
+    """A machine without a C++ compiler: every compiler on PATH fails, and the kernel cache is
+    empty, so `kernels.load` must build and cannot."""
+    env = environment_without_compilers(tmp_path)
+    env.pop(kernels.DISABLE, None)
+    env[kernels.CACHE] = str(tmp_path / "cache")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", __file__,
                            "-k", "not without_a_compiler"], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).parent.parent, timeout=900)

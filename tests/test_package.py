@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_export import CASES, trained
+from test_kernels import environment_without_compilers
 from torch import nn
 
 from xnortrain.__main__ import main
@@ -88,16 +89,9 @@ def test_without_a_cpp_compiler_the_command_is_one_line(compiled, tmp_path):
     """The kernels load from their cache, but every C++ compiler on PATH fails: AOTInductor cannot
     compile, and the command says so in one line (exit 2), naming what it needs."""
     packed, _, _ = compiled
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    for compiler in ("c++", "g++", "gcc", "cc", "clang", "clang++"):
-        (fake_bin / compiler).write_text("#!/bin/sh\necho 'no compiler on this machine' >&2\nexit 1\n")
-        (fake_bin / compiler).chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX")}
-    env["PATH"] = f"{fake_bin}{os.pathsep}{env['PATH']}"
     out = tmp_path / "model.pt2"
-    done = subprocess.run([sys.executable, "-m", "xnortrain", "package", str(packed), "--out", str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "xnortrain", "package", str(packed), "--out", str(out)],
+                          env=environment_without_compilers(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [ln for ln in done.stderr.strip().splitlines() if ln.startswith("xnortrain: error:")]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]

@@ -61,10 +61,15 @@ def package_model(model: nn.Module, input_shape: tuple[int, ...] | list[int], ou
     with torch.no_grad():
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     options = {"aot_inductor.metadata": {KERNELS_KEY: kernels.build_key()}, "force_disable_caches": True}
+    atomic_write(out, lambda f: _compile(program, f, options, out))
+
+
+def _compile(program: torch.export.ExportedProgram, target, options: dict, out: str | Path) -> None:
+    """AOTInductor's compile of `program` into the open file `target`; its errors (no working C++
+    compiler, a failed build) become one UserError line about the package `out`."""
     try:
-        atomic_write(out, lambda f: torch._inductor.aoti_compile_and_package(program, package_path=f,
-                                                                             inductor_configs=options))
-    except Exception as err:  # AOTInductor's own errors, such as no working C++ compiler, as one line
+        torch._inductor.aoti_compile_and_package(program, package_path=target, inductor_configs=options)
+    except Exception as err:  # whatever AOTInductor raises: its reason is the message's first line
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"AOTInductor could not compile {out} ({reason}); a package needs a working C++ compiler "
                         f"(g++ or clang++ on PATH, or named by CXX)") from None
