@@ -460,8 +460,9 @@ def main() -> None:
                         help="time onnxruntime and OpenVINO on the same export too (NIN, AlexNet, ResNet-20 Bi-Real, "
                              "ResNet-18 at 224x224 by default, batch 1 and 8; needs xnortrain[bench])")
     args = parser.parse_args()
-    if args.peers and kernels.load() is not None:
-        parser.error(f"--peers times the compiled package, which needs the native kernels: {kernels.load()}")
+    problem = kernels.load() if args.peers else None
+    if problem is not None:
+        parser.error(f"--peers times the compiled package, which needs the native kernels: {problem}")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.models or (PEER_MODELS if args.peers else ["lenet5", "nin"] if args.quick else list(MODELS))

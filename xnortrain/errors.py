@@ -5,6 +5,12 @@ be valid; the command line prints exactly that line and exits non-zero, no trace
 """
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name where the message is empty."""
+    message = str(err).strip()
+    return message.splitlines()[0] if message else type(err).__name__
+
+
 class UserError(Exception):
     """A mistake in the user's config, data, command line or checkpoint."""
 

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import first_line
+
 SOURCE = Path(__file__).parent / "csrc" / "xnor_kernels.cpp"
 NAME = "xnortrain_kernels"
 DISABLE = "XNORTRAIN_NO_KERNELS"
@@ -84,7 +86,7 @@ def _build_and_load() -> str | None:
         else:
             _build(library.parent)
     except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as err:  # no or a broken compiler
-        return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return first_line(err)
     if not torch.ops.xnortrain.hardware_popcount():
         return "this CPU has no POPCNT instruction"
     _register_fakes()

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, UserError
+from ..errors import CheckpointError, UserError, first_line
 from ..serialization import atomic_write
 from . import kernels
 from .export import exported_spec, load_exported
@@ -69,10 +69,9 @@ def _compile(program: torch.export.ExportedProgram, target, options: dict, out: 
     compiler, a failed build) become one UserError line about the package `out`."""
     try:
         torch._inductor.aoti_compile_and_package(program, package_path=target, inductor_configs=options)
-    except Exception as err:  # whatever AOTInductor raises: its reason is the message's first line
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"AOTInductor could not compile {out} ({reason}); a package needs a working C++ compiler "
-                        f"(g++ or clang++ on PATH, or named by CXX)") from None
+    except Exception as err:  # whatever AOTInductor raises, as its message's first line
+        raise UserError(f"AOTInductor could not compile {out} ({first_line(err)}); a package needs a working C++ "
+                        f"compiler (g++ or clang++ on PATH, or named by CXX)") from None
 
 
 def load_package(path: str | Path):
@@ -103,9 +102,8 @@ def _load(path: Path, kernels_problem: str | None):
     try:
         return torch._inductor.aoti_load_package(str(path))
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         missing_kernels = f" (the native kernels do not load here: {kernels_problem})" if kernels_problem else ""
-        raise CheckpointError(f"{path} is not a package this process can load: {reason}{missing_kernels}; "
+        raise CheckpointError(f"{path} is not a package this process can load: {first_line(err)}{missing_kernels}; "
                               f"compile one here with `python -m xnortrain package`") from None
     finally:
         loader_log.setLevel(level)

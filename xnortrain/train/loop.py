@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..binop import BinOp
-from ..errors import CheckpointError, ConfigError, TrainingError, UserError
+from ..errors import CheckpointError, ConfigError, TrainingError, UserError, first_line
 from ..serialization import atomic_write_text, check_fits_model
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, OptimConfig, ScheduleConfig, dump_config
@@ -238,7 +238,7 @@ def save(run: Run, *names: str) -> None:
         try:
             save_checkpoint(run.out_dir / name, state)
         except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
-            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0]
+            reason = getattr(err, "strerror", None) or first_line(err)
             raise CheckpointError(f"cannot write {run.out_dir / name} ({reason}); the previous "
                                   f"{name} is intact; free space or fix permissions, then resume with --resume") from None
 
