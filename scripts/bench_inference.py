@@ -267,8 +267,9 @@ def peer_runtimes(exported: Path, onnx_file: Path, int8_file: Path | None, batch
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     # onnxruntime's intra-op threads spin between runs by default, taking the cores from the
-    # runtimes interleaved with it; onnxruntime's config key below (its InferenceSession's
-    # option, which SessionOptions has no attribute for) has them wait idle instead
+    # runtimes interleaved with it (NIN: OpenVINO's default 1.14x as slow beside them, after its
+    # untimed calls); onnxruntime's config key below (its InferenceSession's option, which
+    # SessionOptions has no attribute for) has them wait idle instead
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
     def onnxruntime(path: Path):
