@@ -41,6 +41,9 @@ def conv_cases() -> list[tuple]:
     # of several row tiles
     cases += [(70, 9, 3, (2, 1), (0, 2), (2, 1), 1, 2, (12, 9)), (16, 16, 3, 1, 1, (1, 2), 1, 1, (9, 10)),
               (16, 24, 3, 1, 1, 1, 1, 2, (5, 70)), (130, 12, 1, (1, 2), 0, 1, 1, 3, (4, 9))]
+    # narrow inputs whose kernel row fits one word (kw * C <= 64): 11, 63, 64 and 25 bits
+    cases += [(1, 5, 11, 1, 5, 1, 1, 2, (13, 15)), (21, 9, 3, (1, 2), (0, 1), (2, 1), 1, 3, (9, 11)),
+              (32, 70, 2, 1, 0, 1, 1, 1, (6, 5)), (5, 8, 5, (2, 1), 2, 1, 1, 2, (10, 9))]
     return cases
 
 
@@ -217,6 +220,30 @@ def test_a_residual_added_in_the_epilogue_is_the_sum_after_the_conv(native, dtyp
                 assert torch.equal(layer(x, residual=residual), y + residual)
 
 
+def test_narrow_convs_that_pass_packed_signs_give_the_same_outputs_and_leave_their_input(native_path):
+    """Convs of 16 and 21 input channels, whose kernel rows fit one word, take the packed signs
+    of the conv before (bordered, and without padding, where the words are copied first): the
+    same outputs as the unlinked convs, and the words they were handed unchanged."""
+    from xnortrain.deploy.fusion import fuse_sign_chains
+
+    def conv(c_in, c_out, padding, seed):
+        gen = torch.Generator().manual_seed(seed)
+        return XnorConv2d(nn.Conv2d(c_in, c_out, 3, padding=padding), random_signs(c_out, c_in, 3, 3, seed=seed) >= 0,
+                          torch.rand(c_out, generator=gen) + 0.1, torch.randn(c_out, generator=gen), native=True)
+
+    unfused = nn.Sequential(conv(3, 16, 1, 0), nn.ReLU(), conv(16, 21, 1, 1), nn.ReLU(), conv(21, 9, 0, 2))
+    fused = copy.deepcopy(unfused)
+    assert fuse_sign_chains(fused) == [["0", "1", "2"], ["2", "3", "4"]]
+    x = torch.randn(2, 3, 11, 10, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(fused(x), unfused(x))
+        for first, second in ((0, 2), (2, 4)):
+            signs = fused[:first + 1](x)
+            handed = signs.clone()
+            fused[second](signs)
+            assert torch.equal(signs, handed)
+
+
 def test_a_conv_that_takes_packed_signs_adds_a_residual_too(native_path):
     from xnortrain.deploy.fusion import fuse_sign_chains
 
@@ -358,7 +385,7 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     # layout, which have no native twin
     pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 4 * 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
-    # both native paths of each with a twin, of the sign chain (two dtypes) and of its residual;
-    # torch.export (twice), AOTInductor, torch.compile, the disable test and the residual's refusals
-    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 2 + 6
+    # both native paths of each with a twin, of the sign chain (two dtypes), of its residual and of the
+    # narrow chain; torch.export (twice), AOTInductor, torch.compile, the disable test and the residual's refusals
+    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 2 + 2 + 6
     assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout

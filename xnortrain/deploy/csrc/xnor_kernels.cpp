@@ -16,8 +16,12 @@
 // With one group and no dilation along x, a patch's kernel row is kw adjacent pixels of the
 // packed input, so A is read in place (an implicit GEMM) from an input packed with a border
 // of zero words as wide as the padding; otherwise the patches are gathered first (binary
-// im2col). Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word in
-// A, so its XOR counts the weight's own set bits, which the epilogue takes back out
+// im2col). Read in place from a narrow input, whose kernel row of kw taps of C channels fits
+// one word (kw * C <= 64, as in a ResNet's 16-channel stage), each word of the input is
+// rebuilt as the whole kernel row that starts there, tap j at bits j * C, and the weights
+// alike (`pack_kernel_rows`, `kernel_row_weights`): a patch is one word per kernel row, not kw.
+// Zero padding is 0, neither +1 nor -1: a tap outside the image is a zero word (or zero bits)
+// in A, so its XOR counts the weight's own set bits, which the epilogue takes back out
 // (popcount(W[o, tap]) per padded tap) before out = alpha_o * dot + bias_o.
 //
 // Linked convs (one group): where the next conv reads only sign(a * relu(out) + b), a and b
@@ -90,6 +94,10 @@ struct Geometry {
   bool pointwise() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
   // a patch's kernel row is kw adjacent pixels of the (bordered) packed input: read in place
   bool patches_in_place() const { return groups == 1 && dw == 1 && !pointwise(); }
+  // a narrow input's kernel row, kw taps of at most 64 / kw channels, fits one word (`pack_kernel_rows`)
+  bool dense_rows() const { return patches_in_place() && kw > 1 && kw * channels_per_group <= kBits; }
+  // words of a patch as the popcounts read it: one per kernel row where the rows are dense
+  int64_t patch_words() const { return dense_rows() ? kh : depth(); }
 };
 
 // The AVX-512 paths (the popcounts, the float32 epilogue and the float32 packing) are built
@@ -210,9 +218,10 @@ struct PackedInput {
   }
 
   // The words a previous layer packed, (N, H, W, words) contiguous: used as they are, or
-  // copied row by row into a bordered buffer.
+  // copied row by row into a bordered buffer, or into a buffer of the layer's own where its
+  // kernel rows are dense (packed in place).
   static PackedInput of_signs(const at::Tensor& signs, const Geometry& g, bool bordered) {
-    if (!PackedInput(g, bordered).has_border()) return PackedInput(g, false, signs);
+    if (!PackedInput(g, bordered).has_border() && !g.dense_rows()) return PackedInput(g, false, signs);
     PackedInput packed = for_input(signs, g, bordered);
     const word_t* src = reinterpret_cast<const word_t*>(signs.data_ptr<int64_t>());
     const int64_t pixel_words = g.groups * g.words_per_group;
@@ -300,6 +309,38 @@ void pack_signs(const at::Tensor& x, const scalar_t* a, const scalar_t* b, const
     word_t* out = packed.row(row / g.h, row % g.h) + word;
     for (int64_t col = 0; col < g.w; ++col) out[col * pixel_words] = word_t{high[col]} << 32 | low[col];
   });
+}
+
+// words[x] |= taps[x] << shift for x < count, two buffers: a loop the compiler vectorizes.
+void or_shifted(word_t* __restrict words, const word_t* __restrict taps, int64_t count, int64_t shift) {
+  for (int64_t x = 0; x < count; ++x) words[x] |= taps[x] << shift;
+}
+
+// Dense kernel rows (`Geometry::dense_rows`, the packed input bordered): word x of each image
+// row becomes the kernel row that starts there, its taps j = 0 .. kw at bits j * C, so that a
+// patch's kernel row is one word and the popcounts read kw times fewer words. Each row is copied
+// aside and rebuilt from the copy a tap at a time. The border rows stay zero.
+void pack_kernel_rows(const PackedInput& packed, const Geometry& g) {
+  const int64_t width = g.w + 2 * g.pw, starts = width - g.kw + 1;  // bordered row; where a kernel row fits
+  at::parallel_for(0, g.n * g.h, grain_for(starts * g.kw), [&](int64_t begin, int64_t end) {
+    std::vector<word_t> pixels(width);
+    for (int64_t line = begin; line < end; ++line) {
+      word_t* row = packed.row(line / g.h, line % g.h) - g.pw;
+      std::copy_n(row, width, pixels.data());
+      for (int64_t j = 1; j < g.kw; ++j) or_shifted(row, pixels.data() + j, starts, j * g.channels_per_group);
+    }
+  });
+}
+
+// The weights for dense kernel rows, from weights in the kernel layout (blocks, KH, KW, 1, 8):
+// filter o's kernel row i as one word, its taps j at bits j * C, (blocks, KH, 8).
+std::vector<word_t> kernel_row_weights(const word_t* w8, const Geometry& g, int64_t blocks) {
+  std::vector<word_t> rows(blocks * g.kh * kLanes, 0);
+  for (int64_t row = 0; row < blocks * g.kh; ++row)
+    for (int64_t j = 0; j < g.kw; ++j)
+      for (int64_t lane = 0; lane < kLanes; ++lane)
+        rows[row * kLanes + lane] |= w8[(row * g.kw + j) * kLanes + lane] << (j * g.channels_per_group);
+  return rows;
 }
 
 // Patch rows (pixels, groups, taps * words) gathered from the packed input (not bordered), for
@@ -582,7 +623,7 @@ struct BorderClasses {
   std::vector<std::pair<int64_t, int64_t>> row_spans, col_spans;
   std::vector<int64_t> row_span, col_span, real_bits;  // span of each output row and column; per class
   std::vector<int32_t> outside_bits;                    // (classes, filters)
-  std::vector<bool> interior;                           // per class: every tap inside
+  std::vector<uint8_t> interior;                        // per class: every tap inside
 
   BorderClasses(const Geometry& g, const int32_t* tap_bits, int64_t filters) {
     row_span = span_of_each_output(g.oh, g.h, g.kh, g.sh, g.ph, g.dh, row_spans);
@@ -620,17 +661,17 @@ struct RowTerms {
   std::vector<const int32_t*> padded;
 
   void fill(const Geometry& g, int64_t p0, int64_t rows, int64_t o0, int64_t filters, const BorderClasses* classes) {
-    padded.assign(rows, nullptr);
     if (!classes) {  // every tap of every patch lies inside the image
+      padded.assign(rows, nullptr);
       real_bits.assign(rows, g.channels_per_group * g.taps());
       return;
     }
-    real_bits.resize(rows);
+    padded.resize(rows), real_bits.resize(rows);
     int64_t oy = p0 / g.ow % g.oh, ox = p0 % g.ow;
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t k = classes->of(oy, ox);
       real_bits[r] = classes->real_bits[k];
-      if (!classes->interior[k]) padded[r] = classes->outside_bits.data() + k * filters + o0;
+      padded[r] = classes->interior[k] ? nullptr : classes->outside_bits.data() + k * filters + o0;
       if (++ox == g.ow) ox = 0, oy = (oy + 1) % g.oh;
     }
   }
@@ -705,7 +746,7 @@ struct RowTiles {
       const int64_t line = tile / per_line, ox = tile % per_line * kTileRows;
       const word_t* a = packed.row(line / g.oh, line % g.oh * g.sh - g.ph) + (ox * g.sw - g.pw) * g.words_per_group;
       return {line * g.ow + ox, std::min(kTileRows, g.ow - ox),
-              {a, g.sw * g.words_per_group, g.kw * g.words_per_group, g.kh, g.dh * packed.row_words}};
+              {a, g.sw * g.words_per_group, g.patch_words() / g.kh, g.kh, g.dh * packed.row_words}};
     }
     const int64_t first = tile * kTileRows, lda = g.groups * g.depth();
     const word_t* a = (gathered ? gathered : packed.first) + first * lda + group * g.depth();
@@ -716,10 +757,12 @@ struct RowTiles {
 // The packed input of a layer: its input's signs packed, or the words the layer before packed.
 template <typename scalar_t>
 PackedInput packed_input(const LayerInput& in, const Geometry& g, bool wide, bool bordered) {
-  if (in.signs) return PackedInput::of_signs(in.x, g, bordered);
-  const PackedInput packed = PackedInput::for_input(in.x, g, bordered);
-  const ChannelMap<scalar_t> affine(in.map, g.groups * g.channels_per_group);
-  pack_signs<scalar_t>(in.x, affine.scale, affine.bias, g, wide, packed);
+  PackedInput packed = in.signs ? PackedInput::of_signs(in.x, g, bordered) : PackedInput::for_input(in.x, g, bordered);
+  if (!in.signs) {
+    const ChannelMap<scalar_t> affine(in.map, g.groups * g.channels_per_group);
+    pack_signs<scalar_t>(in.x, affine.scale, affine.bias, g, wide, packed);
+  }
+  if (g.dense_rows()) pack_kernel_rows(packed, g);
   return packed;
 }
 
@@ -753,6 +796,9 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
     tap_popcounts(w8, g.groups, per_group, g.taps(), g.words_per_group, tap_bits.data());
     classes = std::make_unique<BorderClasses>(g, tap_bits.data(), filters);
   }
+  const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
+  std::vector<word_t> dense_weights;
+  if (g.dense_rows()) dense_weights = kernel_row_weights(w8, g, group_blocks), w8 = dense_weights.data();
   const scalar_t* alpha_data = alpha.data_ptr<scalar_t>();
   const scalar_t* bias_data = bias ? bias->data_ptr<scalar_t>() : nullptr;
   scalar_t* out_data = out.bounds ? nullptr : out.tensor.data_ptr<scalar_t>();
@@ -764,11 +810,10 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
   const int64_t out_bytes = words_for(filters) * int64_t{sizeof(word_t)};
 
   const int64_t col_tiles = (per_group + kTileCols - 1) / kTileCols;
-  const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
   static_assert(kTileCols % kLanes == 0, "a tile's first filter starts an interleaved block");
   static_assert(kTileCols % kBits == 0 && kLanes == 8, "with one group, a tile's filters start a word of output "
                 "signs, and eight of them are one byte");
-  const int64_t tile_work = row_tiles.full_rows() * std::min(kTileCols, per_group) * g.depth();  // popcounts
+  const int64_t tile_work = row_tiles.full_rows() * std::min(kTileCols, per_group) * g.patch_words();  // popcounts
   const int64_t tiles = row_tiles.count * col_tiles;
   at::parallel_for(0, tiles * g.groups, grain_for(tile_work), [&](int64_t begin, int64_t end) {
     RowTerms terms;
@@ -780,7 +825,7 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
       terms.fill(g, rows.first_pixel, rows.rows, o0, filters, classes.get());
       const Dots dots{terms.real_bits.data(), terms.padded.data()};
       const int64_t block = group * group_blocks + (o0 - group * per_group) / kLanes;
-      const word_t* w = w8 + block * g.depth() * kLanes;
+      const word_t* w = w8 + block * g.patch_words() * kLanes;
       if (out_signs)
         multiply_tile(wide, rows.patches, w, rows.rows, cols,
                       SignOutput{dots, low + o0, high + o0, out_signs + rows.first_pixel * out_bytes + o0 / 8, out_bytes});
