@@ -247,13 +247,14 @@ def test_a_linked_float32_conv_run_in_float64_gives_the_float64_bits():
 def test_the_op_refuses_sign_bounds_of_another_layout_naming_the_one_it_takes():
     require_native_kernels()
     weights = kernel_layout(channel_words(torch.randn(16, 1, 1, 8) >= 0), 1)
-    x, alpha = torch.randn(1, 8, 4, 4), torch.rand(16)
+    x, alpha, taps = torch.randn(1, 8, 4, 4), torch.rand(16), torch.zeros(1, 1, 16, dtype=torch.int32)
     wrong = [torch.zeros(16, 2, dtype=torch.int64), torch.zeros(2, 16, dtype=torch.int32),
              torch.zeros(2, 15, dtype=torch.int64), torch.zeros(16, 2, dtype=torch.int64).t()]
     for bounds in wrong:
         with pytest.raises(RuntimeError, match=r"sign_bounds must be contiguous int64 \(2, C_out\)"):
-            torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0, bounds)
-    assert torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
+            torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
+                                            bounds)
+    assert torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
                                            torch.zeros(2, 16, dtype=torch.int64)).shape == (1, 4, 4, 1)
 
 
@@ -369,7 +370,7 @@ def test_fused_sums_export_with_torch_export_and_keep_the_residual_in_the_op():
     x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(1))
     program = torch.export.export(model, (x,))
     convs = [n for n in program.graph.nodes if str(n.target) == "xnortrain.xnor_conv2d.default"]
-    assert sum(len(n.args) == 13 and n.args[12] is not None for n in convs) == 4
+    assert sum(len(n.args) == 14 and n.args[13] is not None for n in convs) == 4
     with torch.no_grad():
         for got, want in zip(program.module()(x), model(x)):
             assert torch.equal(got, want)

@@ -260,13 +260,26 @@ def test_a_conv_that_takes_packed_signs_adds_a_residual_too(native_path):
 def test_the_op_refuses_a_residual_of_another_shape_or_dtype_or_with_sign_bounds():
     require_native_kernels()
     weights = kernel_layout(torch.zeros(16, 1, 1, 1, dtype=torch.int64), 1)
-    x, alpha = torch.randn(2, 8, 4, 4), torch.rand(16)
+    x, alpha, taps = torch.randn(2, 8, 4, 4), torch.rand(16), torch.zeros(1, 1, 16, dtype=torch.int32)
     for residual in (torch.zeros(2, 16, 4, 3), torch.zeros(1, 16, 4, 4), torch.zeros(2, 16, 4, 4, dtype=torch.float64)):
         with pytest.raises(RuntimeError, match=r"residual must be a CPU tensor of the conv output's shape"):
-            torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, residual=residual)
+            torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [0, 0], [1, 1], 1,
+                                            residual=residual)
     with pytest.raises(RuntimeError, match="adds a residual to float outputs only"):
-        torch.ops.xnortrain.xnor_conv2d(x, weights, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
+        torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [0, 0], [1, 1], 1, None, None, 0,
                                         torch.zeros(2, 16, dtype=torch.int64), torch.zeros(2, 16, 4, 4))
+
+
+def test_the_op_refuses_tap_bits_of_another_shape_or_dtype_naming_the_layout_it_takes():
+    require_native_kernels()
+    weights = kernel_layout(torch.zeros(16, 3, 3, 1, dtype=torch.int64), 1)
+    x, alpha = torch.randn(2, 8, 4, 4), torch.rand(16)
+    for taps in (torch.zeros(3, 3, 15, dtype=torch.int32), torch.zeros(16, 3, 3, dtype=torch.int32),
+                 torch.zeros(3, 3, 16, dtype=torch.int64), torch.zeros(3, 16, 3, dtype=torch.int32).transpose(1, 2)):
+        with pytest.raises(RuntimeError, match=r"tap_bits must be contiguous int32 \(KH, KW, C_out\)"):
+            torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [1, 1], [1, 1], 1)
+    taps = torch.zeros(3, 3, 16, dtype=torch.int32)
+    assert torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [1, 1], [1, 1], 1).shape == (2, 16, 4, 4)
 
 
 def test_exact_zeros_count_as_plus_one(native):
@@ -386,6 +399,7 @@ def test_without_a_compiler_the_pytorch_path_is_tested_and_the_native_tests_skip
     pytorch_tests = len(conv_cases()) + len(CHANNELS) * 3 * 2 + 2 + 2 + 4 * 2 + 2 + 2
     assert passed == pytorch_tests, done.stdout[-3000:]
     # both native paths of each with a twin, of the sign chain (two dtypes), of its residual and of the
-    # narrow chain; torch.export (twice), AOTInductor, torch.compile, the disable test and the residual's refusals
-    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 2 + 2 + 6
+    # narrow chain; torch.export (twice), AOTInductor, torch.compile, the disable test and the refusals of a
+    # residual and of tap bits
+    assert skipped == 2 * (pytorch_tests - 2) + 2 * 2 + 2 + 2 + 7
     assert "SKIPPED" in done.stdout and "native kernels unavailable" in done.stdout

@@ -7,13 +7,14 @@ flags; later processes load the built library in a fraction of a second. Nothing
 import or inside a layer's constructor: `load_exported(..., binary_kernels=True)` and
 ``python -m xnortrain kernels`` call `load`. Once loaded, the library registers
 
-    torch.ops.xnortrain.xnor_conv2d(x, weight, alpha, bias, stride, padding, dilation, groups,
-                                    input_scale=None, input_bias=None, signs_channels=0,
+    torch.ops.xnortrain.xnor_conv2d(x, weight, tap_bits, alpha, bias, stride, padding, dilation,
+                                    groups, input_scale=None, input_bias=None, signs_channels=0,
                                     sign_bounds=None, residual=None)
     torch.ops.xnortrain.xnor_linear(x, weight, alpha, bias, input_scale=None, input_bias=None)
     torch.ops.xnortrain.sign_max_pool2d(signs, falling, kernel, stride, padding, ceil_mode)
 
-(weights in the layout of `xnor_layers.kernel_layout`; the input bits are sign(x), or
+(weights in the layout of `xnor_layers.kernel_layout`, their set bits per tap from
+`xnor_layers.tap_bits`; the input bits are sign(x), or
 sign(input_scale * x + input_bias) per input channel; `residual`, a tensor of the output's
 shape, is added to the output in the epilogue (`fusion.fuse_residual_sums`); with
 `sign_bounds` (2, C_out) int64 a conv returns, instead of y, the packed bits
@@ -122,7 +123,7 @@ def _register_fakes() -> None:
     from .xnor_layers import conv_output_size, pooled_size, words_for
 
     @torch.library.register_fake("xnortrain::xnor_conv2d")
-    def _(x, weight, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None,
+    def _(x, weight, tap_bits, alpha, bias, stride, padding, dilation, groups, input_scale=None, input_bias=None,
           signs_channels=0, sign_bounds=None, residual=None):
         h, w = conv_output_size(x.shape[1:3] if signs_channels else x.shape[2:], weight.shape[2:4], stride, padding,
                                 dilation)

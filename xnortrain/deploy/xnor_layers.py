@@ -90,6 +90,7 @@ class XnorConv2d(nn.Module):
         self.register_buffer("sign_bounds", None)
         if native:
             self.register_buffer("kernel_words", kernel_layout(self.weight_words, self.groups), persistent=False)
+            self.register_buffer("tap_bits", tap_bits(weight_signs), persistent=False)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """The conv of x, plus `residual` (a tensor of the output's shape and dtype) where given:
@@ -98,8 +99,8 @@ class XnorConv2d(nn.Module):
         float_like = self.alpha if self.signs_in else x  # packed signs carry no float dtype
         alpha, bias = in_dtype_of(self.alpha, float_like), in_dtype_of(self.bias, float_like)
         if self.native:
-            args = (x, self.kernel_words, alpha, bias, self.stride, self.padding, self.dilation, self.groups,
-                    *input_map(self, x))
+            args = (x, self.kernel_words, self.tap_bits, alpha, bias, self.stride, self.padding, self.dilation,
+                    self.groups, *input_map(self, x))
             if self.signs_in or self.sign_output:
                 return torch.ops.xnortrain.xnor_conv2d(*args, self.in_channels if self.signs_in else 0,
                                                        self._bounds_in(float_like.dtype), residual)
@@ -294,6 +295,15 @@ def words_for(channels: int) -> int:
 
 
 LANES = 8  # filters interleaved a word apart in the kernels' layout
+
+
+def tap_bits(weight_signs: torch.Tensor) -> torch.Tensor:
+    """(KH, KW, C_out) int32: each filter's +1 weights (set bits) at each tap, from
+    `weight_signs` (C_out, C_in / groups, KH, KW) bool. A patch tap in the zero padding is a zero
+    word, which differs from each of the filter's set bits there; the native kernels take these
+    counts back out of such patches' popcounts (their border terms, built from these sums on
+    every call, which the weights alone fix once here)."""
+    return weight_signs.sum(1, dtype=torch.int32).permute(1, 2, 0).contiguous()
 
 
 def kernel_layout(words: torch.Tensor, groups: int) -> torch.Tensor:

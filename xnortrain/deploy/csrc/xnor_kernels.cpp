@@ -576,26 +576,6 @@ WIDE_TARGET void xnor_tile_wide(const PatchRows& p, const word_t* w8, int64_t ro
 
 #endif
 
-// Per filter and tap, the set bits of the filter's words there (for the padded taps'
-// correction), from weights interleaved kLanes filters at a time, `taps` * `words` words each:
-// a block's filters lie side by side at each position, so each block is read once, in order,
-// with a popcount sum per filter (lane) of the block.
-POPCOUNT_TARGET void tap_popcounts(const word_t* w8, int64_t groups, int64_t per_group, int64_t taps, int64_t words,
-                                   int32_t* out) {
-  const int64_t blocks = (per_group + kLanes - 1) / kLanes;
-  for (int64_t group = 0; group < groups; ++group)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const word_t* block = w8 + (group * blocks + b) * taps * words * kLanes;
-      const int64_t lanes = std::min(kLanes, per_group - b * kLanes), first = group * per_group + b * kLanes;
-      for (int64_t t = 0; t < taps; ++t) {
-        int32_t bits[kLanes] = {};
-        for (const word_t* at = block + t * words * kLanes; at < block + (t + 1) * words * kLanes; at += kLanes)
-          for (int64_t lane = 0; lane < kLanes; ++lane) bits[lane] += __builtin_popcountll(at[lane]);
-        for (int64_t lane = 0; lane < lanes; ++lane) out[(first + lane) * taps + t] = bits[lane];
-      }
-    }
-}
-
 // The taps [first, last) of a kernel axis that lie inside the image for each output position
 // along it (taps outside are a prefix and a suffix, since the input position grows with the
 // tap), as an index into `spans`, the distinct spans in order of appearance.
@@ -618,35 +598,37 @@ std::vector<int64_t> span_of_each_output(int64_t outputs, int64_t size, int64_t 
 // form a class (the interior, each edge and corner band). Per class: the real bits of a
 // patch (channels times the taps inside) and, unless every tap is inside, each filter's set
 // bits at the taps outside, which the zero words there made count as differing. The sums
-// come from each filter's 2-D prefix sums of its set bits per tap, four lookups a class.
+// come from each filter's 2-D prefix sums of its set bits per tap, four lookups a class; each
+// sum is a loop over the filters, which the compiler vectorizes.
 struct BorderClasses {
   std::vector<std::pair<int64_t, int64_t>> row_spans, col_spans;
   std::vector<int64_t> row_span, col_span, real_bits;  // span of each output row and column; per class
   std::vector<int32_t> outside_bits;                    // (classes, filters)
   std::vector<uint8_t> interior;                        // per class: every tap inside
 
+  // tap_bits (KH, KW, filters): each filter's set bits (+1 weights) at each tap
   BorderClasses(const Geometry& g, const int32_t* tap_bits, int64_t filters) {
     row_span = span_of_each_output(g.oh, g.h, g.kh, g.sh, g.ph, g.dh, row_spans);
     col_span = span_of_each_output(g.ow, g.w, g.kw, g.sw, g.pw, g.dw, col_spans);
-    const int64_t stride = g.kw + 1, grid = (g.kh + 1) * stride;  // prefix[f][i][j]: taps above i, left of j
-    std::vector<int32_t> prefix(filters * grid, 0);
-    for (int64_t f = 0; f < filters; ++f)
-      for (int64_t i = 0; i < g.kh; ++i)
-        for (int64_t j = 0; j < g.kw; ++j) {
-          int32_t* at = prefix.data() + f * grid + (i + 1) * stride + j + 1;
-          *at = tap_bits[f * g.taps() + i * g.kw + j] + at[-1] + at[-stride] - at[-stride - 1];
-        }
-    outside_bits.resize(row_spans.size() * col_spans.size() * filters);
+    // prefix (kh + 1, kw + 1, filters): at (i, j), each filter's set bits at the taps above row i, left of column j
+    std::vector<int32_t> prefix((g.kh + 1) * (g.kw + 1) * filters, 0);
+    auto at = [&](int64_t i, int64_t j) { return prefix.data() + (i * (g.kw + 1) + j) * filters; };
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int32_t *tap = tap_bits + (i * g.kw + j) * filters, *left = at(i + 1, j), *up = at(i, j + 1), *corner = at(i, j);
+        int32_t* sum = at(i + 1, j + 1);
+        for (int64_t f = 0; f < filters; ++f) sum[f] = tap[f] + left[f] + up[f] - corner[f];
+      }
+    const int64_t classes = row_spans.size() * col_spans.size();
+    outside_bits.resize(classes * filters), real_bits.reserve(classes), interior.reserve(classes);
+    const int32_t* all = at(g.kh, g.kw);
     for (const auto& [r0, r1] : row_spans)
       for (const auto& [c0, c1] : col_spans) {
-        const int64_t k = real_bits.size();
+        int32_t* outside = outside_bits.data() + real_bits.size() * filters;
         real_bits.push_back(g.channels_per_group * (r1 - r0) * (c1 - c0));
         interior.push_back(r1 - r0 == g.kh && c1 - c0 == g.kw);
-        for (int64_t f = 0; f < filters; ++f) {
-          const int32_t* P = prefix.data() + f * grid;
-          const int32_t inside = P[r1 * stride + c1] - P[r0 * stride + c1] - P[r1 * stride + c0] + P[r0 * stride + c0];
-          outside_bits[k * filters + f] = P[g.kh * stride + g.kw] - inside;
-        }
+        const int32_t *inside = at(r1, c1), *above = at(r0, c1), *left = at(r1, c0), *corner = at(r0, c0);
+        for (int64_t f = 0; f < filters; ++f) outside[f] = all[f] - (inside[f] - above[f] - left[f] + corner[f]);
       }
   }
 
@@ -775,9 +757,11 @@ void multiply_tile([[maybe_unused]] bool wide, const PatchRows& p, const word_t*
   xnor_tile<Epilogue>(p, w8, rows, cols, e);
 }
 
+// `tap_bits` (KH, KW, C_out): each filter's set bits at each tap, for the padded taps' terms
+// (null without padding).
 template <typename scalar_t>
-void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
-                      const c10::optional<at::Tensor>& bias, const LayerOutput& out) {
+void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const int32_t* tap_bits,
+                      const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, const LayerOutput& out) {
   const int64_t filters = alpha.numel(), per_group = filters / g.groups;
   const bool wide = avx512_path();
   const PackedInput packed = packed_input<scalar_t>(in, g, wide, g.patches_in_place());
@@ -791,11 +775,7 @@ void xnor_conv_kernel(const LayerInput& in, const Geometry& g, const at::Tensor&
   const RowTiles row_tiles(g, packed, gathered_rows);
   const word_t* w8 = reinterpret_cast<const word_t*>(weight.data_ptr<int64_t>());
   std::unique_ptr<BorderClasses> classes;
-  if (g.ph > 0 || g.pw > 0) {
-    std::vector<int32_t> tap_bits(filters * g.taps());
-    tap_popcounts(w8, g.groups, per_group, g.taps(), g.words_per_group, tap_bits.data());
-    classes = std::make_unique<BorderClasses>(g, tap_bits.data(), filters);
-  }
+  if (g.ph > 0 || g.pw > 0) classes = std::make_unique<BorderClasses>(g, tap_bits, filters);
   const int64_t group_blocks = (per_group + kLanes - 1) / kLanes;
   std::vector<word_t> dense_weights;
   if (g.dense_rows()) dense_weights = kernel_row_weights(w8, g, group_blocks), w8 = dense_weights.data();
@@ -884,10 +864,10 @@ LayerOutput layer_output(const Geometry& g, const at::Tensor& alpha, const c10::
   return {at::zeros({g.n, g.oh, g.ow, words_for(filters)}, alpha.options().dtype(at::kLong)), bounds};
 }
 
-void run_conv(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const at::Tensor& alpha,
-              const c10::optional<at::Tensor>& bias, const LayerOutput& out) {
+void run_conv(const LayerInput& in, const Geometry& g, const at::Tensor& weight, const int32_t* tap_bits,
+              const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, const LayerOutput& out) {
   AT_DISPATCH_FLOATING_TYPES(alpha.scalar_type(), "xnor_conv2d", [&] {
-    xnor_conv_kernel<scalar_t>(in, g, weight, alpha, bias, out);
+    xnor_conv_kernel<scalar_t>(in, g, weight, tap_bits, alpha, bias, out);
   });
 }
 
@@ -900,9 +880,10 @@ void check_layout(const at::Tensor& weight, int64_t groups, int64_t filters, int
 }
 
 // x: floats (N, C, H, W), or, with signs_channels > 0, the packed signs (N, H, W, words) of
-// that many channels, which the layer before wrote (its sign_bounds). `residual`: a tensor of
-// the output's shape added to it in the epilogue (a residual sum that reads the conv's output).
-at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+// that many channels, which the layer before wrote (its sign_bounds). `tap_bits`: the weights'
+// set bits per tap and filter (`xnor_layers.tap_bits`). `residual`: a tensor of the output's
+// shape added to it in the epilogue (a residual sum that reads the conv's output).
+at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& tap_bits, const at::Tensor& alpha,
                        const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, int64_t groups, const c10::optional<at::Tensor>& input_scale,
                        const c10::optional<at::Tensor>& input_bias, int64_t signs_channels,
@@ -921,9 +902,12 @@ at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
              padding[0], padding[1], dilation[0], dilation[1], x.size(0), h, w, 0, 0};
   g.oh = (g.h + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
+  TORCH_CHECK(tap_bits.scalar_type() == at::kInt && tap_bits.is_contiguous() &&
+                  tap_bits.sizes() == at::IntArrayRef({g.kh, g.kw, alpha.numel()}),
+              "tap_bits must be contiguous int32 (KH, KW, C_out): each filter's set bits at each tap, xnor_layers.tap_bits");
   const LayerOutput out = layer_output(g, alpha, sign_bounds, residual);
-  run_conv({x, input_map(alpha.scalar_type(), channels, input_scale, input_bias), signs}, g, weight, alpha,
-           bias, out);
+  run_conv({x, input_map(alpha.scalar_type(), channels, input_scale, input_bias), signs}, g, weight,
+           tap_bits.data_ptr<int32_t>(), alpha, bias, out);
   return out.tensor;
 }
 
@@ -937,8 +921,8 @@ at::Tensor xnor_linear(const at::Tensor& x, const at::Tensor& weight, const at::
   auto rows = x.reshape({-1, features, 1, 1});
   Geometry g{1, features, weight.size(4), 1, 1, 1, 1, 0, 0, 1, 1, rows.size(0), 1, 1, 1, 1};
   const LayerOutput out = layer_output(g, alpha, {});
-  run_conv({rows, input_map(x.scalar_type(), features, input_scale, input_bias), false}, g, weight, alpha,
-           bias, out);
+  run_conv({rows, input_map(x.scalar_type(), features, input_scale, input_bias), false}, g, weight,
+           nullptr, alpha, bias, out);  // no padding: no border terms
   auto shape = x.sizes().vec();
   shape.back() = alpha.numel();
   return out.tensor.view(shape);
@@ -1001,7 +985,7 @@ std::string popcount_path() { return avx512_path() ? "AVX-512 VPOPCNTDQ" : "64-b
 }  // namespace
 
 TORCH_LIBRARY(xnortrain, m) {
-  m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
+  m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor tap_bits, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
         "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None, int signs_channels=0, "
         "Tensor? sign_bounds=None, Tensor? residual=None) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
