@@ -279,7 +279,8 @@ def test_the_op_refuses_tap_bits_of_another_shape_or_dtype_naming_the_layout_it_
         with pytest.raises(RuntimeError, match=r"tap_bits must be contiguous int32 \(KH, KW, C_out\)"):
             torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [1, 1], [1, 1], 1)
     taps = torch.zeros(3, 3, 16, dtype=torch.int32)
-    assert torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [1, 1], [1, 1], 1).shape == (2, 16, 4, 4)
+    out = torch.ops.xnortrain.xnor_conv2d(x, weights, taps, alpha, None, [1, 1], [1, 1], [1, 1], 1)
+    assert out.shape == (2, 16, 4, 4)
 
 
 def test_exact_zeros_count_as_plus_one(native):

@@ -301,8 +301,8 @@ def tap_bits(weight_signs: torch.Tensor) -> torch.Tensor:
     """(KH, KW, C_out) int32: each filter's +1 weights (set bits) at each tap, from
     `weight_signs` (C_out, C_in / groups, KH, KW) bool. A patch tap in the zero padding is a zero
     word, which differs from each of the filter's set bits there; the native kernels take these
-    counts back out of such patches' popcounts (their border terms, built from these sums on
-    every call, which the weights alone fix once here)."""
+    counts back out of such patches' popcounts. The counts depend on the weights alone, so a
+    layer makes them once; each call builds only the border terms of its input's size."""
     return weight_signs.sum(1, dtype=torch.int32).permute(1, 2, 0).contiguous()
 
 

@@ -615,7 +615,8 @@ struct BorderClasses {
     auto at = [&](int64_t i, int64_t j) { return prefix.data() + (i * (g.kw + 1) + j) * filters; };
     for (int64_t i = 0; i < g.kh; ++i)
       for (int64_t j = 0; j < g.kw; ++j) {
-        const int32_t *tap = tap_bits + (i * g.kw + j) * filters, *left = at(i + 1, j), *up = at(i, j + 1), *corner = at(i, j);
+        const int32_t* tap = tap_bits + (i * g.kw + j) * filters;
+        const int32_t *left = at(i + 1, j), *up = at(i, j + 1), *corner = at(i, j);
         int32_t* sum = at(i + 1, j + 1);
         for (int64_t f = 0; f < filters; ++f) sum[f] = tap[f] + left[f] + up[f] - corner[f];
       }
@@ -883,8 +884,9 @@ void check_layout(const at::Tensor& weight, int64_t groups, int64_t filters, int
 // that many channels, which the layer before wrote (its sign_bounds). `tap_bits`: the weights'
 // set bits per tap and filter (`xnor_layers.tap_bits`). `residual`: a tensor of the output's
 // shape added to it in the epilogue (a residual sum that reads the conv's output).
-at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& tap_bits, const at::Tensor& alpha,
-                       const c10::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& tap_bits,
+                       const at::Tensor& alpha, const c10::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                       at::IntArrayRef padding,
                        at::IntArrayRef dilation, int64_t groups, const c10::optional<at::Tensor>& input_scale,
                        const c10::optional<at::Tensor>& input_bias, int64_t signs_channels,
                        const c10::optional<at::Tensor>& sign_bounds, const c10::optional<at::Tensor>& residual) {
@@ -904,7 +906,8 @@ at::Tensor xnor_conv2d(const at::Tensor& x, const at::Tensor& weight, const at::
   g.ow = (g.w + 2 * g.pw - g.dw * (g.kw - 1) - 1) / g.sw + 1;
   TORCH_CHECK(tap_bits.scalar_type() == at::kInt && tap_bits.is_contiguous() &&
                   tap_bits.sizes() == at::IntArrayRef({g.kh, g.kw, alpha.numel()}),
-              "tap_bits must be contiguous int32 (KH, KW, C_out): each filter's set bits at each tap, xnor_layers.tap_bits");
+              "tap_bits must be contiguous int32 (KH, KW, C_out): each filter's set bits at each tap, "
+              "xnor_layers.tap_bits");
   const LayerOutput out = layer_output(g, alpha, sign_bounds, residual);
   run_conv({x, input_map(alpha.scalar_type(), channels, input_scale, input_bias), signs}, g, weight,
            tap_bits.data_ptr<int32_t>(), alpha, bias, out);
@@ -985,9 +988,9 @@ std::string popcount_path() { return avx512_path() ? "AVX-512 VPOPCNTDQ" : "64-b
 }  // namespace
 
 TORCH_LIBRARY(xnortrain, m) {
-  m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor tap_bits, Tensor alpha, Tensor? bias, int[2] stride, int[2] padding, "
-        "int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None, int signs_channels=0, "
-        "Tensor? sign_bounds=None, Tensor? residual=None) -> Tensor");
+  m.def("xnor_conv2d(Tensor x, Tensor weight, Tensor tap_bits, Tensor alpha, Tensor? bias, int[2] stride, "
+        "int[2] padding, int[2] dilation, int groups, Tensor? input_scale=None, Tensor? input_bias=None, "
+        "int signs_channels=0, Tensor? sign_bounds=None, Tensor? residual=None) -> Tensor");
   m.def("xnor_linear(Tensor x, Tensor weight, Tensor alpha, Tensor? bias, Tensor? input_scale=None, "
         "Tensor? input_bias=None) -> Tensor");
   m.def("sign_max_pool2d(Tensor signs, Tensor falling, int[2] kernel, int[2] stride, int[2] padding, "
