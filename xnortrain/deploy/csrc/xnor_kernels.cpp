@@ -96,8 +96,9 @@ struct Geometry {
   bool patches_in_place() const { return groups == 1 && dw == 1 && !pointwise(); }
   // a narrow input's kernel row, kw taps of at most 64 / kw channels, fits one word (`pack_kernel_rows`)
   bool dense_rows() const { return patches_in_place() && kw > 1 && kw * channels_per_group <= kBits; }
-  // words of a patch as the popcounts read it: one per kernel row where the rows are dense
-  int64_t patch_words() const { return dense_rows() ? kh : depth(); }
+  // words of a kernel row and of a patch as the popcounts read them: one a kernel row where the rows are dense
+  int64_t kernel_row_words() const { return dense_rows() ? 1 : kw * words_per_group; }
+  int64_t patch_words() const { return kh * kernel_row_words(); }
 };
 
 // The AVX-512 paths (the popcounts, the float32 epilogue and the float32 packing) are built
@@ -729,7 +730,7 @@ struct RowTiles {
       const int64_t line = tile / per_line, ox = tile % per_line * kTileRows;
       const word_t* a = packed.row(line / g.oh, line % g.oh * g.sh - g.ph) + (ox * g.sw - g.pw) * g.words_per_group;
       return {line * g.ow + ox, std::min(kTileRows, g.ow - ox),
-              {a, g.sw * g.words_per_group, g.patch_words() / g.kh, g.kh, g.dh * packed.row_words}};
+              {a, g.sw * g.words_per_group, g.kernel_row_words(), g.kh, g.dh * packed.row_words}};
     }
     const int64_t first = tile * kTileRows, lda = g.groups * g.depth();
     const word_t* a = (gathered ? gathered : packed.first) + first * lda + group * g.depth();
